@@ -1,0 +1,329 @@
+"""Configuration: one typed settings model, loaded from defaults < TOML file < environment.
+
+Boot settings (devices, service URL, broker, ...) need a restart. Room settings
+(`[room]`: languages, voice, speech, volume, mute, VAD sensitivity) live in a
+`LiveRoom` holder that the pipeline reads per utterance, so they can be swapped while
+running.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from daemon.languages import LANGUAGES, check_voice
+
+DEFAULT_CONFIG_PATH = Path("/etc/roomtranslate/config.toml")
+BEIJING_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+SINGAPORE_URL = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
+EX_CONFIG = 78  # sysexits.h EX_CONFIG
+_SECRET_FIELDS = frozenset({"password", "api_key", "key"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoomSettings(_Section):
+    """What a room changes while running; read per utterance from `LiveRoom`."""
+
+    target_lang: str = "en"
+    source_lang: str = "auto"
+    voice: str = "Cherry"
+    speech: bool = True
+    volume: int = Field(default=80, ge=0, le=100)
+    mute: bool = False
+    vad_mode: int = Field(default=2, ge=0, le=3)
+
+    @model_validator(mode="after")
+    def _check_languages(self) -> RoomSettings:
+        if self.target_lang not in LANGUAGES:
+            raise ValueError(
+                f"target_lang {self.target_lang!r} is not a supported language; "
+                f"one of: {', '.join(sorted(LANGUAGES))}"
+            )
+        if self.source_lang != "auto" and self.source_lang not in LANGUAGES:
+            raise ValueError(
+                f"source_lang {self.source_lang!r} is not a supported language; "
+                f"'auto' or one of: {', '.join(sorted(LANGUAGES))}"
+            )
+        problem = check_voice(self.voice, self.target_lang)
+        if problem is not None and self.speech:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def source(self) -> str | None:
+        """The source language to send, None for auto-detection."""
+        return None if self.source_lang == "auto" else self.source_lang
+
+
+class SegmenterSettings(_Section):
+    frame_ms: Literal[10, 20, 30] = 30
+    pre_roll_ms: int = Field(default=300, ge=0, le=2000)
+    start_window_ms: int = Field(default=240, ge=30, le=2000)
+    start_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
+    hangover_ms: int = Field(default=600, ge=60, le=5000)
+    post_roll_ms: int = Field(default=150, ge=0, le=2000)
+    min_speech_ms: int = Field(default=250, ge=0, le=5000)
+    max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)
+    split_search_s: float = Field(default=2.0, ge=0.2, le=10.0)
+    energy_floor_dbfs: float = Field(default=-55.0, ge=-100.0, le=0.0)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> SegmenterSettings:
+        if self.split_search_s >= self.max_utterance_s:
+            raise ValueError("split_search_s must be shorter than max_utterance_s")
+        return self
+
+
+class ApiSettings(_Section):
+    base_url: str = BEIJING_URL
+    model: str = "qwen3-livetranslate-flash"
+    key_file: Path | None = None
+    upload_format: Literal["wav", "flac"] = "wav"
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    retry_after_max_s: float = Field(default=30.0, ge=0)
+    fatal_pause_s: float = Field(default=60.0, ge=0)
+    speech_rate: float | None = Field(default=None, ge=0.5, le=2.0)
+
+
+class PipelineSettings(_Section):
+    max_in_flight: int = Field(default=2, ge=1, le=8)
+    queue_size: int = Field(default=4, ge=1, le=64)
+    drop_policy: Literal["oldest", "newest"] = "oldest"
+
+
+class AudioSettings(_Section):
+    profile: str = "auto"
+    profiles_dir: Path | None = None
+    input_device: str = ""
+    output_device: str = ""
+    ring_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
+    echo_guard: Literal["auto", "gate", "off"] = "auto"
+    echo_tail_ms: int = Field(default=300, ge=0, le=5000)
+    max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
+    stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
+
+
+class MqttSettings(_Section):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    prefix: str = "roomtranslate"
+    room_id: str = "room-1"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    outbox_size: int = Field(default=200, ge=1, le=100_000)
+    status_interval_s: float = Field(default=30.0, ge=1.0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_topics(self) -> MqttSettings:
+        for name in ("prefix", "room_id"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in "+#/\0"):
+                raise ValueError(f"{name} must be a non-empty topic level without + # /")
+        return self
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROOMTRANSLATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    room: RoomSettings = RoomSettings()
+    segmenter: SegmenterSettings = SegmenterSettings()
+    api: ApiSettings = ApiSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    audio: AudioSettings = AudioSettings()
+    mqtt: MqttSettings = MqttSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `lines` holds one readable line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """--config, else ROOMTRANSLATE_CONFIG, else /etc/roomtranslate/config.toml if present."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get("ROOMTRANSLATE_CONFIG"):
+        return Path(environ["ROOMTRANSLATE_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such configuration file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _describe(error: Mapping[str, Any], section: str) -> str:
+    loc = (
+        ".".join(
+            [section, *(str(part) for part in error.get("loc", ()))]
+            if section
+            else [str(part) for part in error.get("loc", ())]
+        )
+        or "(config)"
+    )
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return f"{loc}: unknown setting"
+    if error.get("type") == "missing":
+        return f"{loc}: required setting is missing"
+    leaf = str(error["loc"][-1]) if error.get("loc") else ""
+    if leaf in _SECRET_FIELDS:
+        return f"{loc} = <hidden>: {msg}"
+    value = error.get("input")
+    if isinstance(value, dict):
+        return f"{loc}: {msg}"
+    return f"{loc} = {value!r}: {msg}"
+
+
+def describe_validation_error(
+    exc: ValidationError, where: str = "", section: str = ""
+) -> list[str]:
+    """One line per bad field: `where` dotted.path = value: reason (secrets hidden)."""
+    return [where + _describe(err, section) for err in exc.errors()]
+
+
+def load_settings(
+    cli_path: str | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> Settings:
+    """Load and validate the configuration; raise ConfigError with readable lines.
+
+    Sources, lowest first: defaults < TOML file < environment (`ROOMTRANSLATE_SECTION__KEY`)
+    < `overrides` (command-line options such as `--to`).
+    """
+    path = config_path(cli_path, os.environ)
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    where = f"{path}: " if path is not None else ""
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, where)) from None
+    return apply_overrides(settings, overrides or {})
+
+
+def apply_overrides(settings: Settings, overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
+    """Settings with some keys of some sections replaced, each section validated again."""
+    update: dict[str, BaseModel] = {}
+    for section, values in overrides.items():
+        current: BaseModel = getattr(settings, section)
+        try:
+            update[section] = type(current).model_validate({**current.model_dump(), **values})
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, section=section)) from None
+    return settings.model_copy(update=update)
+
+
+def resolve_api_key(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key from DASHSCOPE_API_KEY or `api.key_file`; never logged."""
+    env = os.environ if environ is None else environ
+    key = env.get("DASHSCOPE_API_KEY", "").strip()
+    if key:
+        return key
+    if settings.api.key_file is None:
+        return None
+    try:
+        key = settings.api.key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"api.key_file = '{settings.api.key_file}': {exc.strerror}"]) from None
+    if not key:
+        raise ConfigError([f"api.key_file = '{settings.api.key_file}': the file is empty"])
+    return key
+
+
+Listener = Callable[["RoomSettings"], None]
+
+
+class LiveRoom:
+    """The room settings of the running pipeline, swapped atomically.
+
+    Readers take `current` once per utterance (or per frame for the VAD mode); a change
+    applies from the next read on, without restarting anything.
+    """
+
+    def __init__(self, initial: RoomSettings) -> None:
+        self._current = initial
+        self._version = 0
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    @property
+    def current(self) -> RoomSettings:
+        return self._current
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def update(self, **changes: Any) -> RoomSettings:
+        """Validate the changed settings as a whole and swap them in; raises ConfigError."""
+        with self._lock:
+            merged = {**self._current.model_dump(), **changes}
+            try:
+                new = RoomSettings(**merged)
+            except ValidationError as exc:
+                raise ConfigError(describe_validation_error(exc, section="room")) from None
+            self._current = new
+            self._version += 1
+        for listener in self._listeners:
+            listener(new)
+        return new
