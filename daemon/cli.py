@@ -1,0 +1,127 @@
+"""The `roomtranslate` command: run, translate-file, devices, simulator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings, resolve_api_key
+from daemon.filesource import AudioFileError
+from daemon.logs import setup_logging
+
+EX_USAGE = 2
+EX_NOINPUT = 66
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomtranslate", description="Live speech translation for meeting rooms."
+    )
+    parser.add_argument("--version", action="version", version=f"roomtranslate {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML configuration (default: $ROOMTRANSLATE_CONFIG, "
+        "else /etc/roomtranslate/config.toml when present)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the room daemon (microphone → translation → speaker/MQTT)")
+    tf = sub.add_parser("translate-file", help="translate an audio file (try a key, dry runs)")
+    tf.add_argument("input", type=Path, help="WAV/FLAC/OGG at any rate and channel count")
+    tf.add_argument("--to", dest="target", required=True, help="target language code")
+    tf.add_argument("--from", dest="source", help="source language code (default: auto)")
+    tf.add_argument("--voice", help="voice for the translated speech")
+    tf.add_argument("--no-speech", action="store_true", help="captions only")
+    tf.add_argument("--out", type=Path, help="translated speech, 24 kHz WAV")
+    tf.add_argument("--captions", type=Path, help="captions: .srt or .jsonl")
+    sub.add_parser("devices", help="list sound devices and the hardware profile that matches")
+    sim = sub.add_parser(
+        "simulator", help="run the local service simulator", add_help=False, prefix_chars="\0"
+    )
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _room_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    room: dict[str, Any] = {"target_lang": args.target}
+    if args.source:
+        room["source_lang"] = args.source
+    if args.voice:
+        room["voice"] = args.voice
+    if args.no_speech:
+        room["speech"] = False
+    return {"room": room}
+
+
+def _require_key(settings: Settings) -> str:
+    key = resolve_api_key(settings)
+    if key is None:
+        raise ConfigError(
+            [
+                "api key: none found; set DASHSCOPE_API_KEY or api.key_file "
+                "(for a dry run against the simulator any non-empty key will do)"
+            ]
+        )
+    return key
+
+
+def _translate_file(args: argparse.Namespace) -> int:
+    from daemon.filemode import translate_file
+
+    settings = load_settings(args.config, _room_overrides(args))
+    setup_logging(settings.log.level)
+    if not args.input.is_file():
+        print(f"roomtranslate: {args.input}: no such file", file=sys.stderr)
+        return EX_NOINPUT
+    return translate_file(settings, _require_key(settings), args.input, args.out, args.captions)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from daemon.app import run_daemon
+
+    settings = load_settings(args.config)
+    setup_logging(settings.log.level)
+    return run_daemon(settings, resolve_api_key(settings))
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from daemon.devices import format_devices, list_devices
+    from daemon.profiles import load_profiles
+
+    settings = load_settings(args.config)
+    profiles = load_profiles(settings.audio.profiles_dir)
+    print(format_devices(list_devices(), profiles))
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from daemon.simulator import main as simulator_main
+
+    return simulator_main(list(args.args))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "translate-file": _translate_file,
+    "devices": _devices,
+    "simulator": _simulator,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"roomtranslate: configuration error: {line}", file=sys.stderr)
+        return EX_CONFIG
+    except AudioFileError as exc:
+        print(f"roomtranslate: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except KeyboardInterrupt:
+        return 130

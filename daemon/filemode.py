@@ -1,0 +1,283 @@
+"""`roomtranslate translate-file`: the live pipeline's segmenter, client and ordering on a file.
+
+Writes the translated speech (24 kHz WAV, utterances in order) and captions (SRT or
+JSONL) stamped with the source timestamps, shows progress on a terminal, and ends with a
+summary. It is also how an installer tries an API key before touching a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import soundfile as sf
+
+from daemon.config import LiveRoom, Settings
+from daemon.counters import Counters
+from daemon.filesource import FileSource
+from daemon.languages import speaks
+from daemon.segmenter import Segmenter, SpeechStarted
+from daemon.sequencer import Sequencer
+from daemon.translator import Translator
+from daemon.values import (
+    OUTPUT_RATE,
+    SAMPLE_RATE,
+    AudioChunk,
+    Outcome,
+    TextDelta,
+    TranslationEvent,
+    Usage,
+    Utterance,
+)
+
+
+@dataclass(slots=True)
+class Caption:
+    id: int
+    start_s: float
+    end_s: float
+    text: str
+    outcome: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Summary:
+    utterances: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    speech_out_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    billed_in_s: float = 0.0
+    billed_out_s: float = 0.0
+
+    def add_usage(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.billed_in_s += usage.input_audio_tokens / 12.5
+        self.billed_out_s += usage.output_audio_tokens / 12.5
+
+    def lines(self) -> list[str]:
+        out = [
+            f"utterances: {self.utterances}  translated: {self.outcomes['translated']}  "
+            f"failed: {self.outcomes['failed']}  dropped: {self.outcomes['dropped']}",
+            f"billed audio: {self.billed_in_s:.1f} s in, {self.billed_out_s:.1f} s out;  "
+            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion "
+            f"= {self.prompt_tokens + self.completion_tokens}",
+            f"speech written: {self.speech_out_s:.1f} s",
+        ]
+        if self.reasons:
+            listed = ", ".join(f"{reason} {n}" for reason, n in sorted(self.reasons.items()))
+            out.append(f"failures by reason: {listed}")
+        return out
+
+
+def srt_time(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d},{ms:03d}"
+
+
+class CaptionWriter:
+    """SRT (translated captions only) or JSONL (every utterance with its outcome)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.jsonl = path.suffix.lower() == ".jsonl"
+        self._fh: IO[str] = path.open("w", encoding="utf-8")
+        self._index = 0
+
+    def write(self, caption: Caption) -> None:
+        if self.jsonl:
+            self._fh.write(json.dumps(asdict(caption), ensure_ascii=False) + "\n")
+        elif caption.text:
+            self._index += 1
+            span = f"{srt_time(caption.start_s)} --> {srt_time(caption.end_s)}"
+            self._fh.write(f"{self._index}\n{span}\n{caption.text}\n\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class Progress:
+    """One status line on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, stream: IO[str], total_s: float) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._total = max(total_s, 1e-9)
+
+    def show(self, position_s: float, summary: Summary) -> None:
+        if not self._tty:
+            return
+        pct = min(100.0, 100.0 * position_s / self._total)
+        done = summary.outcomes["translated"]
+        line = f"\r{pct:5.1f}%  {summary.utterances} utterances, {done} translated"
+        self._stream.write(line)
+        self._stream.flush()
+
+    def end(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+
+
+class FileRun:
+    """One translate-file run: source → segmenter → sequencer → WAV + captions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api_key: str,
+        source: Path,
+        wav_out: Path | None,
+        captions_out: Path | None,
+        *,
+        err: IO[str],
+    ) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.room = LiveRoom(settings.room)
+        self.source = FileSource(source, SAMPLE_RATE * settings.segmenter.frame_ms // 1000)
+        self.translator = Translator(settings.api, api_key, self.counters)
+        self.sequencer = Sequencer(
+            settings.pipeline, self.translator.translate, self.room, self.counters
+        )
+        self.summary = Summary()
+        self.progress = Progress(err, self.source.duration_s)
+        self._err = err
+        speech = settings.room.speech and speaks(settings.room.target_lang)
+        self.wav_path = wav_out if speech else None
+        self._wav: sf.SoundFile | None = None
+        self._captions = CaptionWriter(captions_out) if captions_out else None
+        self._text: dict[int, str] = {}
+
+    async def run(self) -> Summary:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._segment())
+                group.create_task(self.sequencer.run())
+                group.create_task(self._collect())
+        finally:
+            await self.translator.aclose()
+            self._close_outputs()
+            self.progress.end()
+        return self.summary
+
+    async def _segment(self) -> None:
+        segmenter = Segmenter(
+            self.settings.segmenter, self.room, self.counters, self.source.wall_time
+        )
+        try:
+            async for frame in self.source.frames():
+                for event in segmenter.push(frame):
+                    await self._accept(event)
+                self.progress.show(frame.end / SAMPLE_RATE, self.summary)
+            for event in segmenter.flush():
+                await self._accept(event)
+        finally:
+            self.sequencer.close()
+
+    async def _accept(self, event: SpeechStarted | Utterance) -> None:
+        if isinstance(event, Utterance):
+            self.summary.utterances += 1
+            await self.sequencer.put(event)
+
+    async def _collect(self) -> None:
+        async for utt, event in self.sequencer.results():
+            self._handle(utt, event)
+
+    def _handle(self, utt: Utterance, event: TranslationEvent) -> None:
+        if isinstance(event, TextDelta):
+            self._text[utt.id] = self._text.get(utt.id, "") + event.text
+        elif isinstance(event, AudioChunk):
+            self._write_audio(event)
+        elif isinstance(event, Outcome):
+            self._finish(utt, event)
+
+    def _write_audio(self, chunk: AudioChunk) -> None:
+        if self.wav_path is None:
+            return
+        if self._wav is None:
+            self._wav = sf.SoundFile(
+                str(self.wav_path), "w", OUTPUT_RATE, 1, subtype="PCM_16", format="WAV"
+            )
+        self._wav.write(chunk.pcm)
+        self.summary.speech_out_s += len(chunk.pcm) / OUTPUT_RATE
+
+    def _finish(self, utt: Utterance, outcome: Outcome) -> None:
+        self.summary.outcomes[outcome.kind] += 1
+        if outcome.kind != "translated":
+            self.summary.reasons[outcome.reason] += 1
+            self._err.write(
+                f"utterance {utt.id} ({utt.start / SAMPLE_RATE:.2f}s): "
+                f"{outcome.kind}: {outcome.reason} {outcome.detail}\n"
+            )
+        if outcome.usage is not None:
+            self.summary.add_usage(outcome.usage)
+        text = outcome.text or self._text.pop(utt.id, "")
+        self._text.pop(utt.id, None)
+        if self._captions is not None:
+            complete = outcome.kind == "translated"
+            self._captions.write(
+                Caption(
+                    utt.id,
+                    utt.start / SAMPLE_RATE,
+                    utt.end / SAMPLE_RATE,
+                    text if complete else "",
+                    outcome.kind,
+                    outcome.reason,
+                )
+            )
+
+    def _close_outputs(self) -> None:
+        if self._captions is not None:
+            self._captions.close()
+        if self.wav_path is not None:
+            if self._wav is None:  # no speech came back: still leave a valid (empty) WAV
+                self._wav = sf.SoundFile(
+                    str(self.wav_path), "w", OUTPUT_RATE, 1, subtype="PCM_16", format="WAV"
+                )
+            self._wav.close()
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    return {
+        "utterances": summary.utterances,
+        "outcomes": dict(summary.outcomes),
+        "failures": dict(summary.reasons),
+        "billed_audio_s": {"input": summary.billed_in_s, "output": summary.billed_out_s},
+        "tokens": {"prompt": summary.prompt_tokens, "completion": summary.completion_tokens},
+        "speech_out_s": summary.speech_out_s,
+    }
+
+
+def translate_file(
+    settings: Settings,
+    api_key: str,
+    source: Path,
+    wav_out: Path | None,
+    captions_out: Path | None,
+) -> int:
+    """Run translate-file; exit status 0 when every utterance was translated, else 1."""
+    run = FileRun(settings, api_key, source, wav_out, captions_out, err=sys.stderr)
+    if wav_out is not None and run.wav_path is None:
+        sys.stderr.write(
+            f"note: {settings.room.target_lang!r} is text-only (or speech is off): "
+            f"no speech is written to {wav_out}\n"
+        )
+    summary = asyncio.run(run.run())
+    for line in summary.lines():
+        print(line)
+    written = [str(p) for p in (run.wav_path, captions_out) if p is not None]
+    if written:
+        print("wrote: " + ", ".join(written))
+    return 0 if summary.outcomes["translated"] == summary.utterances else 1
