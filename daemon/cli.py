@@ -81,10 +81,10 @@ def _translate_file(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from daemon.app import run_daemon
-
     settings = load_settings(args.config)
     setup_logging(settings.log.level)
+    from daemon.app import run_daemon
+
     return run_daemon(settings, resolve_api_key(settings))
 
 
