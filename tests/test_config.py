@@ -26,6 +26,7 @@ def roomtranslate(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "daemon", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
