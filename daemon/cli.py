@@ -90,10 +90,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _devices(args: argparse.Namespace) -> int:
     from daemon.devices import format_devices, list_devices
-    from daemon.profiles import load_profiles
+    from daemon.profiles import load_profiles, profiles_dir
 
     settings = load_settings(args.config)
-    profiles = load_profiles(settings.audio.profiles_dir)
+    profiles = load_profiles(profiles_dir(settings.audio))
     print(format_devices(list_devices(), profiles))
     return 0
 

@@ -130,6 +130,10 @@ class Sequencer:
                         outcome = event
                         break
                     slot.events.put_nowait(event)
+        except asyncio.CancelledError:  # shutdown while in flight
+            self._counters.add("dropped.shutdown")
+            outcome = Outcome("dropped", "shutdown")
+            raise
         except Exception as exc:  # a bug must not lose the utterance or stop the room
             self._counters.add("internal_errors")
             outcome = Outcome("failed", "internal_error", f"{type(exc).__name__}: {exc}")

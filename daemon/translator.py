@@ -258,6 +258,11 @@ class Translator:
     def paused(self) -> bool:
         return time.monotonic() < self._paused_until
 
+    @property
+    def refusal(self) -> str:
+        """Why requests are paused (a wrong key, no access, ...), "" when they are not."""
+        return f"requests paused after {self._pause_reason}" if self.paused else ""
+
     async def translate(
         self, utt: Utterance, room: RoomSettings
     ) -> AsyncGenerator[TranslationEvent, None]:

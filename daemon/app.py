@@ -1,0 +1,342 @@
+"""`roomtranslate run`: the room daemon, one supervised asyncio task per stage.
+
+    mic ─▶ Capture (ring) ─▶ echo stage ─▶ Segmenter ─▶ Sequencer (≤ N in flight)
+        ─▶ ordered events ─▶ Playback (speaker) + Captions (MQTT) ; Status ─▶ MQTT
+
+Each I/O stage (capture device, playback device, MQTT) owns its reopen/reconnect loop,
+so a lost broker never stops the audio and a lost device never stops MQTT. SIGTERM /
+SIGINT stop gracefully: the microphone closes, waiting clips are dropped (counted), the
+utterance that is playing finishes (up to `audio.stop_cap_s`), finals are flushed,
+`offline` is published, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from daemon.captions import Captions
+from daemon.capture import Capture
+from daemon.config import ConfigError, LiveRoom, Settings
+from daemon.counters import Counters
+from daemon.devices import DeviceInfo, list_devices
+from daemon.echo import make_echo_stage
+from daemon.mqtt import MqttLink
+from daemon.notify import Notifier
+from daemon.playback import Playback, PlaybackDrained, PlaybackEvent, PlaybackSkipped
+from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
+from daemon.segmenter import Segmenter
+from daemon.sequencer import Sequencer
+from daemon.status import Health, StatusPublisher, StatusSource
+from daemon.translator import Translator
+from daemon.values import (
+    SAMPLE_RATE,
+    AudioChunk,
+    Outcome,
+    Retrying,
+    TextDelta,
+    TranslationEvent,
+    Utterance,
+)
+
+log = logging.getLogger(__name__)
+NO_AUDIO_S = 3.0  # no microphone frame for this long: degraded
+READY_WAIT_S = 5.0  # tell systemd we are up even if the microphone is still missing
+SUPERVISE_S = 0.25
+
+
+def choose_profile(settings: Settings, devices: list[DeviceInfo]) -> Profile | None:
+    """The hardware profile; with "auto" and nothing matching, the system defaults."""
+    profiles = load_profiles(profiles_dir(settings.audio))
+    try:
+        return select_profile(settings.audio.profile, devices, profiles)
+    except ConfigError:
+        if settings.audio.profile != "auto":
+            raise
+        log.warning("no hardware profile matches the devices present: using the defaults")
+        return None
+
+
+def output_spec(
+    settings: Settings, profile: Profile | None, devices: list[DeviceInfo]
+) -> str | int | None:
+    """The output device: the configured one, else the profile's, else the default."""
+    if settings.audio.output_device:
+        spec = settings.audio.output_device
+        return int(spec) if spec.isdigit() else spec
+    if profile is not None:
+        found = profile.output_device(devices)
+        if found is not None:
+            return found.name
+    return None
+
+
+class Daemon:
+    """The running room: stages, their tasks and the graceful stop."""
+
+    def __init__(
+        self, settings: Settings, api_key: str, profile: Profile | None, output: str | int | None
+    ) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.room = LiveRoom(settings.room)
+        self.health = Health()
+        self.profile = profile
+        frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
+        self.capture = Capture(settings.audio, self.counters, profile=profile, frame_samples=frame)
+        self.playback = Playback(
+            output,
+            self.counters,
+            max_backlog_s=settings.audio.max_playback_backlog_s,
+            on_event=self._on_playback,
+            latency=profile.output.latency if profile is not None else "high",
+        )
+        self.playback.follow(self.room)
+        self.echo = make_echo_stage(
+            settings.audio, profile, self.playback.audible_until, self.counters
+        )
+        self.translator = Translator(settings.api, api_key, self.counters)
+        self.sequencer = Sequencer(
+            settings.pipeline, self.translator.translate, self.room, self.counters
+        )
+        self.mqtt = (
+            MqttLink(
+                settings.mqtt,
+                self.counters,
+                client_id=settings.mqtt.client_id or f"roomtranslate-{settings.mqtt.room_id}",
+            )
+            if settings.mqtt.enabled
+            else None
+        )
+        self.captions = Captions(self._publish_caption, lambda: self.room.current)
+        self.status = StatusSource(
+            self.counters, self.room, self.health, self._devices, self._queue
+        )
+        self.notifier = Notifier()
+        self._stop = asyncio.Event()
+        self._last_frame = 0.0
+        self._playing: set[int] = set()
+        self._pending_timeline: dict[int, Utterance] = {}  # ended, waiting to drain
+        self._skipped: set[int] = set()  # skipped by playback before they ended
+
+    # -- wiring helpers --------------------------------------------------------------------
+
+    def _devices(self) -> Mapping[str, str]:
+        return {
+            "input": self.capture.device_name,
+            "output": self.playback.device_name,
+            "profile": self.profile.name if self.profile is not None else "",
+        }
+
+    def _queue(self) -> Mapping[str, int]:
+        return {
+            "waiting": self.sequencer.waiting,
+            "in_flight": self.sequencer.in_flight,
+            "playback_backlog_ms": round(self.playback.backlog_s() * 1000),
+        }
+
+    def _publish_caption(self, target: str, event: Mapping[str, Any], final: bool) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_caption(target, event, final)
+
+    def _publish_status(self, status: Mapping[str, Any]) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_status(status)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the stages ------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Microphone → echo stage → segmenter → sequencer."""
+        segmenter = Segmenter(
+            self.settings.segmenter, self.room, self.counters, self.capture.wall_time
+        )
+        async for captured in self.capture.frames():
+            self._last_frame = time.monotonic()
+            frame = self.echo.process(captured, self.capture.monotonic_time(captured.start))
+            for event in segmenter.push(frame):
+                if isinstance(event, Utterance):
+                    self.sequencer.submit(event)
+                    log.info("utterance %d: %.2f s of speech", event.id, event.duration_s)
+            self.health.hearing = segmenter.speaking
+
+    async def _deliver(self) -> None:
+        """Ordered translation events → speaker and captions."""
+        async for utt, event in self.sequencer.results():
+            self._deliver_one(utt, event)
+
+    def _deliver_one(self, utt: Utterance, event: TranslationEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.captions.partial(utt, event.text)
+        elif isinstance(event, AudioChunk):
+            if utt.id not in self._playing:
+                self._playing.add(utt.id)
+                self.playback.start_utterance(utt.id, utt.timeline)
+            self.playback.feed(utt.id, event.pcm)
+        elif isinstance(event, Retrying):
+            self.health.error(f"service: {event.kind}, retrying in {event.delay_s:.1f} s")
+        elif isinstance(event, Outcome):
+            self._finish(utt, event)
+
+    def _finish(self, utt: Utterance, outcome: Outcome) -> None:
+        self.captions.final(utt, outcome)
+        if utt.id in self._playing:
+            self._playing.discard(utt.id)
+            self.playback.end_utterance(utt.id)
+            if utt.id in self._skipped:
+                self._skipped.discard(utt.id)
+                self._log_timeline(utt)
+            else:
+                self._pending_timeline[utt.id] = utt
+        else:
+            self._log_timeline(utt)
+        if outcome.kind == "translated":
+            log.info("utterance %d translated: %s", utt.id, outcome.text)
+        else:
+            self.health.error(f"utterance {utt.id} {outcome.kind}: {outcome.reason}")
+            log.warning(
+                "utterance %d %s: %s %s", utt.id, outcome.kind, outcome.reason, outcome.detail
+            )
+
+    def _on_playback(self, event: PlaybackEvent) -> None:
+        if isinstance(event, PlaybackDrained | PlaybackSkipped):
+            utt = self._pending_timeline.pop(event.utt_id, None)
+            if utt is not None:
+                self._log_timeline(utt)
+            elif isinstance(event, PlaybackSkipped) and event.utt_id in self._playing:
+                self._skipped.add(event.utt_id)
+
+    @staticmethod
+    def _log_timeline(utt: Utterance) -> None:
+        t = utt.timeline
+        base = t.speech_end_detected
+        stamps = {
+            "request_sent": t.request_sent,
+            "first_text": t.first_text,
+            "first_audio": t.first_audio,
+            "first_sample_to_device": t.first_sample_to_device,
+            "last_sample_drained": t.last_sample_drained,
+        }
+        record = {"id": utt.id, "speech_end_detected": base}
+        record |= {k: v for k, v in stamps.items() if v}
+        log.info("timeline %s", json.dumps(record))
+
+    async def _supervise(self) -> None:
+        """Derive the conditions the status shows; tell systemd once we listen."""
+        began = time.monotonic()
+        ready = False
+        while True:
+            now = time.monotonic()
+            self._check_health(now)
+            if not ready and (self._last_frame or now - began > READY_WAIT_S):
+                ready = True
+                self.health.started = True
+                self.notifier.ready(f"listening on {self.capture.device_name or '(no input)'}")
+            await asyncio.sleep(SUPERVISE_S)
+
+    def _check_health(self, now: float) -> None:
+        h = self.health
+        h.translating = self.sequencer.in_flight > 0
+        h.speaking = self.playback.state == "speaking"
+        silent = now - (self._last_frame or now) > NO_AUDIO_S or not self._last_frame
+        h.problem("microphone", "no audio from the input device" if silent and h.started else None)
+        h.problem(
+            "speaker", "output device unavailable" if self.playback.state == "unavailable" else None
+        )
+        refusal = self.translator.refusal
+        if refusal != h.fatal:
+            h.fatal = refusal
+            if refusal:
+                h.error(f"service: {refusal}")
+        if self.mqtt is not None and h.started:
+            h.problem("mqtt", None if self.mqtt.connected else "broker unreachable")
+
+    def _healthy(self) -> bool:
+        return not self._last_frame or time.monotonic() - self._last_frame < 60.0
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        publisher = StatusPublisher(
+            self.status, self._publish_status, self.settings.mqtt.status_interval_s
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+
+                def start(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+                    return group.create_task(coro, name=name)
+
+                listen = start("listen", self._listen())
+                dispatch = start("dispatch", self.sequencer.run())
+                deliver = start("deliver", self._deliver())
+                others = [
+                    start("playback", self.playback.run()),
+                    start("status", publisher.run()),
+                    start("supervise", self._supervise()),
+                    start("watchdog", self.notifier.watchdog(self._healthy)),
+                ]
+                if self.mqtt is not None:
+                    others.append(start("mqtt", self.mqtt.run()))
+                await self._stop.wait()
+                await self._shutdown(listen, dispatch, deliver, others)
+        finally:
+            await self.translator.aclose()
+        return 0
+
+    async def _shutdown(
+        self,
+        listen: asyncio.Task[None],
+        dispatch: asyncio.Task[None],
+        deliver: asyncio.Task[None],
+        others: list[asyncio.Task[None]],
+    ) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        listen.cancel()
+        self.sequencer.drop_waiting("shutdown")
+        self.sequencer.close()
+        dispatch.cancel()  # in-flight translations end as dropped(shutdown)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(deliver), timeout=2.0)
+        drained = await self.playback.drain(self.settings.audio.stop_cap_s, skip_waiting=True)
+        if not drained:
+            log.warning("speech still playing after %.1f s: cut", self.settings.audio.stop_cap_s)
+        if self.mqtt is not None:
+            self.health.stopping = True
+            self.mqtt.publish_status(self.status.snapshot())
+            await self.mqtt.close()
+        for task in (deliver, *others):
+            task.cancel()
+
+
+def run_daemon(settings: Settings, api_key: str | None) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 78 on a configuration error."""
+    if api_key is None:
+        raise ConfigError(
+            [
+                "api key: none found; set DASHSCOPE_API_KEY or api.key_file "
+                "(README: the demo runs without one, against the local simulator)"
+            ]
+        )
+    devices = list_devices(probe_rates=False)
+    profile = choose_profile(settings, devices)
+    daemon = Daemon(settings, api_key, profile, output_spec(settings, profile, devices))
+    log.info(
+        "roomtranslate starting: room %s, %s → %s, profile %s",
+        settings.mqtt.room_id,
+        settings.room.source_lang,
+        settings.room.target_lang,
+        profile.name if profile is not None else "(defaults)",
+    )
+    return asyncio.run(daemon.run())

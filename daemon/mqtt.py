@@ -1,0 +1,410 @@
+"""The MQTT link: availability, status and captions for the caption displays.
+
+Topics live under `<prefix>/<room_id>/`:
+
+- `availability`: retained `online` on every (re)connect, retained `offline` as the will
+  and on a clean shutdown.
+- `status`: retained JSON, the latest one given (QoS 1).
+- `captions/<target_lang>`: JSON events, never retained; partial updates QoS 0, finals
+  QoS 1. The link adds `"final": true|false` to each event.
+
+`run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
+doubling back-off. A broker that is down or goes away never raises out of `run()` and
+never blocks the callers: `publish_caption()` and `publish_status()` only touch memory.
+One sender task per connection drains a bounded outbox in order; while disconnected,
+finals wait in the outbox (oldest dropped when full) and partials are dropped. Every
+drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiomqtt
+
+from daemon.config import MqttSettings
+from daemon.counters import Counters
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+# Seconds aiomqtt waits for a CONNACK, PUBACK or SUBACK before giving up on the connection.
+OPERATION_TIMEOUT_S = 10.0
+# Seconds to publish `offline` when run() is cancelled rather than closed.
+CANCEL_OFFLINE_TIMEOUT_S = 1.0
+# Incoming messages held for the `on_message` callback; beyond this aiomqtt discards them.
+INCOMING_LIMIT = 100
+
+MessageHandler = Callable[[str, bytes], None]
+JobKind = Literal["final", "partial", "status"]
+
+
+def encode_json(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, non-ASCII text kept as is."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def check_topic_level(value: str, name: str) -> str:
+    """`value` if it is usable as one topic level, else ValueError."""
+    if not value or any(c in value for c in "+#/\0"):
+        raise ValueError(f"{name} must be a non-empty topic level without + # /: {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One message waiting for the sender."""
+
+    kind: JobKind
+    topic: str
+    payload: bytes
+
+    @property
+    def qos(self) -> int:
+        return 0 if self.kind == "partial" else 1
+
+    @property
+    def retain(self) -> bool:
+        return self.kind == "status"
+
+
+class _Backoff:
+    """Reconnect delays: `low` doubling up to `high`, each drawn from [d/2, d]."""
+
+    def __init__(self, low: float, high: float, rng: random.Random) -> None:
+        self._low = low
+        self._high = max(low, high)
+        self._rng = rng
+        self._next = low
+
+    def reset(self) -> None:
+        self._next = self._low
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self._high)
+        return delay * (0.5 + 0.5 * self._rng.random())
+
+
+class MqttLink:
+    """The daemon's connection to the broker; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        counters: Counters,
+        *,
+        client_id: str | None = None,
+        subscriptions: Sequence[str] = (),
+        on_message: MessageHandler | None = None,
+    ) -> None:
+        """`subscriptions` are full topic filters, subscribed (QoS 1) on every connect;
+        `on_message(topic, payload)` is called in the event loop for each message."""
+        self._settings = settings
+        self._counters = counters
+        self._client_id = client_id or settings.client_id or None
+        self._subscriptions = tuple(subscriptions)
+        self._on_message = on_message
+        self._outbox: deque[_Job] = deque()
+        self._status: bytes | None = None
+        self._status_dirty = False
+        self._wake = asyncio.Event()  # something was queued for the sender
+        self._idle = asyncio.Event()  # nothing is queued or in flight
+        self._idle.set()
+        self._stop = asyncio.Event()  # close() asks run() to say offline and return
+        self._finished = asyncio.Event()  # run() has returned
+        self._finished.set()
+        self._run_task: asyncio.Task[None] | None = None
+        self._cancelled_by_close = False
+        self._connected = False
+        self._failing = False  # the last attempt failed: log the next failures quietly
+        self._offline_timeout = CANCEL_OFFLINE_TIMEOUT_S
+        self._rng = random.Random()
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is up (online announced, subscriptions made)."""
+        return self._connected
+
+    @property
+    def pending(self) -> int:
+        """Captions waiting in the outbox (not counting one in flight)."""
+        return len(self._outbox)
+
+    def topic(self, *parts: str) -> str:
+        """`<prefix>/<room_id>/<parts...>`."""
+        return "/".join((self._settings.prefix, self._settings.room_id, *parts))
+
+    def publish_caption(self, target_lang: str, payload: Mapping[str, Any], final: bool) -> None:
+        """Queue one caption event for `captions/<target_lang>`; never blocks."""
+        topic = self.topic("captions", check_topic_level(target_lang, "target_lang"))
+        job = _Job("final" if final else "partial", topic, encode_json({**payload, "final": final}))
+        if final:
+            self._enqueue_final(job)
+        elif self._connected and len(self._outbox) < self._settings.outbox_size:
+            self._outbox.append(job)
+            self._kick()
+        else:
+            self._drop(job)
+
+    def publish_status(self, payload: Mapping[str, Any]) -> None:
+        """Replace the status to publish (retained, QoS 1); never blocks."""
+        self._status = encode_json(payload)
+        self._status_dirty = True
+        self._kick()
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect until close(); a cancellation from outside
+        says `offline` (if connected) and is re-raised."""
+        if not self._finished.is_set():
+            raise RuntimeError("MqttLink.run() is already running")
+        self._finished.clear()
+        self._run_task = asyncio.current_task()
+        self._cancelled_by_close = False
+        try:
+            await self._reconnect_loop()
+        except asyncio.CancelledError:
+            if not self._cancelled_by_close or _uncancel() > 0:
+                raise
+        finally:
+            self._connected = False
+            self._run_task = None
+            self._finished.set()
+
+    async def close(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109 (the budget is split)
+        """Flush what can be flushed within `timeout`, publish `offline`, disconnect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reserve = min(1.0, timeout / 3)
+        if not self._finished.is_set():
+            await _wait(self._idle, timeout - reserve)
+        self._offline_timeout = max(0.1, deadline - loop.time())
+        self._stop.set()
+        if not await _wait(self._finished, max(0.0, deadline - loop.time())):
+            await self._cancel_run()
+        if self._outbox:
+            log.warning("MQTT closed with %d caption(s) not delivered", len(self._outbox))
+
+    # -- queueing ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def _enqueue_final(self, job: _Job) -> None:
+        if len(self._outbox) >= self._settings.outbox_size:
+            self._drop(self._outbox.popleft())
+        self._outbox.append(job)
+        self._kick()
+
+    def _drop(self, job: _Job) -> None:
+        if job.kind == "partial":
+            self._counters.add("mqtt_partials_dropped")
+        else:
+            self._counters.add("mqtt_outbox_dropped")
+            log.debug("MQTT outbox full: dropped the oldest final caption on %s", job.topic)
+
+    def _take_job(self) -> _Job | None:
+        if self._status_dirty and self._status is not None:
+            self._status_dirty = False
+            return _Job("status", self.topic("status"), self._status)
+        return self._outbox.popleft() if self._outbox else None
+
+    def _put_back(self, job: _Job) -> None:
+        """A job whose publish did not complete: finals return to the head of the outbox."""
+        if job.kind == "status":
+            self._status_dirty = True  # the latest status goes out again
+        elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
+            self._drop(job)
+        else:
+            self._outbox.appendleft(job)
+
+    def _drop_partials(self) -> None:
+        """On a lost connection: partials go, finals wait."""
+        finals = deque(job for job in self._outbox if job.kind == "final")
+        dropped = len(self._outbox) - len(finals)
+        if dropped:
+            self._counters.add("mqtt_partials_dropped", dropped)
+        self._outbox = finals
+        if not self._outbox and not self._status_dirty:
+            self._idle.set()
+
+    # -- connection -------------------------------------------------------------------
+
+    def _new_client(self) -> aiomqtt.Client:
+        settings = self._settings
+        return aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username or None,
+            password=settings.password.get_secret_value() or None,
+            identifier=self._client_id,
+            will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
+            keepalive=settings.keepalive_s,
+            timeout=OPERATION_TIMEOUT_S,
+            tls_params=self._tls_params(),
+            max_queued_incoming_messages=INCOMING_LIMIT,
+        )
+
+    def _tls_params(self) -> aiomqtt.TLSParameters | None:
+        settings = self._settings
+        if not settings.tls:
+            return None
+        return aiomqtt.TLSParameters(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+        )
+
+    async def _reconnect_loop(self) -> None:
+        """aiomqtt's reconnect loop: one session after another, backing off between."""
+        backoff = _Backoff(
+            self._settings.reconnect_min_s, self._settings.reconnect_max_s, self._rng
+        )
+        while not self._stop.is_set():
+            if await self._session(backoff):
+                return
+            await self._pause(backoff.next())
+
+    async def _session(self, backoff: _Backoff) -> bool:
+        """One connection: True once closed on request, False when it failed."""
+        reached = False
+        try:
+            async with self._new_client() as client:
+                reached = True
+                backoff.reset()
+                await self._serve(client)
+        except aiomqtt.MqttError as exc:
+            self._note_failure(exc, reached)
+            return False
+        return True
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Announce, then send and receive until close() (returns) or failure (raises)."""
+        try:
+            await self._announce(client)
+            self._connected = True
+            self._failing = False
+            self._counters.add("mqtt_connects")
+            log.info("MQTT connected to %s:%d", self._settings.host, self._settings.port)
+            await self._pump(client)
+            await self._say_offline(client, self._offline_timeout)
+        except asyncio.CancelledError:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._say_offline(client, CANCEL_OFFLINE_TIMEOUT_S)
+            raise
+        finally:
+            self._connected = False
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        await client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        for topic_filter in self._subscriptions:
+            await client.subscribe(topic_filter, qos=1)
+        self._status_dirty = self._status is not None
+
+    async def _say_offline(self, client: aiomqtt.Client, limit_s: float) -> None:
+        await client.publish(
+            self.topic("availability"), OFFLINE, qos=1, retain=True, timeout=limit_s
+        )
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Run the sender and the receiver until one fails (raise) or stop is asked."""
+        sender = asyncio.create_task(self._send_loop(client), name="mqtt-send")
+        receiver = asyncio.create_task(self._receive_loop(client), name="mqtt-receive")
+        stopper = asyncio.create_task(self._stop.wait(), name="mqtt-stop")
+        tasks = (sender, receiver, stopper)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in (sender, receiver):
+            if task in done:
+                task.result()  # raises what ended the connection
+
+    def _note_failure(self, exc: aiomqtt.MqttError, was_connected: bool) -> None:
+        self._drop_partials()
+        where = f"{self._settings.host}:{self._settings.port}"
+        if was_connected:
+            self._counters.add("mqtt_disconnects")
+            log.warning("MQTT connection to %s lost: %s; reconnecting", where, exc)
+            return
+        self._counters.add("mqtt_connect_failures")
+        log.log(
+            logging.DEBUG if self._failing else logging.WARNING,
+            "MQTT cannot connect to %s: %s; retrying",
+            where,
+            exc,
+        )
+        self._failing = True  # further failures in a row are logged at DEBUG
+
+    async def _pause(self, seconds: float) -> None:
+        await _wait(self._stop, seconds)
+
+    async def _cancel_run(self) -> None:
+        task = self._run_task
+        if task is None or task.done():
+            return
+        log.warning("MQTT link did not stop in time; cancelling it")
+        self._cancelled_by_close = True  # run() returns instead of raising
+        task.cancel()
+        await asyncio.wait([task])
+
+    # -- per-connection tasks ---------------------------------------------------------
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._wake.clear()
+            while (job := self._take_job()) is not None:
+                await self._send(client, job)
+            self._idle.set()
+            await self._wake.wait()
+
+    async def _send(self, client: aiomqtt.Client, job: _Job) -> None:
+        try:
+            await client.publish(job.topic, job.payload, qos=job.qos, retain=job.retain)
+        except BaseException:
+            self._put_back(job)
+            raise
+        if job.kind != "status":
+            self._counters.add("mqtt_captions_published")
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        """Deliver incoming messages; raises MqttError when the connection goes."""
+        async for message in client.messages:
+            self._dispatch(message.topic.value, message.payload)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(topic, payload)
+        except Exception:
+            self._counters.add("mqtt_handler_errors")
+            log.exception("MQTT message handler failed on %s", topic)
+
+
+async def _wait(event: asyncio.Event, limit_s: float) -> bool:
+    """Wait for `event` at most `limit_s` seconds; True if it is set."""
+    if limit_s > 0 and not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), limit_s)
+    return event.is_set()
+
+
+def _uncancel() -> int:
+    """Withdraw one cancellation request of the current task; the number left."""
+    task = asyncio.current_task()
+    return task.uncancel() if task is not None else 0

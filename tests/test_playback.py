@@ -1,0 +1,659 @@
+"""Playback: the jitter buffer without a device, then the real thing on the audio rig.
+
+The device tests run `tests/drive_playback.py` in a subprocess with the rig's environment
+(PortAudio reads `$HOME/.asoundrc` when sounddevice is imported), record `spk.monitor`
+with parecord through a pipe whose chunks are timestamped with time.monotonic(), and
+check the recording: which tones, in which order, how long, how loud, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.counters import Counters
+from daemon.playback import (
+    Playback,
+    PlaybackDrained,
+    PlaybackSkipped,
+    PlaybackStarted,
+    PlayQueue,
+    volume_gain,
+)
+from daemon.values import OUTPUT_RATE, Pcm, Timeline
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from audio_rig import AudioRig  # noqa: E402
+
+# ---------------------------------------------------------------------------------------
+# The jitter buffer and backlog logic, without a device
+# ---------------------------------------------------------------------------------------
+
+RATE = 1000  # a small rate keeps the numbers readable: 1 sample = 1 ms
+
+
+def marked(utt: int, n: int) -> Pcm:
+    """Samples that say which utterance they belong to and where: utt*1000 + 1 + index."""
+    return (utt * 1000 + 1 + np.arange(n) % 999).astype(np.int16)
+
+
+class Clock:
+    """Renders blocks like the audio callback: block i is handed at t0 + i*block/RATE."""
+
+    def __init__(self, queue: PlayQueue, block: int = 10, lead: float = 0.05) -> None:
+        self.queue = queue
+        self.block = block
+        self.lead = lead
+        self.now = 100.0
+        self.out: list[Pcm] = []
+
+    def render(self, blocks: int = 1) -> Pcm:
+        got = []
+        for _ in range(blocks):
+            buf = np.full(self.block, -1, dtype=np.int16)
+            self.queue.render(buf, self.now, self.now + self.lead)
+            got.append(buf)
+            self.now += self.block / RATE
+        self.out.extend(got)
+        return np.concatenate(got)
+
+    def played(self) -> Pcm:
+        everything = np.concatenate(self.out) if self.out else np.zeros(0, np.int16)
+        return everything[everything != 0]
+
+
+def make_queue(backlog_s: float = 10.0) -> tuple[PlayQueue, Counters]:
+    counters = Counters()
+    return PlayQueue(RATE, backlog_s, counters), counters
+
+
+def test_plays_in_start_order_even_when_later_audio_arrives_first() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue)
+    queue.start(1, None)
+    queue.start(2, None)
+    queue.feed(2, marked(2, 30))  # waits outside the ring: 1 is still open
+    queue.feed(1, marked(1, 25))
+    clock.render(1)
+    queue.feed(1, marked(1, 25)[:5])
+    queue.end(1)
+    queue.feed(2, marked(2, 30)[:7])
+    queue.end(2)
+    clock.render(10)
+    expected = np.concatenate([marked(1, 25), marked(1, 5), marked(2, 30), marked(2, 7)])
+    np.testing.assert_array_equal(clock.played(), expected)
+
+
+def test_render_zero_fills_and_counts_underflow_only_while_starved() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue)
+    assert not clock.render(5).any()  # idle: silence, no underflow
+    queue.start(1, None)
+    clock.render(3)  # started but no audio yet: a gap, not an underflow
+    queue.feed(1, marked(1, 15))
+    clock.render(1)
+    assert queue.underflows == 0
+    clock.render(3)  # 5 samples left, then starved for two more blocks: one episode
+    assert queue.underflows == 1
+    queue.feed(1, marked(1, 20))
+    clock.render(1)
+    queue.end(1)
+    queue.start(2, None)
+    clock.render(5)  # 1 ended, 2 has no audio yet: not starved
+    assert queue.underflows == 1
+
+
+def test_events_started_and_drained_carry_dac_times() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue, block=10, lead=0.05)
+    timeline = Timeline()
+    queue.start(7, timeline)
+    clock.render(2)  # 20 ms of idle
+    queue.feed(7, marked(7, 35))
+    queue.end(7)
+    first_handed = clock.now
+    clock.render(4)  # 35 samples: the last one in the 4th block
+    events = queue.poll(clock.now)
+    assert events == [PlaybackStarted(7, first_handed, first_handed + 0.05)]
+    drain_at = first_handed + 0.05 + 0.035
+    assert queue.poll(drain_at - 0.001) == []
+    assert queue.poll(drain_at + 1e-9) == [PlaybackDrained(7, pytest.approx(drain_at))]
+    assert timeline.first_sample_to_device == first_handed
+    assert timeline.last_sample_drained == pytest.approx(drain_at)
+    assert queue.finished_at() == pytest.approx(drain_at)
+
+
+def test_end_after_everything_was_played_still_drains_at_the_last_sample() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue, block=10, lead=0.05)
+    queue.start(1, None)
+    queue.feed(1, marked(1, 10))
+    t0 = clock.now
+    clock.render(3)  # starved after the first block
+    queue.end(1)
+    events = queue.poll(t0 + 1)
+    assert [type(e) for e in events] == [PlaybackStarted, PlaybackDrained]
+    assert events[1] == PlaybackDrained(1, pytest.approx(t0 + 0.05 + 0.010))
+
+
+def test_utterance_without_audio_gets_no_event_and_does_not_block() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue)
+    queue.start(1, None)
+    queue.start(2, None)
+    queue.feed(2, marked(2, 10))
+    queue.end(1)  # no audio at all
+    queue.end(2)
+    clock.render(2)
+    events = queue.poll(clock.now + 1)
+    assert [(type(e), e.utt_id) for e in events] == [(PlaybackStarted, 2), (PlaybackDrained, 2)]
+    np.testing.assert_array_equal(clock.played(), marked(2, 10))
+
+
+def test_backlog_skips_the_oldest_waiting_utterance() -> None:
+    queue, counters = make_queue(backlog_s=1.0)  # 1000 samples
+    clock = Clock(queue)
+    for utt in (1, 2, 3):
+        queue.start(utt, None)
+    queue.feed(1, marked(1, 600))
+    queue.end(1)
+    clock.render(10)  # 1 is playing: 500 left
+    queue.feed(2, marked(2, 300))
+    queue.end(2)
+    assert queue.feed(3, marked(3, 150)) == []  # 500 + 300 + 150 fits
+    events = queue.feed(3, marked(3, 100))  # 1050 would not: 2 (waiting) goes
+    assert events == [PlaybackSkipped(2, 0.3, "backlog")]
+    queue.end(3)
+    clock.render(100)
+    expected = np.concatenate([marked(1, 600), marked(3, 150), marked(3, 100)])
+    np.testing.assert_array_equal(clock.played(), expected)
+    assert counters.get("playback_skipped_utterances") == 1
+    assert counters.get("playback_skipped_seconds") == pytest.approx(0.3)
+
+
+def test_backlog_skips_a_middle_utterance_and_keeps_the_younger_ones() -> None:
+    queue, _ = make_queue(backlog_s=1.0)
+    clock = Clock(queue)
+    for utt in (1, 2, 3, 4):
+        queue.start(utt, None)
+    queue.feed(1, marked(1, 400))
+    queue.end(1)
+    clock.render(1)
+    queue.feed(2, marked(2, 200))
+    queue.end(2)
+    queue.feed(3, marked(3, 300))
+    queue.end(3)
+    events = queue.feed(4, marked(4, 200))  # 390 + 200 + 300 + 200 > 1000: skip 2
+    assert [e.utt_id for e in events if isinstance(e, PlaybackSkipped)] == [2]
+    queue.end(4)
+    clock.render(200)
+    expected = np.concatenate([marked(1, 400), marked(3, 300), marked(4, 200)])
+    np.testing.assert_array_equal(clock.played(), expected)
+
+
+def test_backlog_skips_the_rest_of_the_playing_one_when_nothing_else_waits() -> None:
+    queue, counters = make_queue(backlog_s=1.0)
+    clock = Clock(queue)
+    queue.start(1, None)
+    queue.feed(1, marked(1, 900))
+    clock.render(10)  # 100 played, 800 left
+    events = queue.feed(1, marked(1, 400))  # 1200 > 1000: the playing one itself
+    assert [type(e) for e in events] == [PlaybackStarted, PlaybackSkipped]
+    assert events[1] == PlaybackSkipped(1, pytest.approx(0.8), "backlog")
+    assert queue.feed(1, marked(1, 50)) == []  # dropped: it was skipped
+    queue.end(1)
+    queue.start(2, None)
+    queue.feed(2, marked(2, 20))
+    queue.end(2)
+    clock.render(20)
+    np.testing.assert_array_equal(clock.played(), np.concatenate([marked(1, 100), marked(2, 20)]))
+    assert counters.get("playback_skipped_seconds") == pytest.approx(0.8 + 0.4 + 0.05)
+
+
+def test_audible_until_covers_handed_and_queued_audio() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue, block=10, lead=0.05)
+    assert queue.audible_until(clock.now, 0.05) == 0.0
+    queue.start(1, None)
+    queue.feed(1, marked(1, 200))
+    assert queue.audible_until(clock.now, 0.05) == pytest.approx(clock.now + 0.05 + 0.2)
+    t0 = clock.now
+    clock.render(5)  # 50 handed; 150 queued
+    assert queue.audible_until(clock.now, 0.05) == pytest.approx(t0 + 0.05 + 0.2)
+    queue.end(1)
+    clock.render(15)
+    assert queue.audible_until(clock.now + 5, 0.05) == pytest.approx(t0 + 0.05 + 0.2)
+
+
+def test_skip_waiting_keeps_only_the_playing_one() -> None:
+    queue, _ = make_queue()
+    clock = Clock(queue)
+    for utt in (1, 2, 3):
+        queue.start(utt, None)
+    queue.feed(1, marked(1, 50))
+    queue.end(1)
+    clock.render(1)
+    queue.feed(2, marked(2, 50))
+    events = queue.skip_waiting("shutdown")
+    assert [(e.utt_id, e.reason) for e in events if isinstance(e, PlaybackSkipped)] == [
+        (2, "shutdown"),
+        (3, "shutdown"),
+    ]
+    clock.render(10)
+    np.testing.assert_array_equal(clock.played(), marked(1, 50))
+
+
+def test_volume_curve() -> None:
+    assert volume_gain(100, False) == 1.0
+    assert volume_gain(50, False) == 0.125
+    assert 20 * math.log10(volume_gain(50, False)) == pytest.approx(-18.06, abs=0.01)
+    assert volume_gain(0, False) == 0.0
+    assert volume_gain(100, True) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 300), min_size=1, max_size=5),
+    chunk=st.integers(1, 97),
+    block=st.integers(1, 64),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_feeding_pattern_plays_each_sample_once_in_order(
+    lengths: list[int], chunk: int, block: int, order: Any
+) -> None:
+    queue, _ = make_queue(backlog_s=10.0)
+    clock = Clock(queue, block=block)
+    audio = {utt: marked(utt, n) for utt, n in enumerate(lengths, start=1)}
+    offsets = dict.fromkeys(audio, 0)
+    for utt in audio:
+        queue.start(utt, None)
+    open_utts = list(audio)
+    while open_utts:
+        utt = order.choice(open_utts)
+        pcm = audio[utt][offsets[utt] : offsets[utt] + chunk]
+        if len(pcm):
+            queue.feed(utt, pcm)
+            offsets[utt] += len(pcm)
+        else:
+            queue.end(utt)
+            open_utts.remove(utt)
+        if order.random() < 0.3:
+            clock.render(1)
+    clock.render(sum(lengths) // block + 2)
+    np.testing.assert_array_equal(clock.played(), np.concatenate(list(audio.values())))
+    queue.poll(clock.now + 1)
+    assert queue.finished_at() is not None
+
+
+# -- the Playback callback, without a device ---------------------------------------------
+
+
+def fake_callback(playback: Playback, frames: int, channels: int, now: float) -> Pcm:
+    out = np.full((frames, channels), 7, dtype=np.int16)
+    info = SimpleNamespace(currentTime=now, outputBufferDacTime=now + 0.04)
+    playback._callback(out, frames, info, SimpleNamespace(output_underflow=False))
+    return out
+
+
+def test_callback_applies_gain_to_every_channel_and_mute_silences() -> None:
+    playback = Playback(None, Counters())
+    playback.start_utterance(1)
+    playback.feed(1, np.full(300, 10_000, dtype=np.int16))
+    out = fake_callback(playback, 100, 2, 1.0)
+    assert (out == 10_000).all()
+    playback.set_volume(50, False)
+    out = fake_callback(playback, 100, 2, 1.1)
+    assert (out == 1250).all()
+    playback.set_volume(100, True)
+    assert not fake_callback(playback, 100, 2, 1.2).any()
+    assert playback.latency == pytest.approx(0.04)
+
+
+def test_callback_never_raises_and_counts_errors() -> None:
+    counters = Counters()
+    playback = Playback(None, counters)
+    out = np.full((10, 1), 7, dtype=np.int16)
+    playback._callback(out, 10, None, None)  # a broken time_info: counted, silence
+    assert not out.any()
+    playback._tick()
+    assert counters.get("playback_callback_errors") == 1
+
+
+def test_resamples_on_the_feeding_side_when_the_device_runs_at_48k() -> None:
+    playback = Playback(None, Counters())
+    playback._set_rate(48_000)
+    playback.start_utterance(1)
+    t = np.arange(OUTPUT_RATE // 2) / OUTPUT_RATE
+    pcm = (np.sin(2 * np.pi * 1000 * t) * 10_000).astype(np.int16)
+    for offset in range(0, len(pcm), 1237):
+        playback.feed(1, pcm[offset : offset + 1237])
+    playback.end_utterance(1)
+    assert playback.backlog_s() == pytest.approx(0.5, abs=0.001)
+    out = np.concatenate([fake_callback(playback, 480, 1, 1.0)[:, 0] for _ in range(49)])
+    assert playback.backlog_s() == pytest.approx(0.01, abs=0.0001)  # 24000 samples in all
+    spectrum = np.abs(np.fft.rfft(out[2000:20000]))
+    assert np.argmax(spectrum) * 48_000 / 18_000 == pytest.approx(1000, abs=5)
+
+
+# ---------------------------------------------------------------------------------------
+# On the rig: a real PulseAudio speaker, recorded from spk.monitor
+# ---------------------------------------------------------------------------------------
+
+needs_pulseaudio = pytest.mark.skipif(
+    shutil.which("pulseaudio") is None, reason="pulseaudio is not installed"
+)
+REC_RATE = 48_000
+WINDOW = 480  # 10 ms analysis windows
+HOP = 240
+DRIVER = ROOT / "tests" / "drive_playback.py"
+
+
+class Recorder:
+    """parecord of spk.monitor into a pipe; every chunk is timestamped on arrival, so a
+    sample index maps to monotonic time (late by at most the record latency)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        argv = ["parecord", "--raw", "-d", "spk.monitor", f"--rate={REC_RATE}",
+                "--channels=1", "--format=s16le", "--latency-msec=10"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        )
+        self.chunks: list[bytes] = []
+        self.anchor = math.inf  # monotonic time of sample 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        total = 0
+        while chunk := os.read(fd, 4096):
+            now = time.monotonic()
+            self.chunks.append(chunk)
+            total += len(chunk)
+            self.anchor = min(self.anchor, now - total / 2 / REC_RATE)
+
+    def wait_started(self) -> None:
+        deadline = time.monotonic() + 3
+        while not self.chunks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> Pcm:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self.thread.join(timeout=5)
+        data = b"".join(self.chunks)
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype=np.int16)
+
+    def time_of(self, index: float) -> float:
+        return self.anchor + index / REC_RATE
+
+
+@dataclass
+class Run:
+    freq: int
+    start: float  # monotonic
+    end: float
+    rms: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Result:
+    lines: list[dict[str, Any]]
+    rec: Pcm
+    recorder: Recorder
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["ev"] == kind]
+
+    def one(self, kind: str, utt: int) -> dict[str, Any]:
+        (line,) = [e for e in self.events(kind) if e.get("utt") == utt]
+        return line
+
+    @property
+    def counters(self) -> dict[str, float]:
+        counters: dict[str, float] = self.events("done")[0]["counters"]
+        return counters
+
+    def runs(self, freqs: list[int]) -> list[Run]:
+        return tone_runs(self.rec, freqs, self.recorder)
+
+
+def tone_runs(rec: Pcm, freqs: list[int], recorder: Recorder) -> list[Run]:
+    """Contiguous stretches where one of `freqs` (multiples of 100 Hz) dominates."""
+    count = max(0, (len(rec) - WINDOW) // HOP + 1)
+    frames = np.lib.stride_tricks.sliding_window_view(rec.astype(np.float64), WINDOW)[::HOP]
+    spectra = np.abs(np.fft.rfft(frames[:count] * np.hanning(WINDOW), axis=1))
+    bins = [f * WINDOW // REC_RATE for f in freqs]
+    strength = spectra[:, bins]
+    labels = np.where(strength.max(axis=1) > 2e4, np.argmax(strength, axis=1), -1)
+    runs: list[Run] = []
+    index = 0
+    while index < count:
+        stop = index
+        while stop < count and labels[stop] == labels[index]:
+            stop += 1
+        if labels[index] >= 0 and stop - index >= 3:
+            first, last = index * HOP + WINDOW // 2, stop * HOP + WINDOW // 2
+            middle = rec[first + 480 : max(first + 960, last - 480)].astype(np.float64)
+            rms = float(np.sqrt(np.mean(middle**2)))
+            start, end = recorder.time_of(first), recorder.time_of(last)
+            runs.append(Run(freqs[labels[index]], start, end, rms))
+        index = stop
+    return runs
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[AudioRig]:
+    if shutil.which("pulseaudio") is None:
+        pytest.skip("pulseaudio is not installed")
+    with AudioRig() as running:
+        yield running
+
+
+def rig_env(rig: AudioRig) -> dict[str, str]:
+    return {**os.environ, **rig.env}
+
+
+def play(rig: AudioRig, scenario: dict[str, Any], tmp_path: Path) -> Result:
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps({"device": rig.speaker_device, **scenario}))
+    env = rig_env(rig)
+    recorder = Recorder(env)
+    recorder.wait_started()
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    time.sleep(0.1)
+    rec = recorder.stop()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return Result(lines, rec, recorder)
+
+
+def feed(utt: int, freq: int, seconds: float, chunk: int, interval: float = 0.01) -> dict[str, Any]:
+    return {"op": "feed", "utt": utt, "freq": freq, "seconds": seconds, "chunk": chunk,
+            "interval": interval}  # fmt: skip
+
+
+@needs_pulseaudio
+def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio(
+    rig: AudioRig, tmp_path: Path
+) -> None:
+    plan = {500: 0.7, 800: 1.1, 1100: 0.9}
+    scenario = {
+        "steps": [
+            {"op": "probe", "every": 0.05},
+            {"op": "start", "utt": 1},
+            {"op": "start", "utt": 2},
+            {"op": "start", "utt": 3},
+            {"op": "spawn", "steps": [feed(2, 800, 1.1, 977)]},  # arrives before 1 ends
+            feed(1, 500, 0.7, 1237),
+            feed(3, 1100, 0.9, 1511),
+            {"op": "join"},
+        ]
+    }
+    result = play(rig, scenario, tmp_path)
+    runs = result.runs(list(plan))
+    assert [run.freq for run in runs] == list(plan), runs  # in order, nothing twice
+    for run in runs:
+        assert run.duration == pytest.approx(plan[run.freq], abs=0.05), run
+    assert result.events("done")[0]["drained"] is True
+    assert result.counters.get("output_underflows", 0) == 0
+    assert result.counters.get("playback_callback_errors", 0) == 0
+    assert [e["utt"] for e in result.events("started")] == [1, 2, 3]
+    assert [e["utt"] for e in result.events("drained")] == [1, 2, 3]
+    for utt, run in enumerate(runs, start=1):
+        started, drained = result.one("started", utt), result.one("drained", utt)
+        assert started["audible_at"] == pytest.approx(run.start, abs=0.03)
+        assert drained["t"] == pytest.approx(run.end, abs=0.03)
+        assert drained["emitted"] >= run.end - 0.03  # after the audio was in the recording
+    # audible_until: from the end of feeding to the end of the sound it covers the sound
+    last_fed = max(e["t"] for e in result.events("fed"))
+    probes = [p for p in result.events("probe") if last_fed <= p["now"] <= runs[-1].end]
+    assert len(probes) >= 10
+    for probe in probes:
+        assert probe["until"] >= runs[-1].end - 0.03, probe
+        assert probe["until"] <= runs[-1].end + 0.05, probe
+        assert probe["state"] == "speaking"
+    after = [p for p in result.events("probe") if p["now"] > runs[-1].end + 0.05]
+    assert after and all(p["until"] < p["now"] and p["state"] == "idle" for p in after)
+
+
+@needs_pulseaudio
+def test_volume_50_is_18_db_below_100_and_mute_is_silent(rig: AudioRig, tmp_path: Path) -> None:
+    scenario = {
+        "steps": [
+            {"op": "start", "utt": 1},
+            feed(1, 600, 0.6, 1237),
+            {"op": "wait_drained", "utt": 1},
+            {"op": "volume", "volume": 50},
+            {"op": "start", "utt": 2},
+            feed(2, 900, 0.6, 1237),
+            {"op": "wait_drained", "utt": 2},
+            {"op": "volume", "volume": 100, "mute": True},
+            {"op": "start", "utt": 3},
+            feed(3, 1200, 0.6, 1237),
+            {"op": "wait_drained", "utt": 3},
+        ]
+    }
+    result = play(rig, scenario, tmp_path)
+    runs = result.runs([600, 900, 1200])
+    assert [run.freq for run in runs] == [600, 900], runs
+    ratio_db = 20 * math.log10(runs[1].rms / runs[0].rms)
+    assert ratio_db == pytest.approx(-18.06, abs=0.3)
+    start, end = result.one("started", 3)["audible_at"], result.one("drained", 3)["t"]
+    first = round((start - result.recorder.anchor) * REC_RATE)
+    last = round((end - result.recorder.anchor) * REC_RATE)
+    assert last - first > 0.5 * REC_RATE
+    assert not result.rec[first:last].any()  # muted: digital silence
+
+
+@needs_pulseaudio
+def test_backlog_cap_skips_the_oldest_waiting_utterance(rig: AudioRig, tmp_path: Path) -> None:
+    scenario = {
+        "max_backlog_s": 1.5,
+        "steps": [
+            {"op": "start", "utt": 1},
+            {"op": "start", "utt": 2},
+            {"op": "start", "utt": 3},
+            feed(1, 500, 1.0, 2411, 0.005),
+            feed(2, 800, 1.0, 2411, 0.005),  # 1 still has ~0.9 s: 2 overflows the cap
+            {"op": "sleep", "s": 0.5},
+            feed(3, 1100, 0.8, 2411, 0.005),
+        ],
+    }
+    result = play(rig, scenario, tmp_path)
+    runs = result.runs([500, 800, 1100])
+    assert [run.freq for run in runs] == [500, 1100], runs
+    assert [run.duration for run in runs] == [
+        pytest.approx(1.0, abs=0.05),
+        pytest.approx(0.8, abs=0.05),
+    ]
+    (skipped,) = result.events("skipped")
+    assert skipped["utt"] == 2 and skipped["reason"] == "backlog"
+    assert 0.3 < skipped["seconds"] < 1.0
+    assert result.counters["playback_skipped_utterances"] == 1
+    assert result.counters["playback_skipped_seconds"] == pytest.approx(1.0, abs=0.001)
+    assert [e["utt"] for e in result.events("drained")] == [1, 3]
+
+
+@needs_pulseaudio
+def test_reopens_after_the_sound_server_dies(tmp_path: Path) -> None:
+    rig = AudioRig(tmp_path / "rig")
+    rig.start()
+    scenario = {
+        "device": rig.speaker_device,
+        "steps": [
+            {"op": "start", "utt": 1},
+            feed(1, 500, 0.5, 1237),
+            {"op": "wait_drained", "utt": 1},
+            {"op": "sleep", "s": 2.5},  # the server dies and comes back meanwhile
+            {"op": "start", "utt": 2},
+            feed(2, 800, 0.5, 1237),
+        ],
+    }
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(scenario))
+    errors = (tmp_path / "driver.err").open("w")
+    driver = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(path)],
+        env=rig_env(rig),
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+    )
+    lines: list[dict[str, Any]] = []
+    try:
+        assert driver.stdout is not None
+        for line in driver.stdout:  # until 1 has drained
+            lines.append(json.loads(line))
+            if lines[-1]["ev"] == "drained":
+                break
+        rig.stop()
+        time.sleep(0.3)
+        rig.start()
+        recorder = Recorder(rig_env(rig))
+        lines.extend(json.loads(line) for line in driver.stdout)
+        driver.wait(timeout=20)
+        time.sleep(0.1)
+        rec = recorder.stop()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        errors.close()
+        rig.stop()
+    assert driver.returncode == 0, (tmp_path / "driver.err").read_text()[-2000:]
+    done = next(line for line in lines if line["ev"] == "done")
+    assert done["drained"] is True
+    assert done["counters"]["playback_reopens"] >= 1
+    runs = tone_runs(rec, [500, 800], recorder)
+    assert [run.freq for run in runs] == [800]
+    assert runs[0].duration == pytest.approx(0.5, abs=0.05)
