@@ -76,6 +76,8 @@ class SegmenterSettings(_Section):
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)
     split_search_s: float = Field(default=2.0, ge=0.2, le=10.0)
     energy_floor_dbfs: float = Field(default=-55.0, ge=-100.0, le=0.0)
+    noise_margin_db: float = Field(default=6.0, ge=0.0, le=40.0)
+    noise_rise_db_per_s: float = Field(default=3.0, gt=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _check_split(self) -> SegmenterSettings:

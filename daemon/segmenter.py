@@ -1,13 +1,16 @@
 """Segmenter: WebRTC VAD + a QUIET/SPEAKING state machine cutting speech into utterances.
 
-Per frame: webrtcvad (mode 0–3, from the live room settings) AND an energy floor decide
-whether the frame is voiced. QUIET keeps a short history (pre-roll + start window); speech
-starts when the share of voiced frames in the start window reaches `start_ratio`, and the
-utterance begins `pre_roll_ms` before the first voiced frame of that window. SPEAKING ends
-after `hangover_ms` of unvoiced frames; the clip keeps `post_roll_ms` after the last voiced
-frame. Clips with less than `min_speech_ms` of voiced frames are noise (dropped, counted).
-A clip reaching `max_utterance_s` is split at the quietest frame of its last
-`split_search_s`, and the rest carries on as the next utterance.
+Per frame: webrtcvad (mode 0–3, from the live room settings) AND an energy test decide
+whether the frame is voiced: above the fixed floor `energy_floor_dbfs` and at least
+`noise_margin_db` above the tracked steady noise of the room (`NoiseFloor`).
+
+QUIET keeps a short history (pre-roll + start window); speech starts when the share of
+voiced frames in the start window reaches `start_ratio`, and the utterance begins
+`pre_roll_ms` before the first voiced frame of that window. SPEAKING ends after
+`hangover_ms` of unvoiced frames; the clip keeps `post_roll_ms` after the last voiced
+frame. Clips with less than `min_speech_ms` of voiced frames are noise (dropped,
+counted). A clip reaching `max_utterance_s` is split at the quietest frame of its last
+`split_search_s`, and the rest carries on as the next utterance (held to no minimum).
 """
 
 from __future__ import annotations
@@ -35,6 +38,33 @@ class SpeechStarted:
 SegmentEvent = SpeechStarted | Utterance
 
 
+class NoiseFloor:
+    """Minimum-tracking estimate of the room's steady noise level (dBFS).
+
+    It drops to any quieter frame at once and rises by at most `rise_per_frame` dB per
+    frame, so the short dips between syllables keep it at the noise under speech, while
+    a fan switched on is learned within seconds.
+    """
+
+    def __init__(self, rise_per_frame: float, start: float = -120.0) -> None:
+        self._rise = rise_per_frame
+        self._level = start
+        self._primed = False
+
+    @property
+    def level(self) -> float:
+        return self._level
+
+    def update(self, frame_level: float) -> float:
+        if not self._primed:
+            self._level, self._primed = frame_level, True
+        elif frame_level < self._level:
+            self._level = frame_level
+        else:
+            self._level = min(frame_level, self._level + self._rise)
+        return self._level
+
+
 @dataclass(slots=True)
 class _Scored:
     frame: Frame
@@ -60,6 +90,7 @@ class Segmenter:
         self._next_id = first_id
         self._vad = webrtcvad.Vad(room.current.vad_mode)
         self._vad_version = room.version
+        self._noise = NoiseFloor(settings.noise_rise_db_per_s * settings.frame_ms / 1000)
         self._frame_ms = settings.frame_ms
         self._window = max(1, settings.start_window_ms // self._frame_ms)
         self._pre_roll = settings.pre_roll_ms // self._frame_ms
@@ -73,6 +104,7 @@ class Segmenter:
         self._current: list[_Scored] = []
         self._silence_run = 0
         self._speaking = False
+        self._continued = False  # the clip in progress continues a split one
 
     @property
     def speaking(self) -> bool:
@@ -83,9 +115,11 @@ class Segmenter:
             self._vad_version = self._room.version
             self._vad.set_mode(self._room.current.vad_mode)
         level = dbfs(frame.pcm)
-        voiced = level >= self.s.energy_floor_dbfs and self._vad.is_speech(
-            frame.pcm.tobytes(), SAMPLE_RATE
+        noise = self._noise.update(level)
+        loud = level >= self.s.energy_floor_dbfs and (
+            self.s.noise_margin_db == 0 or level >= noise + self.s.noise_margin_db
         )
+        voiced = loud and self._vad.is_speech(frame.pcm.tobytes(), SAMPLE_RATE)
         return _Scored(frame, voiced, level)
 
     def push(self, frame: Frame) -> list[SegmentEvent]:
@@ -132,9 +166,10 @@ class Segmenter:
         self._current = []
         self._speaking = False
         self._silence_run = 0
+        continued, self._continued = self._continued, False
         for leftover in rest[-self._history.maxlen :] if self._history.maxlen else []:
             self._history.append(leftover)
-        return self._emit(clip, split=False)
+        return self._emit(clip, split=False, continued=continued)
 
     def _split(self) -> list[SegmentEvent]:
         frames = self._current
@@ -146,11 +181,17 @@ class Segmenter:
             if self._current[i].voiced:
                 break
             self._silence_run += 1
-        return self._emit(clip, split=True)
+        continued, self._continued = self._continued, True
+        return self._emit(clip, split=True, continued=continued)
 
-    def _emit(self, clip: list[_Scored], *, split: bool) -> list[SegmentEvent]:
+    def _emit(
+        self, clip: list[_Scored], *, split: bool, continued: bool = False
+    ) -> list[SegmentEvent]:
+        """An utterance of `clip`; a short one is noise unless it is part of a split."""
         voiced = sum(1 for s in clip if s.voiced)
-        if not clip or (voiced < self._min_voiced and not split):
+        if voiced == 0 and continued:
+            return []  # only the silence after a split: nothing was said
+        if not clip or (voiced < self._min_voiced and not (split or continued)):
             self._counters.add("noise_dropped")
             return []
         pcm = np.concatenate([s.frame.pcm for s in clip])

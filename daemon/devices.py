@@ -1,0 +1,163 @@
+"""The sound devices PortAudio sees, the rates they accept, and resolving a device spec.
+
+sounddevice is imported inside the functions: PortAudio reads the ALSA configuration
+(`$HOME/.asoundrc`) when it initialises, which is when sounddevice is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from daemon.profiles import Profile, name_matches
+
+log = logging.getLogger(__name__)
+
+PROBE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+Kind = Literal["input", "output"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    index: int
+    name: str
+    hostapi: str
+    max_input_channels: int
+    max_output_channels: int
+    default_samplerate: float
+    input_rates: tuple[int, ...] = ()  # rates accepted for mono int16 capture (if probed)
+    output_rates: tuple[int, ...] = ()
+
+    @property
+    def is_input(self) -> bool:
+        return self.max_input_channels > 0
+
+    @property
+    def is_output(self) -> bool:
+        return self.max_output_channels > 0
+
+
+class DeviceNotFoundError(LookupError):
+    """A device spec that matches no device; the message lists the devices."""
+
+
+def _accepted_rates(sd: Any, index: int, kind: Kind) -> tuple[int, ...]:
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    rates = []
+    for rate in PROBE_RATES:
+        try:
+            check(device=index, samplerate=rate, channels=1, dtype="int16")
+        except Exception:  # PortAudioError or ValueError: not accepted
+            continue
+        rates.append(rate)
+    return tuple(rates)
+
+
+def list_devices(probe_rates: bool = True) -> list[DeviceInfo]:
+    """All PortAudio devices; with `probe_rates` the rates each accepts (slower: it opens
+    every device once per rate, and a device in use may accept none)."""
+    import sounddevice as sd
+
+    hostapis = [str(api["name"]) for api in sd.query_hostapis()]
+    devices = []
+    for raw in sd.query_devices():
+        index = int(raw["index"])
+        ins, outs = int(raw["max_input_channels"]), int(raw["max_output_channels"])
+        devices.append(
+            DeviceInfo(
+                index=index,
+                name=str(raw["name"]),
+                hostapi=hostapis[int(raw["hostapi"])],
+                max_input_channels=ins,
+                max_output_channels=outs,
+                default_samplerate=float(raw["default_samplerate"]),
+                input_rates=_accepted_rates(sd, index, "input") if probe_rates and ins else (),
+                output_rates=(_accepted_rates(sd, index, "output") if probe_rates and outs else ()),
+            )
+        )
+    return devices
+
+
+def default_device(kind: Kind) -> int | None:
+    """PortAudio's default input or output device index, None if there is none."""
+    import sounddevice as sd
+
+    index = int(sd.default.device[0 if kind == "input" else 1])
+    if index < 0:
+        try:
+            index = int(sd.query_devices(kind=kind)["index"])
+        except Exception:  # PortAudioError / ValueError: no default device
+            return None
+    return index
+
+
+def _channels(device: DeviceInfo, kind: Kind) -> int:
+    return device.max_input_channels if kind == "input" else device.max_output_channels
+
+
+def describe_devices(devices: Sequence[DeviceInfo], kind: Kind) -> str:
+    usable = [d for d in devices if _channels(d, kind) > 0]
+    if not usable:
+        return f"no {kind} devices"
+    return "; ".join(f"#{d.index} {d.name!r}" for d in usable)
+
+
+def resolve_device(spec: str | int, kind: Kind, devices: Sequence[DeviceInfo]) -> DeviceInfo:
+    """The device a spec names: an index, an exact name, or a case-insensitive substring
+    (the first in index order). Raises DeviceNotFoundError listing the devices."""
+    usable = [d for d in devices if _channels(d, kind) > 0]
+    text = str(spec).strip()
+    if isinstance(spec, int) or text.isdigit():
+        found = [d for d in usable if d.index == int(text)]
+    else:
+        exact = [d for d in usable if d.name.casefold() == text.casefold()]
+        found = exact or [d for d in usable if name_matches(text, d.name)]
+    if not found:
+        raise DeviceNotFoundError(
+            f"no {kind} device matches {text!r}; {kind} devices: {describe_devices(devices, kind)}"
+        )
+    if len(found) > 1:
+        log.info(
+            "%s device %r matches %d devices; using #%d %r",
+            kind,
+            text,
+            len(found),
+            found[0].index,
+            found[0].name,
+        )
+    return found[0]
+
+
+def _rates(rates: tuple[int, ...]) -> str:
+    return ",".join(f"{r // 1000}k" if r % 1000 == 0 else f"{r / 1000:g}k" for r in rates) or "-"
+
+
+def format_devices(devices: Sequence[DeviceInfo], profiles: Sequence[Profile]) -> str:
+    """The `roomtranslate devices` listing: devices, rates, and which profile matches."""
+    lines = ["Devices:"]
+    for d in devices:
+        lines.append(
+            f"  #{d.index:<3} {d.name}  [{d.hostapi}]  in {d.max_input_channels} ch"
+            f" @ {_rates(d.input_rates)} | out {d.max_output_channels} ch"
+            f" @ {_rates(d.output_rates)}  (default {d.default_samplerate:g} Hz)"
+        )
+    lines.append("Hardware profiles (auto picks the first present):")
+    chosen = False
+    for profile in profiles:
+        device = profile.input_device(devices)
+        if device is None:
+            lines.append(f"  - {profile.name}: not present ({profile.description})")
+            continue
+        output = profile.output_device(devices)
+        out_name = output.name if output is not None else "default output"
+        mark = "*" if not chosen else "+"
+        chosen = True
+        lines.append(
+            f"  {mark} {profile.name}: input {device.name!r}, output {out_name!r},"
+            f" echo guard {profile.echo_guard} ({profile.description})"
+        )
+    if not chosen:
+        lines.append("  (no profile matches: set audio.profile / audio.input_device)")
+    return "\n".join(lines)
