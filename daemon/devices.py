@@ -6,8 +6,11 @@ sounddevice is imported inside the functions: PortAudio reads the ALSA configura
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,15 +46,30 @@ class DeviceNotFoundError(LookupError):
     """A device spec that matches no device; the message lists the devices."""
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """ALSA prints every refused probe to fd 2; a refusal is an answer here, not an error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _accepted_rates(sd: Any, index: int, kind: Kind) -> tuple[int, ...]:
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings
     rates = []
-    for rate in PROBE_RATES:
-        try:
-            check(device=index, samplerate=rate, channels=1, dtype="int16")
-        except Exception:  # PortAudioError or ValueError: not accepted
-            continue
-        rates.append(rate)
+    with _quiet_stderr():
+        for rate in PROBE_RATES:
+            try:
+                check(device=index, samplerate=rate, channels=1, dtype="int16")
+            except Exception:  # PortAudioError or ValueError: not accepted
+                continue
+            rates.append(rate)
     return tuple(rates)
 
 

@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.config import AudioSettings, ConfigError, describe_validation_error
 
-PROFILES_DIR = Path(__file__).parent.parent / "hw_profiles"
+# The checkout's hw_profiles/, or the copy a wheel installs inside the package.
+_CHECKOUT_PROFILES = Path(__file__).parent.parent / "hw_profiles"
+PROFILES_DIR = (
+    _CHECKOUT_PROFILES if _CHECKOUT_PROFILES.is_dir() else Path(__file__).parent / "hw_profiles"
+)
 
 Latency = Literal["low", "high"] | float
 EchoGuard = Literal["gate", "off"]
