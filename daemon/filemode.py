@@ -78,6 +78,16 @@ class Summary:
         return out
 
 
+async def utterances_of(path: Path, settings: Settings) -> list[Utterance]:
+    """The clips the segmenter cuts from a file, as fast as possible (no service)."""
+    source = FileSource(path, SAMPLE_RATE * settings.segmenter.frame_ms // 1000)
+    segmenter = Segmenter(settings.segmenter, LiveRoom(settings.room), Counters(), source.wall_time)
+    found: list[Utterance] = []
+    async for frame in source.frames():
+        found += [e for e in segmenter.push(frame) if isinstance(e, Utterance)]
+    return found + [e for e in segmenter.flush() if isinstance(e, Utterance)]
+
+
 def srt_time(seconds: float) -> str:
     ms = max(0, round(seconds * 1000))
     hours, ms = divmod(ms, 3_600_000)

@@ -42,6 +42,9 @@ import soundfile as sf
 API_PREFIX = "/compatible-mode/v1"
 CHAT_PATH = f"{API_PREFIX}/chat/completions"
 MODELS = frozenset({"qwen3-livetranslate-flash", "qwen3-livetranslate-flash-2025-12-01"})
+# The service's own tables, copied from CONTRACT.md on purpose rather than imported from
+# daemon.languages: the simulator stands in for the service, so a mistake in the
+# daemon's tables shows up as a rejected request instead of being shared by both sides.
 AUDIO_LANGS = ("en", "zh", "ru", "fr", "de", "pt", "es", "it", "ko", "ja", "yue")
 TEXT_ONLY_LANGS = ("id", "vi", "th", "ar", "hi", "el", "tr")
 LANGS = frozenset(AUDIO_LANGS + TEXT_ONLY_LANGS)

@@ -18,21 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.config import LiveRoom, Settings  # noqa: E402
-from daemon.counters import Counters  # noqa: E402
-from daemon.filesource import FileSource  # noqa: E402
-from daemon.segmenter import Segmenter  # noqa: E402
+from daemon.config import Settings  # noqa: E402
+from daemon.filemode import utterances_of  # noqa: E402
 from daemon.translator import audio_data_uri  # noqa: E402
 from daemon.values import Utterance  # noqa: E402
-
-
-async def clips_of(path: Path, settings: Settings) -> list[Utterance]:
-    source = FileSource(path, 480)
-    seg = Segmenter(settings.segmenter, LiveRoom(settings.room), Counters(), source.wall_time)
-    found: list[Utterance] = []
-    async for frame in source.frames():
-        found += [e for e in seg.push(frame) if isinstance(e, Utterance)]
-    return found + [e for e in seg.flush() if isinstance(e, Utterance)]
 
 
 def encode(clips: list[Utterance], fmt: str) -> tuple[int, float]:
@@ -50,7 +39,7 @@ def main() -> int:
     settings = Settings()
     clips: list[Utterance] = []
     for path in sorted(args.audio_dir.glob("*.wav")):
-        clips += asyncio.run(clips_of(path, settings))
+        clips += asyncio.run(utterances_of(path, settings))
     speech_s = sum(u.duration_s for u in clips)
     wav, wav_t = encode(clips, "wav")
     flac, flac_t = encode(clips, "flac")

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from daemon.config import LiveRoom, Settings
-from daemon.counters import Counters
-from daemon.filesource import FileSource
-from daemon.segmenter import Segmenter
+from daemon.config import Settings
+from daemon.filemode import utterances_of
 from daemon.simulator import caption_text, clip_digest, tone_samples
 from daemon.values import Utterance
 from tests.conftest import AUDIO_DIR, PROJECT_ROOT
@@ -45,17 +43,7 @@ def translate_file(sim: Simulator, *args: str) -> subprocess.CompletedProcess[st
 
 def expected_utterances(path: Path) -> list[Utterance]:
     """The clips the daemon cuts from `path` (same segmenter, same defaults)."""
-    settings = Settings()
-
-    async def cut() -> list[Utterance]:
-        source = FileSource(path, 480)
-        seg = Segmenter(settings.segmenter, LiveRoom(settings.room), Counters(), source.wall_time)
-        found: list[Utterance] = []
-        async for frame in source.frames():
-            found += [e for e in seg.push(frame) if isinstance(e, Utterance)]
-        return found + [e for e in seg.flush() if isinstance(e, Utterance)]
-
-    return asyncio.run(cut())
+    return asyncio.run(utterances_of(path, Settings()))
 
 
 def parse_srt(text: str) -> list[tuple[float, float, str]]:
