@@ -339,4 +339,8 @@ def run_daemon(settings: Settings, api_key: str | None) -> int:
         settings.room.target_lang,
         profile.name if profile is not None else "(defaults)",
     )
-    return asyncio.run(daemon.run())
+    try:
+        return asyncio.run(daemon.run())
+    except Exception:  # a bug in a stage: say so in the journal; systemd restarts us
+        log.critical("roomtranslate stopped by an internal error", exc_info=True)
+        return 1
