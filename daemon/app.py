@@ -116,7 +116,12 @@ class Daemon:
         )
         self.captions = Captions(self._publish_caption, lambda: self.room.current)
         self.status = StatusSource(
-            self.counters, self.room, self.health, self._devices, self._queue
+            self.counters,
+            self.room,
+            self.health,
+            self._devices,
+            self._queue,
+            refresh=lambda: self._check_health(time.monotonic()),
         )
         self.notifier = Notifier()
         self._stop = asyncio.Event()

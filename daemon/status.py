@@ -107,9 +107,11 @@ class StatusSource:
     health: Health
     devices: Callable[[], Mapping[str, str]]
     queue: Callable[[], Mapping[str, int]]
+    refresh: Callable[[], None] = lambda: None  # bring `health` up to date first
     started_at: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
+        self.refresh()
         room = self.room.current
         return {
             "state": self.health.state(),

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Benchmark: the daemon's own added latency, CPU, memory and billing on the sound rig.
+
+    .venv/bin/python scripts/bench_latency.py [--quick] [--soak-minutes 10] [--utterances 10]
+
+Runs `roomtranslate run` on the private PulseAudio rig against the simulator with FIXED
+service delays (tests/e2e_harness.py: rig + Mosquitto + simulator + daemon), plays a
+scenario of real recordings into the microphone in real time and reports:
+
+- added latency per utterance, p50 / p95, target ≤ 20 ms at p95 (PASS/FAIL):
+  (i)   speech end detected → request sent             (daemon timeline)
+  (ii)  first text delta → first caption at a subscriber (timeline vs MQTT receive time)
+  (iii) first audio delta → first sample to the device  (daemon timeline)
+- CPU share of the daemon process (utime+stime from /proc/<pid>/stat) while listening to
+  silence and while translating the scenario;
+- VmRSS after a soak (`--soak-minutes`, 1 with `--quick`) with the scenario looped into
+  the microphone;
+- billed input audio seconds (status counters) per second of placed speech.
+
+Exit status 0 whatever the verdict (non-zero only if the harness itself fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.e2e_harness import (
+    Harness,
+    Scene,
+    Session,
+    first_partials,
+    missing_programs,
+    percentile,
+)
+
+TARGET_MS = 20.0
+CLIPS = (
+    "en_sr_english",
+    "fr_sr_french",
+    "ko_pv_leopard",
+    "pt_pv_leopard",
+    "zh_wenet_aishell",
+    "yue_funasrggml_yue",
+    "zh_funasr_mid",
+    "ja_pv_leopard",
+    "de_pv_leopard",
+    "it_pv_leopard",
+)
+GAP_S = 2.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    name: str
+    samples_ms: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.samples_ms, 95)
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.samples_ms and self.p95 <= TARGET_MS else "FAIL"
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_idle: float  # share of one core
+    cpu_busy: float
+    rss_start_kb: int
+    rss_end_kb: int
+    soak_s: float
+    soak_utterances: int
+    billed_per_speech_s: float
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--utterances", type=int, default=10, help="clips in the scenario")
+    p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument("--quick", action="store_true", help="a 1 minute soak")
+    p.add_argument("--idle-s", type=float, default=10.0, help="silence for the idle CPU")
+    p.add_argument("--first-text-ms", type=float, default=300.0)
+    p.add_argument("--first-audio-ms", type=float, default=150.0)
+    p.add_argument("--chunk-ms", type=float, default=20.0)
+    p.add_argument("--workdir", type=Path, help="keep logs and recordings here")
+    return p.parse_args(argv)
+
+
+def scenario_parts(count: int) -> list[tuple[str, float]]:
+    return [(CLIPS[i % len(CLIPS)], 1.0 if i == 0 else GAP_S) for i in range(count)]
+
+
+def cpu_share(session: Session, seconds: float) -> float:
+    """The daemon's CPU time over `seconds` of wall time, as a share of one core."""
+    cpu, began = session.daemon.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return (session.daemon.cpu_seconds() - cpu) / (time.monotonic() - began)
+
+
+def billed_input_s(session: Session) -> float:
+    return float(session.status()["counters"]["billed_audio_s"]["input"])
+
+
+def run_scenario(h: Harness, s: Session, scene: Scene) -> tuple[float, float]:
+    """Play the scene, wait for every final and drain; (CPU share, billed input s)."""
+    count = len(scene.truth)
+    billed = billed_input_s(s)
+    cpu, began = s.daemon.cpu_seconds(), time.monotonic()
+    h.play(scene).wait()
+    s.wait_finals(count, 15.0)
+    s.wait_timelines(count, 15.0)
+    share = (s.daemon.cpu_seconds() - cpu) / (time.monotonic() - began)
+    s.wait_status(lambda st: st["counters"]["translated"] >= count, 3.0)
+    return share, billed_input_s(s) - billed
+
+
+def latencies(s: Session) -> list[Latency]:
+    timelines = s.daemon.timelines()
+    first = first_partials(s.captions())
+    request, caption, audio = [], [], []
+    for utt_id, t in sorted(timelines.items()):
+        if "request_sent" in t:
+            request.append((t["request_sent"] - t["speech_end_detected"]) * 1000)
+        if "first_text" in t and utt_id in first:
+            caption.append((first[utt_id].at - t["first_text"]) * 1000)
+        if "first_audio" in t and "first_sample_to_device" in t:
+            audio.append((t["first_sample_to_device"] - t["first_audio"]) * 1000)
+    return [
+        Latency("(i) speech end -> request sent", request),
+        Latency("(ii) first text -> caption received", caption),
+        Latency("(iii) first audio -> first sample to device", audio),
+    ]
+
+
+def soak(h: Harness, s: Session, scene: Scene, seconds: float) -> tuple[int, int, int]:
+    """Loop the scene into the microphone for `seconds`; (RSS before, after, utterances)."""
+    rss_start = s.daemon.rss_kb()
+    utterances = len(s.finals())
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        playing = h.play(scene)
+        while not playing.done() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        playing.stop()
+    time.sleep(3.0)  # the last translations finish
+    return rss_start, s.daemon.rss_kb(), len(s.finals()) - utterances
+
+
+def print_report(args: argparse.Namespace, scene: Scene, lat: list[Latency], use: Usage) -> None:
+    print(
+        f"service delays: first_text {args.first_text_ms:.0f} ms, first_audio "
+        f"{args.first_audio_ms:.0f} ms, chunk {args.chunk_ms:.0f} ms; scenario "
+        f"{len(scene.truth)} utterances, {scene.speech_s:.1f} s speech in {scene.seconds:.1f} s"
+    )
+    print(f"{'added latency (ms)':<46}{'n':>4}{'p50':>8}{'p95':>8}{'max':>8}  target ≤ 20")
+    for item in lat:
+        top = max(item.samples_ms, default=0.0)
+        print(
+            f"{item.name:<46}{len(item.samples_ms):>4}{item.p50:>8.1f}{item.p95:>8.1f}"
+            f"{top:>8.1f}  {item.verdict}"
+        )
+    print(f"{'CPU, listening to silence':<46}{use.cpu_idle * 100:>8.1f} % of one core")
+    print(f"{'CPU, translating the scenario':<46}{use.cpu_busy * 100:>8.1f} % of one core")
+    print(
+        f"{'RSS (VmRSS) before / after soak':<46}{use.rss_start_kb / 1024:>8.1f} /"
+        f"{use.rss_end_kb / 1024:.1f} MiB after {use.soak_s / 60:.1f} min "
+        f"({use.soak_utterances} utterances)"
+    )
+    print(f"{'billed input audio s per s of speech':<46}{use.billed_per_speech_s:>8.2f}")
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> int:
+    sim = {
+        "first_text_ms": args.first_text_ms,
+        "first_audio_ms": args.first_audio_ms,
+        "chunk_ms": args.chunk_ms,
+        "jitter_ms": 0.0,
+    }
+    soak_s = 60.0 if args.quick else args.soak_minutes * 60.0
+    with Harness(workdir, sim_settings=sim) as h:
+        scene = h.compose(scenario_parts(args.utterances), "bench", tail_s=1.0)
+        with h.session() as s:
+            cpu_idle = cpu_share(s, args.idle_s)
+            cpu_busy, billed = run_scenario(h, s, scene)
+            lat = latencies(s)
+            rss_start, rss_end, soak_utts = soak(h, s, scene, soak_s)
+    use = Usage(cpu_idle, cpu_busy, rss_start, rss_end, soak_s, soak_utts, billed / scene.speech_s)
+    print_report(args, scene, lat, use)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if missing := missing_programs():
+        print(f"bench_latency: not installed: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return bench(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        return bench(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
