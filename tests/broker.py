@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +65,7 @@ class Broker:
         *,
         users: Mapping[str, str] | None = None,
         persistence: bool = False,
+        listener_options: Sequence[str] = (),
         start: bool = True,
         ready_timeout: float = 5.0,
     ) -> None:
@@ -72,6 +73,7 @@ class Broker:
         self.port = free_port()
         self.users = dict(users or {})
         self.persistence = persistence
+        self.listener_options = list(listener_options)
         self.ready_timeout = ready_timeout
         self._autostart = start
         self._tmp = tempfile.TemporaryDirectory(prefix="mosquitto-")
@@ -172,7 +174,7 @@ class Broker:
         raise RuntimeError(f"mosquitto did not open {self.host}:{self.port}:\n{self.log_text()}")
 
     def _write_config(self) -> Path:
-        lines = [f"listener {self.port} {self.host}", "log_dest stdout"]
+        lines = [f"listener {self.port} {self.host}", *self.listener_options, "log_dest stdout"]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to 'mosquitto' and cannot read
         if self.users:
