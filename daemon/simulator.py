@@ -1,7 +1,7 @@
 """Local stand-in for Alibaba's `qwen3-livetranslate-flash` (OpenAI-compatible, SSE).
 
 Run with ``python -m daemon.simulator`` (or ``roomtranslate simulator``). It validates
-requests the way the real service does (see ``/work/shared/api/CONTRACT.md``), streams a
+requests the way the real service does (see ``../shared/api/CONTRACT.md``), streams a
 deterministic "translation" derived from the clip's PCM, and can inject latency and
 faults. Control endpoints under ``/_sim/`` expose stats and change settings at runtime.
 

@@ -6,7 +6,7 @@ Stdlib only; usable as a module (`AudioRig`, a context manager) and as a command
     eval "$(python scripts/audio_rig.py start --dir /tmp/rig)"   # prints `export VAR=...`
     python scripts/audio_rig.py stop --dir /tmp/rig
 
-What it builds (see /work/shared/notes/virtual-audio.md for the measurements behind it):
+What it builds (see ../shared/notes/virtual-audio.md for the measurements behind it):
 - a PulseAudio server run in the foreground of its own session (`setsid`), with its own
   HOME, XDG_RUNTIME_DIR, PULSE_RUNTIME_PATH and PULSE_STATE_PATH under the rig directory
   and one anonymous native socket, `<dir>/native`;

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.paths import AUDIO_DIR, PROJECT_ROOT
 from tests.simproc import Simulator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-AUDIO_DIR = Path(
-    os.environ.get("ROOMTRANSLATE_AUDIO_DIR", PROJECT_ROOT.parent / "shared" / "audio")
-)
+__all__ = ["AUDIO_DIR", "PROJECT_ROOT", "read_clip"]
 
 
 @pytest.fixture(autouse=True)

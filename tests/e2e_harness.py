@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -63,19 +62,7 @@ FloatArray = npt.NDArray[np.float64]
 # ------------------------------------------------------------------------- prerequisites
 
 
-def _load_audio_rig() -> ModuleType:
-    """scripts/audio_rig.py as module `audio_rig` (shared with tests/rigutil.py)."""
-    if "audio_rig" in sys.modules:
-        return sys.modules["audio_rig"]
-    spec = importlib.util.spec_from_file_location("audio_rig", ROOT / "scripts" / "audio_rig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["audio_rig"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-audio_rig = _load_audio_rig()
+from tests.rigutil import audio_rig  # noqa: E402
 
 
 def missing_programs() -> list[str]:

