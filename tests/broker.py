@@ -37,6 +37,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from tests.procs import stop_process
+
 HOST = "127.0.0.1"
 MOSQUITTO = "mosquitto"
 MOSQUITTO_PASSWD = "mosquitto_passwd"
@@ -122,14 +124,7 @@ class Broker:
         """SIGTERM (mosquitto saves its persistence file), then SIGKILL if it lingers."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._signal(signal.SIGCONT)
-            self._signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self._proc.wait()
+        stop_process(self._proc, timeout, resume=True)
         self._proc = None
 
     def kill(self) -> None:

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ import numpy.typing as npt
 import soundfile as sf
 
 from tests.broker import Broker, Received, Recorder
+from tests.procs import stop_process
 from tests.scenario import compose, write
 from tests.simproc import Simulator
 
@@ -124,7 +124,7 @@ class Playing:
             raise RuntimeError(f"paplay failed ({self.proc.returncode}): {err.decode()}")
 
     def stop(self) -> None:
-        _stop_process(self.proc, 2.0)
+        stop_process(self.proc, 2.0)
 
 
 # ------------------------------------------------------------------------------- tones
@@ -237,7 +237,7 @@ class SpeakerRecording:
 
     def stop(self) -> Path:
         """Stop parecord (SIGTERM: it finalises the WAV header) and return the file."""
-        _stop_process(self._proc, 3.0)
+        stop_process(self._proc, 3.0)
         return self.path
 
     def stop_and_detect(self) -> list[Tone]:
@@ -389,7 +389,7 @@ class Daemon:
         if self._proc is None:
             raise RuntimeError("daemon not started")
         began = time.monotonic()
-        self.returncode = _stop_process(self._proc, timeout)
+        self.returncode = stop_process(self._proc, timeout)
         self.stop_s = time.monotonic() - began
         return self.returncode
 
@@ -405,22 +405,6 @@ class Daemon:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
-
-
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM the process by its PID, then SIGKILL after `timeout`; its exit status."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5.0)
-    with contextlib.suppress(ValueError, OSError):
-        proc.communicate(timeout=1.0)  # close pipes
-    return int(proc.returncode)
 
 
 # ----------------------------------------------------------------------------- session

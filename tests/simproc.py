@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from tests.procs import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_PREFIX = "READY "
@@ -115,14 +116,7 @@ class Simulator:
         if proc is None or proc.poll() is not None:
             self.returncode = None if proc is None else proc.returncode
             return self.returncode
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            self.returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            self.returncode = proc.wait(timeout=timeout)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        self.returncode = stop_process(proc, timeout)
         return self.returncode
 
     def stderr(self) -> str:
