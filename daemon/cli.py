@@ -17,20 +17,37 @@ EX_USAGE = 2
 EX_NOINPUT = 66
 
 
+CONFIG_HELP = (
+    "TOML configuration (default: $ROOMTRANSLATE_CONFIG, "
+    "else /etc/roomtranslate/config.toml when present)"
+)
+
+
+def _config_option(default: Any) -> argparse.ArgumentParser:
+    """`--config`, accepted before and after the subcommand (`run --config PATH`)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="PATH", default=default, help=CONFIG_HELP)
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="roomtranslate", description="Live speech translation for meeting rooms."
+        prog="roomtranslate",
+        description="Live speech translation for meeting rooms.",
+        parents=[_config_option(None)],
     )
     parser.add_argument("--version", action="version", version=f"roomtranslate {__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="TOML configuration (default: $ROOMTRANSLATE_CONFIG, "
-        "else /etc/roomtranslate/config.toml when present)",
-    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run the room daemon (microphone → translation → speaker/MQTT)")
-    tf = sub.add_parser("translate-file", help="translate an audio file (try a key, dry runs)")
+    # After the subcommand the option must not reset a value given before it.
+    after = [_config_option(argparse.SUPPRESS)]
+    sub.add_parser(
+        "run",
+        parents=after,
+        help="run the room daemon (microphone → translation → speaker/MQTT)",
+    )
+    tf = sub.add_parser(
+        "translate-file", parents=after, help="translate an audio file (try a key, dry runs)"
+    )
     tf.add_argument("input", type=Path, help="WAV/FLAC/OGG at any rate and channel count")
     tf.add_argument("--to", dest="target", required=True, help="target language code")
     tf.add_argument("--from", dest="source", help="source language code (default: auto)")
@@ -38,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     tf.add_argument("--no-speech", action="store_true", help="captions only")
     tf.add_argument("--out", type=Path, help="translated speech, 24 kHz WAV")
     tf.add_argument("--captions", type=Path, help="captions: .srt or .jsonl")
-    sub.add_parser("devices", help="list sound devices and the hardware profile that matches")
+    sub.add_parser(
+        "devices", parents=after, help="list sound devices and the hardware profile that matches"
+    )
     sim = sub.add_parser(
         "simulator", help="run the local service simulator", add_help=False, prefix_chars="\0"
     )

@@ -98,6 +98,15 @@ def test_missing_file_exits_78(tmp_path: Path) -> None:
     assert result.returncode == 78 and "no such configuration file" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "devices"])
+def test_config_option_after_the_subcommand(tmp_path: Path, command: str) -> None:
+    """`run --config PATH` (the systemd unit's order) reads PATH, like `--config PATH run`."""
+    missing = str(tmp_path / "nope.toml")
+    result = roomtranslate(command, "--config", missing)
+    assert result.returncode == 78 and "no such configuration file" in result.stderr
+    assert missing in result.stderr
+
+
 def test_impossible_voice_names_the_allowed_voices() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(None, {"room": {"target_lang": "yue", "voice": "Cherry"}})

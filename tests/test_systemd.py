@@ -8,6 +8,7 @@ watchdog fed, and stop cleanly on SIGTERM.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -57,7 +58,23 @@ def receive_until(sock: socket.socket, wanted: str, timeout: float) -> list[str]
     return got
 
 
+def unit_exec_start(config: Path) -> list[str]:
+    """The unit's own `ExecStart` command line, with this checkout's executable and `config`."""
+    lines = [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    argv = shlex.split(lines[0].removeprefix("ExecStart="))
+    exe = Path(sys.executable).parent / "roomtranslate"
+    assert argv[0] == "/opt/roomtranslate/.venv/bin/roomtranslate", argv
+    rest = [str(config) if a.startswith("/etc/roomtranslate/") else a for a in argv[1:]]
+    return [str(exe), *rest]
+
+
 def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    """The unit's ExecStart line itself, against a test config: READY, WATCHDOG, STOPPING."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[mqtt]\nenabled = false\n[api]\nbase_url = "http://127.0.0.1:9/compatible-mode/v1"\n'
+    )
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -66,14 +83,11 @@ def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         "NOTIFY_SOCKET": path,
         "WATCHDOG_USEC": "400000",
         "DASHSCOPE_API_KEY": "test",
-        "ROOMTRANSLATE_CONFIG": os.devnull,
-        "ROOMTRANSLATE_MQTT__ENABLED": "false",
-        "ROOMTRANSLATE_API__BASE_URL": "http://127.0.0.1:9/compatible-mode/v1",
         "HOME": str(tmp_path),  # no .asoundrc: no rig devices, whatever else runs
         "PULSE_SERVER": f"unix:{tmp_path}/none",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run"],
+        unit_exec_start(config),
         env=env,
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
