@@ -8,15 +8,27 @@ running.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from daemon.languages import LANGUAGES, check_voice
 
@@ -25,6 +37,34 @@ BEIJING_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 SINGAPORE_URL = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
 EX_CONFIG = 78  # sysexits.h EX_CONFIG
 _SECRET_FIELDS = frozenset({"password", "api_key", "key"})
+ENV_PREFIX = "ROOMTRANSLATE_"
+# ROOMTRANSLATE_* variables that are not settings: the config path, and the recordings
+# directory and demo flag read by the tests and scripts.
+OTHER_ENV_VARIABLES = frozenset({"CONFIG", "AUDIO_DIR", "DEMO"})
+
+
+def _check_http_url(value: str) -> str:
+    """`value` if it is an absolute http(s) URL with a host, else ValueError."""
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def _check_file(value: Path | None) -> Path | None:
+    """`value` if it is None or names a readable file, else ValueError."""
+    if value is None:
+        return None
+    if not value.is_file():
+        raise ValueError("no such file")
+    if not os.access(value, os.R_OK):
+        raise ValueError("file is not readable by this user")
+    return value
 
 
 class _Section(BaseModel):
@@ -101,6 +141,17 @@ class ApiSettings(_Section):
     fatal_pause_s: float = Field(default=60.0, ge=0)
     speech_rate: float | None = Field(default=None, ge=0.5, le=2.0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> ApiSettings:
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ValueError("backoff_base_s must not be greater than backoff_max_s")
+        return self
+
 
 class PipelineSettings(_Section):
     max_in_flight: int = Field(default=2, ge=1, le=8)
@@ -139,24 +190,38 @@ class MqttSettings(_Section):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _check_tls_file(cls, value: Path | None) -> Path | None:
+        return _check_file(value)
+
     @model_validator(mode="after")
     def _check_topics(self) -> MqttSettings:
         for name in ("prefix", "room_id"):
             value = getattr(self, name)
             if not value or any(c in value for c in "+#/\0"):
                 raise ValueError(f"{name} must be a non-empty topic level without + # /")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not be greater than reconnect_max_s")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not")
         return self
 
 
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
 
 class Settings(BaseSettings):
     """The whole configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ROOMTRANSLATE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -210,6 +275,47 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def _setting_names() -> dict[str, set[str]]:
+    """Section name → its keys, upper case (as the environment spells them)."""
+    return {
+        section.upper(): {key.upper() for key in info.annotation.model_fields}  # type: ignore[union-attr]
+        for section, info in Settings.model_fields.items()
+    }
+
+
+def check_environment(environ: Mapping[str, str]) -> list[str]:
+    """One line per `ROOMTRANSLATE_*` variable that names no setting or holds bad JSON.
+
+    Values are never echoed (a variable may hold a secret).
+    """
+    sections = _setting_names()
+    valid = [f"{ENV_PREFIX}{s}__{k}" for s, keys in sections.items() for k in keys]
+    valid += [f"{ENV_PREFIX}{name}" for name in (*sections, *OTHER_ENV_VARIABLES)]
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        rest = upper.removeprefix(ENV_PREFIX)
+        section, _, key = rest.partition("__")
+        if rest in OTHER_ENV_VARIABLES:
+            continue
+        if rest in sections:
+            try:
+                json.loads(environ[name])
+            except json.JSONDecodeError as exc:
+                problems.append(f"environment {name}: not a JSON object ({exc.msg})")
+            continue
+        if section in sections and key in sections[section]:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"environment {name}: no such setting{hint}")
+    return problems
 
 
 def _describe(error: Mapping[str, Any], section: str) -> str:
@@ -253,10 +359,15 @@ def load_settings(
     path = config_path(cli_path, os.environ)
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
     where = f"{path}: " if path is not None else ""
+    problems = check_environment(os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, where)) from None
+        raise ConfigError(problems + describe_validation_error(exc, where)) from None
+    except SettingsError as exc:  # a variable pydantic-settings could not parse
+        raise ConfigError(problems or [f"environment: {exc}"]) from None
+    if problems:
+        raise ConfigError(problems)
     return apply_overrides(settings, overrides or {})
 
 
@@ -272,21 +383,38 @@ def apply_overrides(settings: Settings, overrides: Mapping[str, Mapping[str, Any
     return settings.model_copy(update=update)
 
 
+def check_api_key(key: str, where: str) -> str:
+    """`key` without surrounding whitespace, or ConfigError saying (not showing) what is wrong:
+    a key is one line of printable ASCII."""
+    key = key.strip()
+    if not key:
+        raise ConfigError([f"{where}: the key is empty"])
+    if any(c in key for c in "\r\n"):
+        raise ConfigError([f"{where}: holds more than one line; put only the key in it"])
+    if not key.isascii():
+        raise ConfigError([f"{where}: the key has non-ASCII characters (a pasting error?)"])
+    if not key.isprintable() or any(c.isspace() for c in key):
+        raise ConfigError([f"{where}: the key has spaces or control characters"])
+    return key
+
+
 def resolve_api_key(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
-    """The API key from DASHSCOPE_API_KEY or `api.key_file`; never logged."""
+    """The API key from DASHSCOPE_API_KEY or `api.key_file`; never logged or echoed."""
     env = os.environ if environ is None else environ
-    key = env.get("DASHSCOPE_API_KEY", "").strip()
-    if key:
-        return key
+    if env.get("DASHSCOPE_API_KEY", "").strip():
+        return check_api_key(env["DASHSCOPE_API_KEY"], "DASHSCOPE_API_KEY")
     if settings.api.key_file is None:
         return None
+    where = f"api.key_file = '{settings.api.key_file}'"
     try:
-        key = settings.api.key_file.read_text(encoding="utf-8").strip()
+        raw = settings.api.key_file.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"api.key_file = '{settings.api.key_file}': {exc.strerror}"]) from None
-    if not key:
-        raise ConfigError([f"api.key_file = '{settings.api.key_file}': the file is empty"])
-    return key
+        raise ConfigError([f"{where}: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: not UTF-8 text"]) from None
+    return check_api_key(text, where)
 
 
 Listener = Callable[["RoomSettings"], None]

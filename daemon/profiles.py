@@ -150,6 +150,8 @@ def load_profile(path: Path) -> Profile:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     if "name" in data:
         raise ConfigError([f"{path}: name: unknown setting (the file name is the name)"])
     try:
