@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     tf.add_argument("--no-speech", action="store_true", help="captions only")
     tf.add_argument("--out", type=Path, help="translated speech, 24 kHz WAV")
     tf.add_argument("--captions", type=Path, help="captions: .srt or .jsonl")
+    tf.add_argument("--allow-empty", action="store_true", help="exit 0 when the file has no speech")
     sub.add_parser(
         "devices", parents=after, help="list sound devices and the hardware profile that matches"
     )
@@ -96,7 +97,14 @@ def _translate_file(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         print(f"roomtranslate: {args.input}: no such file", file=sys.stderr)
         return EX_NOINPUT
-    return translate_file(settings, _require_key(settings), args.input, args.out, args.captions)
+    return translate_file(
+        settings,
+        _require_key(settings),
+        args.input,
+        args.out,
+        args.captions,
+        allow_empty=args.allow_empty,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,7 @@ class Caption:
     text: str
     outcome: str
     reason: str
+    complete: bool = True
 
 
 @dataclass(slots=True)
@@ -56,6 +59,7 @@ class Summary:
     completion_tokens: int = 0
     billed_in_s: float = 0.0
     billed_out_s: float = 0.0
+    interrupted: str = ""  # the signal that stopped the run, if one did
 
     def add_usage(self, usage: Usage) -> None:
         self.prompt_tokens += usage.prompt_tokens
@@ -75,6 +79,12 @@ class Summary:
         if self.reasons:
             listed = ", ".join(f"{reason} {n}" for reason, n in sorted(self.reasons.items()))
             out.append(f"failures by reason: {listed}")
+        if self.interrupted:
+            unfinished = self.utterances - self.outcomes.total()
+            out.append(
+                f"interrupted by {self.interrupted}: {unfinished} utterance(s) cut but not "
+                "finished; the rest of the file was not read"
+            )
         return out
 
 
@@ -86,6 +96,31 @@ async def utterances_of(path: Path, settings: Settings) -> list[Utterance]:
     async for frame in source.frames():
         found += [e for e in segmenter.push(frame) if isinstance(e, Utterance)]
     return found + [e for e in segmenter.flush() if isinstance(e, Utterance)]
+
+
+class OutputError(Exception):
+    """An output path that cannot be used; found before anything is sent."""
+
+
+def check_outputs(source: Path, outputs: list[Path]) -> None:
+    """Refuse outputs that are the input or each other, or that cannot be created."""
+    real = os.path.realpath(source)
+    seen: dict[str, Path] = {}
+    for path in outputs:
+        resolved = os.path.realpath(path)
+        if resolved == real or (path.exists() and os.path.samefile(path, source)):
+            raise OutputError(f"{path}: is the input file; refusing to overwrite it")
+        if resolved in seen:
+            raise OutputError(f"{path}: given for both speech and captions")
+        seen[resolved] = path
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{path}: no such directory: {parent}")
+        target = path if path.exists() else parent
+        if not os.access(target, os.W_OK):
+            raise OutputError(f"{path}: not writable")
 
 
 def srt_time(seconds: float) -> str:
@@ -161,14 +196,24 @@ class FileRun:
         self.sequencer = Sequencer(
             settings.pipeline, self.translator.translate, self.room, self.counters
         )
+        self._captions_out = captions_out
         self.summary = Summary()
         self.progress = Progress(err, self.source.duration_s)
         self._err = err
         speech = settings.room.speech and speaks(settings.room.target_lang)
         self.wav_path = wav_out if speech else None
         self._wav: sf.SoundFile | None = None
-        self._captions = CaptionWriter(captions_out) if captions_out else None
+        self._captions: CaptionWriter | None = None
         self._text: dict[int, str] = {}
+
+    def open_outputs(self) -> None:
+        """Create the output files now, before any request is paid for (OSError if not)."""
+        if self.wav_path is not None:
+            self._wav = sf.SoundFile(
+                str(self.wav_path), "w", OUTPUT_RATE, 1, subtype="PCM_16", format="WAV"
+            )
+        if self._captions_out is not None:
+            self._captions = CaptionWriter(self._captions_out)
 
     async def run(self) -> Summary:
         try:
@@ -214,12 +259,8 @@ class FileRun:
             self._finish(utt, event)
 
     def _write_audio(self, chunk: AudioChunk) -> None:
-        if self.wav_path is None:
-            return
         if self._wav is None:
-            self._wav = sf.SoundFile(
-                str(self.wav_path), "w", OUTPUT_RATE, 1, subtype="PCM_16", format="WAV"
-            )
+            return
         self._wav.write(chunk.pcm)
         self.summary.speech_out_s += len(chunk.pcm) / OUTPUT_RATE
 
@@ -242,21 +283,26 @@ class FileRun:
                     utt.id,
                     utt.start / SAMPLE_RATE,
                     utt.end / SAMPLE_RATE,
-                    text if complete else "",
+                    # JSONL keeps the partial text of a cut stream; SRT shows only finished ones
+                    text if complete or self._captions.jsonl else "",
                     outcome.kind,
                     outcome.reason,
+                    complete,
                 )
             )
+
+    def close_quietly(self) -> None:
+        """Close whatever outputs were opened (after a failure to open the others)."""
+        self._close_outputs()
 
     def _close_outputs(self) -> None:
         if self._captions is not None:
             self._captions.close()
-        if self.wav_path is not None:
-            if self._wav is None:  # no speech came back: still leave a valid (empty) WAV
-                self._wav = sf.SoundFile(
-                    str(self.wav_path), "w", OUTPUT_RATE, 1, subtype="PCM_16", format="WAV"
-                )
+        if self._wav is not None:  # closing writes the WAV header with the real length
             self._wav.close()
+
+
+EX_CANTCREAT = 73  # sysexits.h: an output file cannot be created
 
 
 def summary_dict(summary: Summary) -> dict[str, Any]:
@@ -270,24 +316,71 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
     }
 
 
+async def _run_until_signal(run: FileRun) -> Summary:
+    """`run.run()`, stopped by SIGTERM/SIGINT: outputs closed, the summary says so."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    caught: list[str] = []
+
+    def stop(signum: signal.Signals) -> None:
+        if not caught:
+            caught.append(signum.name)
+            task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await run.run()
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        task.uncancel()
+        run.summary.interrupted = caught[0]
+        return run.summary
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
 def translate_file(
     settings: Settings,
     api_key: str,
     source: Path,
     wav_out: Path | None,
     captions_out: Path | None,
+    *,
+    allow_empty: bool = False,
 ) -> int:
-    """Run translate-file; exit status 0 when every utterance was translated, else 1."""
+    """Run translate-file. Exit status: 0 when every utterance was translated, 1 when some
+    failed or no speech was found (unless `allow_empty`), 73 when an output cannot be
+    written, 128 + the signal number when stopped by SIGTERM/SIGINT."""
+    try:
+        check_outputs(source, [p for p in (wav_out, captions_out) if p is not None])
+    except OutputError as exc:
+        sys.stderr.write(f"roomtranslate: {exc}\n")
+        return EX_CANTCREAT
     run = FileRun(settings, api_key, source, wav_out, captions_out, err=sys.stderr)
     if wav_out is not None and run.wav_path is None:
         sys.stderr.write(
             f"note: {settings.room.target_lang!r} is text-only (or speech is off): "
             f"no speech is written to {wav_out}\n"
         )
-    summary = asyncio.run(run.run())
+    try:
+        run.open_outputs()
+    except (OSError, sf.LibsndfileError) as exc:
+        run.close_quietly()
+        sys.stderr.write(f"roomtranslate: cannot write the output: {exc}\n")
+        return EX_CANTCREAT
+    summary = asyncio.run(_run_until_signal(run))
     for line in summary.lines():
         print(line)
     written = [str(p) for p in (run.wav_path, captions_out) if p is not None]
     if written:
         print("wrote: " + ", ".join(written))
+    if summary.interrupted:
+        return 128 + signal.Signals[summary.interrupted].value
+    if summary.utterances == 0:
+        print(f"no speech found in {source}: nothing was sent", file=sys.stderr)
+        return 0 if allow_empty else 1
     return 0 if summary.outcomes["translated"] == summary.utterances else 1
