@@ -1,4 +1,4 @@
-"""The `roomtranslate` command: run, translate-file, devices, simulator."""
+"""The `roomtranslate` command: run, translate-file, devices, check, simulator."""
 
 from __future__ import annotations
 
@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     tf.add_argument("--allow-empty", action="store_true", help="exit 0 when the file has no speech")
     sub.add_parser(
         "devices", parents=after, help="list sound devices and the hardware profile that matches"
+    )
+    chk = sub.add_parser(
+        "check",
+        parents=after,
+        help="check config, devices, broker, room id and service (before leaving the room)",
+    )
+    chk.add_argument(
+        "--no-service", action="store_true", help="skip the 1 s test clip to the service"
     )
     sim = sub.add_parser(
         "simulator", help="run the local service simulator", add_help=False, prefix_chars="\0"
@@ -125,6 +133,12 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from daemon.check import run_check
+
+    return run_check(args.config, service=not args.no_service)
+
+
 def _simulator(args: argparse.Namespace) -> int:
     from daemon.simulator import main as simulator_main
 
@@ -135,6 +149,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "translate-file": _translate_file,
     "devices": _devices,
+    "check": _check,
     "simulator": _simulator,
 }
 

@@ -60,6 +60,17 @@ def check_topic_level(value: str, name: str) -> str:
     return value
 
 
+def tls_parameters(settings: MqttSettings) -> aiomqtt.TLSParameters | None:
+    """aiomqtt's TLS settings for `[mqtt]` (None without TLS); also used by `check`."""
+    if not settings.tls:
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=str(settings.ca_file) if settings.ca_file else None,
+        certfile=str(settings.cert_file) if settings.cert_file else None,
+        keyfile=str(settings.key_file) if settings.key_file else None,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     """One message waiting for the sender."""
@@ -258,14 +269,7 @@ class MqttLink:
         )
 
     def _tls_params(self) -> aiomqtt.TLSParameters | None:
-        settings = self._settings
-        if not settings.tls:
-            return None
-        return aiomqtt.TLSParameters(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-        )
+        return tls_parameters(self._settings)
 
     async def _reconnect_loop(self) -> None:
         """aiomqtt's reconnect loop: one session after another, backing off between."""

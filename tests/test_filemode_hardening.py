@@ -124,10 +124,12 @@ def test_jsonl_keeps_the_partial_text_of_a_cut_stream(sim: Simulator, tmp_path: 
     result = translate_file(sim, str(JFK), "--to", "de", "--captions", str(jsonl))
     assert result.returncode == 1
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    cut = rows[0]
-    assert cut["outcome"] == "failed" and cut["reason"] == "incomplete", cut
-    assert cut["complete"] is False and cut["text"].startswith("[de] clip"), cut
-    assert all(r["complete"] for r in rows[1:])
+    # the first request to arrive is cut (two are in flight: not necessarily clip 1)
+    cut = [r for r in rows if not r["complete"]]
+    assert len(cut) == 1 and len(rows) >= 2, rows
+    assert cut[0]["outcome"] == "failed" and cut[0]["reason"] == "incomplete", cut
+    assert cut[0]["text"].startswith("[de] clip"), cut  # the partial text is kept
+    assert all(r["outcome"] == "translated" for r in rows if r["complete"])
 
 
 def test_no_speech_found_exits_1_unless_allowed(sim: Simulator, tmp_path: Path) -> None:
