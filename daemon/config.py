@@ -115,9 +115,15 @@ class SegmenterSettings(_Section):
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)
     split_search_s: float = Field(default=2.0, ge=0.2, le=10.0)
-    energy_floor_dbfs: float = Field(default=-55.0, ge=-100.0, le=0.0)
-    noise_margin_db: float = Field(default=6.0, ge=0.0, le=40.0)
-    noise_rise_db_per_s: float = Field(default=3.0, gt=0.0, le=60.0)
+    energy_floor_dbfs: float = Field(default=-65.0, ge=-100.0, le=0.0)
+    noise_margin_db: float = Field(default=3.0, ge=0.0, le=40.0)
+    noise_window_s: float = Field(default=2.0, ge=0.1, le=60.0)
+    detector: Literal["webrtc", "earshot", "silero"] = "webrtc"
+    earshot_threshold: float = Field(default=0.5, ge=0.05, le=0.95)
+    silero_threshold: float = Field(default=0.5, ge=0.05, le=0.95)
+    confirm: Literal["silero", "off"] = "silero"
+    confirm_speech_ms: int = Field(default=300, ge=0, le=5000)
+    highpass_hz: float = Field(default=100.0, ge=0.0, le=300.0)
 
     @model_validator(mode="after")
     def _check_split(self) -> SegmenterSettings:

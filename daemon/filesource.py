@@ -2,7 +2,8 @@
 
 The same interface as the live capture (`frames()`, `wall_time()`), fed either paced in
 real time or as fast as possible. Resampling is soxr's streaming resampler, so memory
-stays bounded whatever the file's length.
+stays bounded whatever the file's length. DC and rumble are removed by the segmenter's
+high-pass (daemon/segmenter/condition.py), for files and the live microphone alike.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import soxr
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.filesource import FileSource
-from daemon.segmenter import Segmenter, SegmentEvent, SpeechStarted
+from daemon.segmenter import FrameJudge, Segmenter, SegmentEvent, SpeechStarted, conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
 from tests.paths import AUDIO_DIR
 
@@ -78,8 +78,14 @@ def frame_levels(pcm: Pcm, frame: int = TRIM_FRAME) -> npt.NDArray[np.float64]:
 
 
 def trim(pcm: Pcm, below_peak_db: float = TRIM_BELOW_PEAK_DB) -> Pcm:
-    """`pcm` without its leading/trailing 10 ms frames quieter than peak - `below_peak_db`."""
-    levels = frame_levels(pcm)
+    """`pcm` without its leading/trailing 10 ms frames quieter than peak - `below_peak_db`.
+
+    Levels are measured above the segmenter's high-pass cut-off (a recording's hum or
+    rumble tail is not speech), the returned samples are the recording's own.
+    """
+    whole = len(pcm) // TRIM_FRAME * TRIM_FRAME
+    settings = SegmenterSettings(frame_ms=10)
+    levels = frame_levels(conditioned(pcm[:whole], settings)) if whole else frame_levels(pcm)
     if len(levels) == 0:
         return pcm
     loud = np.flatnonzero(levels >= levels.max() - below_peak_db)
@@ -243,12 +249,14 @@ def make_segmenter(
     settings: SegmenterSettings | None = None,
     room: LiveRoom | None = None,
     counters: Counters | None = None,
+    judge: FrameJudge | None = None,
 ) -> Segmenter:
     return Segmenter(
         settings or SegmenterSettings(),
         room or LiveRoom(RoomSettings()),
         counters or Counters(),
         wall_time=lambda sample: sample / SAMPLE_RATE,
+        judge=judge,
     )
 
 
@@ -286,11 +294,12 @@ def segment_pcm(
     room: LiveRoom | None = None,
     *,
     before_frame: FrameHook | None = None,
+    judge: FrameJudge | None = None,
 ) -> SegmentRun:
     """The Segmenter alone over 16 kHz mono `pcm` (no file, no resampling), then flush."""
     settings = settings or SegmenterSettings()
     run = SegmentRun()
-    segmenter = make_segmenter(settings, room, run.counters)
+    segmenter = make_segmenter(settings, room, run.counters, judge)
     for index, frame in enumerate(pcm_frames(pcm, settings.frame_ms)):
         if before_frame is not None:
             before_frame(index, frame)

@@ -11,13 +11,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import webrtcvad
 
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
+from daemon.segmenter import conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
+from tests.legacy_vad import LegacyJudge
+from tests.paths import AUDIO_DIR
 from tests.scenario import (
     Part,
     Scenario,
@@ -34,6 +38,7 @@ from tests.scenario import (
     trim,
     write,
 )
+from tests.segscore import Score, Turn, read_rttm, score
 
 DEFAULTS = SegmenterSettings()
 FRAME = SAMPLE_RATE * DEFAULTS.frame_ms // 1000
@@ -107,6 +112,11 @@ def padded(pcm: Pcm) -> Pcm:
     return out
 
 
+def segmented_source(pcm: Pcm, settings: SegmenterSettings = DEFAULTS) -> Pcm:
+    """What the segmenter cuts clips from: `pcm` padded to whole frames, DC/rumble removed."""
+    return conditioned(padded(pcm), settings)
+
+
 def summary(u: Utterance) -> tuple[int, int, int]:
     return u.start, u.end, u.stats.voiced_frames
 
@@ -148,7 +158,7 @@ async def test_each_spaced_clip_is_one_utterance(
 async def test_utterance_pcm_is_the_source_audio(
     clean_scene: Scenario, clean_run: SegmentRun
 ) -> None:
-    source = padded(clean_scene.pcm)
+    source = segmented_source(clean_scene.pcm)
     for u in clean_run.utterances:
         np.testing.assert_array_equal(u.pcm, source[u.start : u.end])
         assert u.start % FRAME == 0 and (u.end - u.start) % FRAME == 0
@@ -214,7 +224,7 @@ async def test_noise_alone_gives_no_utterance(noise: str, level: float, tmp_path
 
 
 async def test_speech_below_the_energy_floor_gives_no_utterance(tmp_path: Path) -> None:
-    quiet = compose(spaced(CLIPS[:4]), speech_dbfs=-65.0)
+    quiet = compose(spaced(CLIPS[:4]), speech_dbfs=-80.0)
     assert frame_levels(quiet.pcm, FRAME).max() < DEFAULTS.energy_floor_dbfs
     run = await segment_file(write(quiet.pcm, tmp_path / "quiet.wav"))
     assert run.utterances == [] and run.started == []
@@ -228,7 +238,7 @@ async def test_speech_below_the_energy_floor_gives_no_utterance(tmp_path: Path) 
 
 def assert_split_invariants(run: SegmentRun, pcm: Pcm, settings: SegmenterSettings) -> None:
     """≤ max length; each split cut at the quietest frame of its search window; no gap/overlap."""
-    source = padded(pcm)
+    source = segmented_source(pcm, settings)
     max_frames = int(settings.max_utterance_s * 1000) // settings.frame_ms
     search = int(settings.split_search_s * 1000) // settings.frame_ms
     utts = run.utterances
@@ -263,7 +273,7 @@ async def test_back_to_back_clips_are_split_contiguously(tmp_path: Path) -> None
     assert first.start <= round(scene.truth[0][0] * SAMPLE_RATE) <= first.end
     assert last.start <= round(scene.truth[-1][1] * SAMPLE_RATE) <= last.end
     joined = np.concatenate([u.pcm for u in run.utterances])
-    np.testing.assert_array_equal(joined, padded(scene.pcm)[first.start : last.end])
+    np.testing.assert_array_equal(joined, segmented_source(scene.pcm)[first.start : last.end])
 
 
 def silence(seconds: float) -> Pcm:
@@ -282,7 +292,7 @@ def word_after_split_scene() -> tuple[Pcm, int, int]:
     """Speech for 14.4 s of an utterance, a 0.3 s pause (< hangover), a 0.21 s word, silence.
 
     The pause is the quietest stretch of the split search window (13–15 s into the
-    utterance), so the split lands on its first frame and only the pause and the word remain.
+    utterance), so the split lands in it and only (the rest of) the pause and the word remain.
     Returns the PCM, where the pause begins and where the word ends.
     """
     names = ("de_pv_leopard", "fr_pv_leopard", "ja_pv_leopard", "it_pv_leopard")
@@ -299,7 +309,9 @@ def test_the_last_word_after_a_split_is_kept() -> None:
     unsplit = segment_pcm(pcm, SegmenterSettings(max_utterance_s=30.0))
     assert len(unsplit.utterances) == 1 and unsplit.utterances[0].end >= word_end  # control
     run = segment_pcm(pcm)
-    assert run.utterances[0].stats.split and run.utterances[0].end == pause_at + FRAME
+    # the split lands in the pause (its first frames still hold the high-pass's decay)
+    first = run.utterances[0]
+    assert first.stats.split and pause_at < first.end <= pause_at + len(silence(0.3))
     assert run.utterances[-1].end >= word_end, (run.spans, run.counters.snapshot())
     assert run.counters.get("noise_dropped") == 0
     assert_split_invariants(run, pcm, DEFAULTS)
@@ -352,10 +364,11 @@ async def test_other_rates_channels_and_formats_give_the_same_utterances(
 
 
 def first_voiced_frame(pcm: Pcm, settings: SegmenterSettings, mode: int = 2) -> int:
+    """webrtcvad fed every conditioned frame; the first one it voices above the floor."""
     vad = webrtcvad.Vad(mode)
-    for index, frame in enumerate(pcm_frames(pcm, settings.frame_ms)):
-        loud = dbfs(frame.pcm) >= settings.energy_floor_dbfs
-        if loud and vad.is_speech(frame.pcm.tobytes(), SAMPLE_RATE):
+    for index, frame in enumerate(pcm_frames(conditioned(pcm, settings), settings.frame_ms)):
+        voiced = vad.is_speech(frame.pcm.tobytes(), SAMPLE_RATE)
+        if voiced and dbfs(frame.pcm) >= settings.energy_floor_dbfs:
             return index
     raise AssertionError("no voiced frame")
 
@@ -388,14 +401,17 @@ async def test_vad_mode_changed_live_applies_to_the_running_segmenter(tmp_path: 
     )
     path = write(scene.pcm, tmp_path / "noisy.wav")
     boundary = round((scene.truth[2][1] + 1.0) * SAMPLE_RATE) // FRAME  # after clip 3
-    steady = await segment_file(path, room=LiveRoom(RoomSettings(vad_mode=0)))
+    # without the noise margin, webrtcvad's mode alone decides which noisy frames count
+    settings = SegmenterSettings(detector="webrtc", noise_margin_db=0.0)
+    steady = await segment_file(path, settings, room=LiveRoom(RoomSettings(vad_mode=0)))
+    strict = await segment_file(path, settings, room=LiveRoom(RoomSettings(vad_mode=3)))
     room = LiveRoom(RoomSettings(vad_mode=0))
 
     def switch(index: int, frame: Frame) -> None:
         if index == boundary:
             room.update(vad_mode=3)
 
-    switched = await segment_file(path, room=room, before_frame=switch)
+    switched = await segment_file(path, settings, room=room, before_frame=switch)
     assert room.current.vad_mode == 3 and room.version == 1
     cut_at = boundary * FRAME
     before = [summary(u) for u in in_window(steady.utterances, 0, cut_at)]
@@ -403,7 +419,10 @@ async def test_vad_mode_changed_live_applies_to_the_running_segmenter(tmp_path: 
     late = cut_at + FRAME, 1 << 40
     voiced_steady = sum(u.stats.voiced_frames for u in in_window(steady.utterances, *late))
     voiced_switched = sum(u.stats.voiced_frames for u in in_window(switched.utterances, *late))
-    assert voiced_switched < 0.9 * voiced_steady, (voiced_switched, voiced_steady)
+    voiced_strict = sum(u.stats.voiced_frames for u in in_window(strict.utterances, *late))
+    assert voiced_strict < voiced_steady  # control: the modes differ on this scene
+    figures = (voiced_switched, voiced_steady, voiced_strict)
+    assert abs(voiced_switched - voiced_strict) < abs(voiced_switched - voiced_steady), figures
 
 
 # ----------------------------------------------------------------------------- (i) pacing
@@ -419,3 +438,94 @@ async def test_realtime_file_source_is_paced(tmp_path: Path) -> None:
     assert elapsed >= 1.5, elapsed
     assert run.frames == -(-len(pcm) // FRAME)
     assert len(run.utterances) == 1, run.spans
+
+
+# ----------------------------------------------------------------------------- (j) meetings
+
+
+def ami(name: str) -> tuple[Pcm, list[Turn]]:
+    pcm = load(name)
+    rttm = AUDIO_DIR / f"{name}.rttm"
+    return pcm, read_rttm(rttm, len(pcm) / SAMPLE_RATE)
+
+
+def meeting_score(pcm: Pcm, turns: list[Turn], run: SegmentRun) -> Score:
+    return score(run.spans, turns, len(pcm) / SAMPLE_RATE)
+
+
+def legacy_run(pcm: Pcm) -> SegmentRun:
+    settings = SegmenterSettings(highpass_hz=0, confirm="off")
+    room = LiveRoom(RoomSettings())
+    return segment_pcm(pcm, settings, judge=LegacyJudge(settings, room), room=room)
+
+
+def test_a_real_meeting_is_heard_whole_without_extra_air() -> None:
+    """AMI tst00 (nothing was tuned on it) against its human reference: the issue's targets."""
+    pcm, turns = ami("en_ami_tst00")
+    result = meeting_score(pcm, turns, segment_pcm(pcm))
+    assert result.miss <= 0.03 and result.false_alarm <= 0.12, result
+    assert result.cut_inside <= 2, result
+    before = meeting_score(pcm, turns, legacy_run(pcm))  # control: the measure can fail
+    assert before.miss > 0.10, before
+
+
+def test_a_dc_offset_segments_like_a_clean_microphone() -> None:
+    pcm, turns = ami("en_ami_tst00")
+    shifted = np.clip(pcm.astype(np.int32) + round(0.05 * 32768), -32768, 32767).astype(np.int16)
+    clean = meeting_score(pcm, turns, segment_pcm(pcm))
+    offset = meeting_score(pcm, turns, segment_pcm(shifted))
+    assert abs(offset.miss - clean.miss) <= 0.01, (offset, clean)
+    assert abs(offset.false_alarm - clean.false_alarm) <= 0.01, (offset, clean)
+    assert meeting_score(pcm, turns, legacy_run(shifted)).miss > 0.5  # control: it was deaf
+
+
+def test_the_noise_recordings_send_nothing_alone_or_concatenated() -> None:
+    recordings = [load(name) for name in NOISES]
+    for name, pcm in [*zip(NOISES, recordings, strict=True), ("all", np.concatenate(recordings))]:
+        run = segment_pcm(pcm)
+        assert run.utterances == [], (name, run.spans, run.counters.snapshot())
+    joined = np.concatenate(recordings)
+    unconfirmed = segment_pcm(joined, SegmenterSettings(confirm="off"))
+    assert unconfirmed.utterances  # control: webrtcvad alone calls this noise speech
+    assert segment_pcm(joined).count("noise_unconfirmed") >= 1
+
+
+@pytest.mark.parametrize("detector", ["webrtc", "earshot", "silero"])
+def test_every_detector_finds_each_spaced_clip_once(
+    detector: Literal["webrtc", "earshot", "silero"], clean_scene: Scenario
+) -> None:
+    run = segment_pcm(clean_scene.pcm, SegmenterSettings(detector=detector))
+    assert_one_per_clip(run, clean_scene)
+
+
+# ----------------------------------------------------------------------------- (k) high-pass
+
+
+def tone(hz: float, seconds: float, amplitude: float = 8000.0) -> Pcm:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return np.round(amplitude * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    ("hz", "low", "high"),
+    [(1000.0, -0.3, 0.3), (300.0, -1.0, 0.3), (50.0, -60.0, -10.0), (20.0, -60.0, -25.0)],
+)
+def test_the_high_pass_keeps_the_voice_band_and_removes_hum_and_rumble(
+    hz: float, low: float, high: float
+) -> None:
+    source = tone(hz, 2.0)
+    out = conditioned(source, DEFAULTS)
+    settled = slice(SAMPLE_RATE, 2 * SAMPLE_RATE)
+    gain = dbfs(out[settled]) - dbfs(source[settled])
+    assert low <= gain <= high, gain
+
+
+def test_the_high_pass_removes_dc_and_runs_on_across_frames() -> None:
+    offset = np.full(SAMPLE_RATE, 1600, dtype=np.int16)  # 0.05 of full scale
+    out = conditioned(offset, DEFAULTS)
+    assert np.all(out[SAMPLE_RATE // 4 :] == 0), out[SAMPLE_RATE // 4 :].max()
+    # frame by frame is one long filter: the output does not depend on where frames begin
+    speech = trim(load("de_pv_leopard"))[: 100 * FRAME]
+    whole = conditioned(speech, SegmenterSettings(frame_ms=30))
+    tens = conditioned(speech, SegmenterSettings(frame_ms=10))
+    assert np.abs(whole.astype(np.int32) - tens).max() <= 1
