@@ -10,6 +10,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config libsystemd-dev
   libportaudio2 libsndfile1 libasound2-plugins alsa-utils pulseaudio sox
   mosquitto mosquitto-clients espeak-ng
+  python3-systemd  # what scripts/install.sh links into the device's venv (tests/test_install.py)
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
