@@ -8,7 +8,8 @@ One line per check, ✓ or ✗ with the reason:
   daemon's own capture and playback stages (the microphone must deliver audio);
 - broker: connects with the configured credentials and TLS (its own client id, no will:
   a running daemon is never disturbed);
-- room id: nobody holds `<prefix>/<room_id>/availability` = `online` (read only);
+- room id: nobody holds `<prefix>/<room_id>/availability` = `online` (read only; the
+  retained device claim `<prefix>/<room_id>/device`, when there is one, names the host);
 - service: one 1 s test clip through the daemon's translator (text only, billed as 1 s),
   so the URL, the key and the region are proven; `--no-service` skips it.
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -172,26 +175,63 @@ def _broker_client(settings: Settings) -> aiomqtt.Client:
     )
 
 
+async def _retained(client: aiomqtt.Client, topics: list[str]) -> dict[str, bytes]:
+    """The retained messages of `topics` (those that have one), read within RETAINED_WAIT_S."""
+    for topic in topics:
+        await client.subscribe(topic, qos=1)
+    found: dict[str, bytes] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(RETAINED_WAIT_S):
+            async for message in client.messages:
+                if isinstance(message.payload, bytes):
+                    found[str(message.topic)] = message.payload
+                if len(found) == len(topics):
+                    break
+    return found
+
+
+def _claimed_host(claim: bytes | None) -> str:
+    """The `host` of a retained device claim (`<prefix>/<room_id>/device`), "" if none."""
+    try:
+        host = json.loads(claim)["host"] if claim else ""
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return host if isinstance(host, str) else ""
+
+
+def _room_result(settings: Settings, availability: bytes | None, claim: bytes | None) -> Result:
+    mqtt = settings.mqtt
+    topic = f"{mqtt.prefix}/{mqtt.room_id}/availability"
+    if availability != b"online":
+        last = availability.decode("utf-8", "replace") if availability else "never announced"
+        return Result("room id", PASS, f"{mqtt.room_id!r} is free ({topic}: {last})")
+    host = _claimed_host(claim)
+    if host and host == socket.gethostname():
+        who = f"this device's own service ({host}) is online: stop it before checking"
+    elif host:
+        who = f"another device ({host}) has this room_id"
+    else:
+        who = "another device has this room_id (or this device's service is running)"
+    return Result(
+        "room id", FAIL, f"{mqtt.room_id!r} is already online on the broker ({topic}): {who}"
+    )
+
+
 async def check_broker(settings: Settings) -> list[Result]:
-    """Connect as the daemon would (own client id, no will); read the room's availability."""
+    """Connect as the daemon would (own client id, no will); read the room's availability
+    and device claim. Nothing is published."""
     mqtt = settings.mqtt
     if not mqtt.enabled:
         reason = "skipped (mqtt.enabled = false)"
         return [Result("broker", SKIP, reason), Result("room id", SKIP, reason)]
     where = f"{mqtt.host}:{mqtt.port}" + (" (TLS)" if mqtt.tls else "")
     who = f" as {mqtt.username!r}" if mqtt.username else ""
-    topic = f"{mqtt.prefix}/{mqtt.room_id}/availability"
-    retained: list[bytes] = []
+    base = f"{mqtt.prefix}/{mqtt.room_id}"
+    topics = [f"{base}/availability", f"{base}/device"]
     try:
         async with asyncio.timeout(BROKER_TIMEOUT_S + RETAINED_WAIT_S + 2):
             async with _broker_client(settings) as client:
-                await client.subscribe(topic, qos=1)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RETAINED_WAIT_S):
-                        async for message in client.messages:
-                            if isinstance(message.payload, bytes):
-                                retained.append(message.payload)
-                            break
+                found = await _retained(client, topics)
     except aiomqtt.MqttError as exc:
         broker = Result("broker", FAIL, f"{where}{who}: {exc}")
         return [broker, Result("room id", SKIP, "skipped (no broker)")]
@@ -199,20 +239,10 @@ async def check_broker(settings: Settings) -> list[Result]:
         broker = Result("broker", FAIL, f"{where}{who}: no answer within {BROKER_TIMEOUT_S:g} s")
         return [broker, Result("room id", SKIP, "skipped (no broker)")]
     broker = Result("broker", PASS, f"{where}{who}: connected")
-    if retained and retained[-1] == b"online":
-        room = Result(
-            "room id",
-            FAIL,
-            f"{mqtt.room_id!r} is already online on the broker ({topic} = online): another "
-            "device has this room_id (or this device's service is running)",
-        )
-    else:
-        last = retained[-1].decode("utf-8", "replace") if retained else "never announced"
-        room = Result("room id", PASS, f"{mqtt.room_id!r} is free ({topic}: {last})")
-    return [broker, room]
+    return [broker, _room_result(settings, found.get(topics[0]), found.get(topics[1]))]
 
 
-def test_clip() -> Utterance:
+def probe_clip() -> Utterance:
     """One second of quiet noise: a valid clip that is billed as the minimum, 1 s."""
     samples = round(TEST_CLIP_S * SAMPLE_RATE)
     pcm = (np.random.default_rng(0).standard_normal(samples) * 300).astype(np.int16)
@@ -242,7 +272,7 @@ async def check_service(settings: Settings, api_key: str) -> Result:
     outcome: Outcome | None = None
     try:
         async with asyncio.timeout(api.request_timeout_s + 5):
-            async for event in translator.translate(test_clip(), room):
+            async for event in translator.translate(probe_clip(), room):
                 if isinstance(event, Outcome):
                     outcome = event
     except TimeoutError:

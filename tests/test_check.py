@@ -4,6 +4,9 @@ simulator (with a key): it passes when everything is right and names each broken
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import pytest
 from tests.broker import Broker
 from tests.rigutil import ROOT, client_env, started_rig
 from tests.simproc import Simulator
+from tests.test_mqtt_tls import make_ca, make_cert
 
 KEY = "sk-check-good-key"
 PASSWORD = "broker-secret-pw"
@@ -150,17 +154,26 @@ def test_wrong_broker_password(
 def test_room_id_already_online(
     rig: Any, broker: Broker, service: Simulator, tmp_path: Path
 ) -> None:
-    async def announce(payload: bytes) -> None:
+    async def announce(topic: str, payload: bytes) -> None:
         async with aiomqtt.Client(
             broker.host, broker.port, username="other", password="other-pw"
         ) as client:
-            await client.publish("roomtranslate/taken-room/availability", payload, 1, True)
+            await client.publish(f"roomtranslate/taken-room/{topic}", payload, 1, True)
 
-    asyncio.run(announce(b"online"))
+    asyncio.run(announce("availability", b"online"))
     config = write_config(tmp_path, broker, service, mqtt_room_id='"taken-room"')
     found = assert_only_failing(check(rig, config, "--no-service"), "room id")
     assert "'taken-room' is already online" in found["room id"]
-    asyncio.run(announce(b"offline"))  # the other device went away: free again
+    # a device claim beside it names the other device, or says it is this one
+    claim = b'{"device_id": "d2", "host": "pi-room-7", "at": 0}'
+    asyncio.run(announce("device", claim))
+    found = assert_only_failing(check(rig, config, "--no-service"), "room id")
+    assert "another device (pi-room-7) has this room_id" in found["room id"]
+    mine = json.dumps({"device_id": "d1", "host": socket.gethostname(), "at": 0}).encode()
+    asyncio.run(announce("device", mine))
+    found = assert_only_failing(check(rig, config, "--no-service"), "room id")
+    assert "this device's own service" in found["room id"]
+    asyncio.run(announce("availability", b"offline"))  # the other device went away: free
     found = assert_only_failing(check(rig, config, "--no-service"))
     assert "availability: offline" in found["room id"]
 
@@ -201,3 +214,53 @@ def test_bad_config_exits_78_with_every_field(
         assert needle in result.stdout, result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     assert len(lines_of(result)) == 1  # nothing else is tried with a bad configuration
+
+
+@pytest.fixture(scope="module")
+def tls_broker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Broker, dict[str, Path]]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl missing")
+    d = tmp_path_factory.mktemp("check-pki")
+    ca = make_ca(d, "room-ca")
+    server = make_cert(d, "broker", ca, "IP:127.0.0.1")
+    client = make_cert(d, "room-1", ca, None)
+    pki = {"ca": ca[1], "client_key": client[0], "client_cert": client[1]}
+    pki["other_ca"] = make_ca(d, "other-ca")[1]
+    options = [
+        f"cafile {ca[1]}",
+        f"certfile {server[1]}",
+        f"keyfile {server[0]}",
+        "require_certificate true",
+    ]
+    with Broker(listener_options=options) as broker:
+        yield broker, pki
+
+
+@pytest.mark.parametrize("ca", ["ca", "other_ca"])
+def test_tls_broker_with_a_client_certificate(
+    rig: Any,
+    tls_broker: tuple[Broker, dict[str, Path]],
+    service: Simulator,
+    tmp_path: Path,
+    ca: str,
+) -> None:
+    broker, pki = tls_broker
+    config = write_config(
+        tmp_path,
+        broker,
+        service,
+        mqtt_username='""',
+        mqtt_password='""',
+        mqtt_tls="true",
+        mqtt_ca_file=f'"{pki[ca]}"',
+        mqtt_cert_file=f'"{pki["client_cert"]}"',
+        mqtt_key_file=f'"{pki["client_key"]}"',
+    )
+    if ca == "ca":
+        found = assert_only_failing(check(rig, config, "--no-service"))
+        assert f"{broker.host}:{broker.port} (TLS): connected" in found["broker"]
+    else:  # a CA that did not sign the broker's certificate
+        found = assert_only_failing(check(rig, config, "--no-service"), "broker")
+        assert "certificate verify failed" in found["broker"], found["broker"]
