@@ -61,6 +61,9 @@ MOSQ_CONF="$ROOT/etc/mosquitto/conf.d/roomtranslate.conf"
 MOSQ_PASSWD="$ROOT/etc/mosquitto/roomtranslate.passwd"
 MOSQ_ACL="$ROOT/etc/mosquitto/roomtranslate.acl"
 ENV_FILE="$ETC/environment"
+# Debian's Python (the package python3): what python3-systemd is built for, and reachable
+# by the service user (not a developer's pyenv or a python3 earlier in PATH).
+PYTHON=/usr/bin/python3
 # What a device needs at run time, nothing more: Python with venv, PortAudio (with ALSA),
 # Debian's build of systemd-python (no compiler on the device), CA certificates.
 DEVICE_PACKAGES=(python3 python3-venv libportaudio2 python3-systemd ca-certificates)
@@ -134,7 +137,7 @@ install_app() {
   mkdir -p "$APP"
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
-    python3 -m venv "$VENV"
+    "$PYTHON" -m venv "$VENV"
   fi
   link_debian_systemd
   local wheels pip=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
@@ -303,7 +306,7 @@ if [ "$ACTION" = uninstall ]; then
   exit 0
 fi
 ensure_packages "${DEVICE_PACKAGES[@]}"
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or newer needed"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or newer needed"
 ensure_user
 install_app
 install_config

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.conftest import AUDIO_DIR, PROJECT_ROOT
@@ -71,8 +72,9 @@ def test_unusable_outputs_fail_before_any_request(sim: Simulator, tmp_path: Path
     assert sim.stats()["requests"] == 0
 
 
-def test_sigterm_finishes_the_wav_and_captions_and_prints_the_summary(
-    sim: Simulator, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_wav_and_captions_and_prints_the_summary(
+    sim: Simulator, tmp_path: Path, signum: signal.Signals
 ) -> None:
     sim.control(first_text_ms=400, first_audio_ms=400)
     wav, jsonl = tmp_path / "de.wav", tmp_path / "de.jsonl"
@@ -100,14 +102,15 @@ def test_sigterm_finishes_the_wav_and_captions_and_prints_the_summary(
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "finished before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "interrupted by SIGTERM" in out and "utterances:" in out, out
+    assert proc.returncode == 128 + signum, err
+    assert f"interrupted by {signum.name}" in out and "utterances:" in out, out
+    assert "Traceback" not in err, err
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(rows) >= 2
     info = sf.info(str(wav))

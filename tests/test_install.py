@@ -14,8 +14,10 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -77,15 +79,20 @@ def installed(
 ) -> Iterator[tuple[Path, str]]:
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto is not installed")
-    root = tmp_path_factory.mktemp("scratch-root")
-    out = install(
-        root,
-        "--with-broker",
-        "--broker-port",
-        str(broker_port),
-        env={"DASHSCOPE_API_KEY": "sk-installed"},
-    )
-    yield root, out
+    # not under pytest's 0700 temp directories: the service user must reach its files
+    root = Path(tempfile.mkdtemp(prefix="roomtranslate-root-"))
+    root.chmod(0o755)
+    try:
+        out = install(
+            root,
+            "--with-broker",
+            "--broker-port",
+            str(broker_port),
+            env={"DASHSCOPE_API_KEY": "sk-installed"},
+        )
+        yield root, out
+    finally:
+        subprocess.run([*_sudo(), "rm", "-rf", str(root)], check=False)
 
 
 def test_user_venv_config_key_state_and_unit(installed: tuple[Path, str]) -> None:
@@ -144,39 +151,71 @@ def scratch_exec_start(root: Path, config: Path) -> list[str]:
     return moved
 
 
-def test_installed_exec_start_reaches_ready(installed: tuple[Path, str], tmp_path: Path) -> None:
+def as_service_user(root: Path) -> tuple[list[str], dict[str, Any]]:
+    """How to run a command as the installed user: (argv prefix, Popen keywords)."""
+    if os.geteuid() != 0:  # sudo can only run it as root: the files are still exercised
+        return _sudo(), {}
+    user = accounts(root, "passwd")["roomtranslate"]
+    audio = int(accounts(root, "group")["audio"][2])
+    return [], {"user": int(user[2]), "group": int(user[3]), "extra_groups": [audio]}
+
+
+def test_installed_exec_start_reaches_ready_as_the_service_user(
+    installed: tuple[Path, str],
+) -> None:
+    """The installed unit's ExecStart, the installed venv, the installed key file read by
+    the service user through its group (0640 root:roomtranslate): READY, then STOPPING."""
     root, _ = installed
-    config = tmp_path / "config.toml"
+    etc = root / "etc/roomtranslate"
     # the installed config, pointed at nothing reachable (no broker, no service)
-    text = (root / "etc/roomtranslate/config.toml").read_text()
-    text = text.replace('"/etc/roomtranslate/api-key"', f'"{root}/etc/roomtranslate/api-key"')
+    text = (etc / "config.toml").read_text()
+    text = text.replace('"/etc/roomtranslate/api-key"', f'"{etc}/api-key"')
     text = text.replace("enabled = true", "enabled = false", 1)
     text = text.replace(
         'base_url = "https://dashscope.aliyuncs.com/compatible-mode/v1"',
         'base_url = "http://127.0.0.1:9/compatible-mode/v1"',
     )
+    config = etc / "test-config.toml"
     config.write_text(text)
-    path = str(tmp_path / "notify.sock")
+    shutil.copymode(etc / "config.toml", config)
+    gid = int(accounts(root, "group")["roomtranslate"][2])
+    prefix, keywords = as_service_user(root)
+    if keywords:
+        os.chown(config, 0, gid)
+        # the key is readable by the service's group, not by anybody else
+        other = subprocess.run(
+            ["cat", str(etc / "api-key")], user=65534, check=False, capture_output=True
+        )
+        assert other.returncode != 0
+    run_dir = root / "run"
+    run_dir.mkdir(mode=0o755, exist_ok=True)
+    path = str(run_dir / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
+    os.chmod(path, 0o777)
     env = {
         "PATH": "/usr/bin:/bin",
         "NOTIFY_SOCKET": path,
         "WATCHDOG_USEC": "400000",
-        "HOME": str(tmp_path),
-        "PULSE_SERVER": f"unix:{tmp_path}/none",
+        "HOME": str(root / "var/lib/roomtranslate"),  # the user's home, its StateDirectory
+        "PULSE_SERVER": f"unix:{run_dir}/none",
     }
+    argv = [*prefix, *(["env", *(f"{k}={v}" for k, v in env.items())] if prefix else [])]
     proc = subprocess.Popen(
-        scratch_exec_start(root, config),
+        [*argv, *scratch_exec_start(root, config)],
         env=env,
         cwd="/",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        **keywords,
     )
     try:
         messages = receive_until(sock, "READY=1", 30)
-        assert any("READY=1" in m for m in messages), (messages, proc.poll())
+        if not any("READY=1" in m for m in messages):
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"no READY: {messages} {proc.returncode} {err.decode()[-2000:]}")
         proc.send_signal(signal.SIGTERM)
         stopping = receive_until(sock, "STOPPING=1", 10)
         assert any("STOPPING=1" in m for m in stopping), stopping
@@ -186,6 +225,7 @@ def test_installed_exec_start_reaches_ready(installed: tuple[Path, str], tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         sock.close()
+        config.unlink()
 
 
 def env_file(root: Path) -> dict[str, str]:
