@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import signal
@@ -22,6 +23,9 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from daemon.captions import Captions
+from daemon.captions.events import usage_figures
+from daemon.captions.lanes import CaptionLane, CaptionLanes
+from daemon.captions.recent import RecentCaptions
 from daemon.capture import Capture
 from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.counters import Counters
@@ -31,6 +35,7 @@ from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
 from daemon.playback import Playback, PlaybackDrained, PlaybackEvent, PlaybackSkipped
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
+from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
@@ -101,7 +106,8 @@ class Daemon:
         self.echo = make_echo_stage(
             settings.audio, profile, self.playback.audible_until, self.counters
         )
-        self.translator = Translator(settings.api, api_key, self.counters)
+        self.load = ServiceLoad(self.counters, settings.api.requests_per_minute)
+        self.translator = Translator(settings.api, api_key, self.counters, load=self.load)
         self.sequencer = Sequencer(
             settings.pipeline, self.translator.translate, self.room, self.counters
         )
@@ -114,7 +120,12 @@ class Daemon:
             if settings.mqtt.enabled
             else None
         )
-        self.captions = Captions(self._publish_caption, lambda: self.room.current)
+        self._caption_seq = itertools.count(1)  # one seq for every caption language
+        self.recent = RecentCaptions(
+            self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
+        )
+        self.captions = self._captions_for(None)
+        self.lanes = CaptionLanes(self._make_lane, self.room)
         self.status = StatusSource(
             self.counters,
             self.room,
@@ -122,6 +133,7 @@ class Daemon:
             self._devices,
             self._queue,
             refresh=lambda: self._check_health(time.monotonic()),
+            extra=self._more_status,
         )
         self.notifier = Notifier()
         self._stop = asyncio.Event()
@@ -150,6 +162,43 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.publish_caption(target, event, final)
 
+    def _captions_for(self, lang: str | None) -> Captions:
+        return Captions(
+            self._publish_caption,
+            lambda: self.room.current,
+            lang=lang,
+            seq=self._caption_seq,
+            counters=self.counters,
+            on_final=self.recent.add,
+        )
+
+    def _make_lane(self, lang: str) -> CaptionLane:
+        return CaptionLane(
+            lang,
+            translate=self.translator.translate,
+            load=self.load,
+            pipeline=self.settings.pipeline,
+            room=self.room,
+            captions=self._captions_for(lang),
+        )
+
+    def _publish_recent(self, lang: str, document: Mapping[str, Any] | None) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_retained(("captions", lang, "recent"), document)
+
+    def _more_status(self) -> Mapping[str, Any]:
+        return {
+            "service": {
+                "requests_per_minute": self.load.per_minute(),
+                "throttled": self.load.throttling,
+                "requests": {
+                    k: round(v) for k, v in self.counters.group("requests_by_lang").items()
+                },
+            },
+            "caption_lanes": self.lanes.figures(),
+            "usage": usage_figures(self.counters),
+        }
+
     def _publish_status(self, status: Mapping[str, Any]) -> None:
         if self.mqtt is not None:
             self.mqtt.publish_status(status)
@@ -170,6 +219,7 @@ class Daemon:
             for event in segmenter.push(frame):
                 if isinstance(event, Utterance):
                     self.sequencer.submit(event)
+                    self.lanes.submit(event)
                     log.info("utterance %d: %.2f s of speech", event.id, event.duration_s)
             self.health.hearing = segmenter.speaking
 
@@ -290,6 +340,8 @@ class Daemon:
                     start("status", publisher.run()),
                     start("supervise", self._supervise()),
                     start("watchdog", self.notifier.watchdog(self._healthy)),
+                    start("caption-lanes", self.lanes.run()),
+                    start("recent-captions", self.recent.run()),
                 ]
                 if self.mqtt is not None:
                     others.append(start("mqtt", self.mqtt.run()))
@@ -312,6 +364,7 @@ class Daemon:
         self.sequencer.drop_waiting("shutdown")
         self.sequencer.close()
         dispatch.cancel()  # in-flight translations end as dropped(shutdown)
+        await self.lanes.stop(timeout_s=2.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(deliver), timeout=2.0)
         drained = await self.playback.drain(self.settings.audio.stop_cap_s, skip_waiting=True)
@@ -319,6 +372,7 @@ class Daemon:
             log.warning("speech still playing after %.1f s: cut", self.settings.audio.stop_cap_s)
         if self.mqtt is not None:
             self.health.stopping = True
+            self.recent.clear()  # a room's words do not stay on the broker
             self.mqtt.publish_status(self.status.snapshot())
             await self.mqtt.close()
         for task in (deliver, *others):

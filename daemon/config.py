@@ -67,6 +67,10 @@ def _check_file(value: Path | None) -> Path | None:
     return value
 
 
+# Each caption language costs one request per utterance (the service allows 100 a minute).
+MAX_CAPTION_LANGS = 4
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +85,8 @@ class RoomSettings(_Section):
     volume: int = Field(default=80, ge=0, le=100)
     mute: bool = False
     vad_mode: int = Field(default=2, ge=0, le=3)
+    # Languages captioned (text only) in addition to target_lang, each on its own topic.
+    caption_langs: list[str] = Field(default_factory=list, max_length=MAX_CAPTION_LANGS)
 
     @model_validator(mode="after")
     def _check_languages(self) -> RoomSettings:
@@ -97,12 +103,26 @@ class RoomSettings(_Section):
         problem = check_voice(self.voice, self.target_lang)
         if problem is not None and self.speech:
             raise ValueError(problem)
+        _check_caption_langs(self.caption_langs, self.target_lang)
         return self
 
     @property
     def source(self) -> str | None:
         """The source language to send, None for auto-detection."""
         return None if self.source_lang == "auto" else self.source_lang
+
+
+def _check_caption_langs(langs: list[str], target: str) -> None:
+    for lang in langs:
+        if lang not in LANGUAGES:
+            raise ValueError(
+                f"caption_langs: {lang!r} is not a supported language; "
+                f"one of: {', '.join(sorted(LANGUAGES))}"
+            )
+        if lang == target:
+            raise ValueError(f"caption_langs: {lang!r} is the target_lang (captioned already)")
+    if len(set(langs)) != len(langs):
+        raise ValueError(f"caption_langs: a language is listed twice: {list(langs)}")
 
 
 class SegmenterSettings(_Section):
@@ -146,6 +166,7 @@ class ApiSettings(_Section):
     retry_after_max_s: float = Field(default=30.0, ge=0)
     fatal_pause_s: float = Field(default=60.0, ge=0)
     speech_rate: float | None = Field(default=None, ge=0.5, le=2.0)
+    requests_per_minute: int = Field(default=100, ge=1, le=100_000)
 
     @field_validator("base_url")
     @classmethod
@@ -195,6 +216,8 @@ class MqttSettings(_Section):
     status_interval_s: float = Field(default=30.0, ge=1.0)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    recent_captions: int = Field(default=6, ge=0, le=100)
+    recent_clear_s: float = Field(default=600.0, gt=0)
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod

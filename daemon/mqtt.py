@@ -7,6 +7,8 @@ Topics live under `<prefix>/<room_id>/`:
 - `status`: retained JSON, the latest one given (QoS 1).
 - `captions/<target_lang>`: JSON events, never retained; partial updates QoS 0, finals
   QoS 1. The link adds `"final": true|false` to each event.
+- `captions/<lang>/recent` (and any other document given to `publish_retained()`):
+  retained JSON, QoS 1, the latest per topic; an empty payload clears it.
 
 `run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
 doubling back-off. A broker that is down or goes away never raises out of `run()` and
@@ -45,7 +47,7 @@ CANCEL_OFFLINE_TIMEOUT_S = 1.0
 INCOMING_LIMIT = 100
 
 MessageHandler = Callable[[str, bytes], None]
-JobKind = Literal["final", "partial", "status"]
+JobKind = Literal["final", "partial", "status", "retained"]
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -85,7 +87,7 @@ class _Job:
 
     @property
     def retain(self) -> bool:
-        return self.kind == "status"
+        return self.kind in ("status", "retained")
 
 
 class _Backoff:
@@ -128,6 +130,7 @@ class MqttLink:
         self._outbox: deque[_Job] = deque()
         self._status: bytes | None = None
         self._status_dirty = False
+        self._retained: dict[str, bytes] = {}  # topic -> latest document not yet sent
         self._wake = asyncio.Event()  # something was queued for the sender
         self._idle = asyncio.Event()  # nothing is queued or in flight
         self._idle.set()
@@ -168,6 +171,13 @@ class MqttLink:
             self._kick()
         else:
             self._drop(job)
+
+    def publish_retained(self, parts: Sequence[str], payload: Mapping[str, Any] | None) -> None:
+        """Replace the retained document of `<prefix>/<room>/<parts>` (None clears it);
+        only the latest one per topic is sent. Never blocks."""
+        topic = self.topic(*(check_topic_level(part, "topic level") for part in parts))
+        self._retained[topic] = b"" if payload is None else encode_json(payload)
+        self._kick()
 
     def publish_status(self, payload: Mapping[str, Any]) -> None:
         """Replace the status to publish (retained, QoS 1); never blocks."""
@@ -230,12 +240,17 @@ class MqttLink:
         if self._status_dirty and self._status is not None:
             self._status_dirty = False
             return _Job("status", self.topic("status"), self._status)
+        if self._retained:
+            topic = next(iter(self._retained))
+            return _Job("retained", topic, self._retained.pop(topic))
         return self._outbox.popleft() if self._outbox else None
 
     def _put_back(self, job: _Job) -> None:
         """A job whose publish did not complete: finals return to the head of the outbox."""
         if job.kind == "status":
             self._status_dirty = True  # the latest status goes out again
+        elif job.kind == "retained":
+            self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
             self._drop(job)
         else:
@@ -248,7 +263,7 @@ class MqttLink:
         if dropped:
             self._counters.add("mqtt_partials_dropped", dropped)
         self._outbox = finals
-        if not self._outbox and not self._status_dirty:
+        if not self._outbox and not self._status_dirty and not self._retained:
             self._idle.set()
 
     # -- connection -------------------------------------------------------------------
@@ -382,7 +397,7 @@ class MqttLink:
         except BaseException:
             self._put_back(job)
             raise
-        if job.kind != "status":
+        if job.kind in ("final", "partial"):
             self._counters.add("mqtt_captions_published")
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:

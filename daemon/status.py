@@ -108,6 +108,8 @@ class StatusSource:
     devices: Callable[[], Mapping[str, str]]
     queue: Callable[[], Mapping[str, int]]
     refresh: Callable[[], None] = lambda: None  # bring `health` up to date first
+    # More sections from other stages (service load, caption languages): {name: value}.
+    extra: Callable[[], Mapping[str, Any]] = dict
     started_at: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class StatusSource:
             "problems": dict(self.health.problems),
             "source_lang": room.source_lang,
             "target_lang": room.target_lang,
+            "caption_langs": list(room.caption_langs),
             "voice": room.voice,
             "speech": room.speech,
             "volume": room.volume,
@@ -128,6 +131,7 @@ class StatusSource:
             "last_error": self.health.last_error,
             "uptime_s": round(time.monotonic() - self.started_at),
             "version": __version__,
+            **self.extra(),
         }
 
 

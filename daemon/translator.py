@@ -30,6 +30,7 @@ import soundfile as sf
 from daemon.config import ApiSettings, RoomSettings
 from daemon.counters import Counters
 from daemon.languages import speaks
+from daemon.ratelimit import ServiceLoad
 from daemon.values import (
     SAMPLE_RATE,
     AudioChunk,
@@ -237,9 +238,11 @@ class Translator:
         counters: Counters,
         *,
         rng: random.Random | None = None,
+        load: ServiceLoad | None = None,
     ) -> None:
         self.api = api
         self._counters = counters
+        self.load = load or ServiceLoad(counters, api.requests_per_minute)
         self._rng = rng or random.Random()
         self._paused_until = 0.0
         self._pause_reason = ""
@@ -264,9 +267,12 @@ class Translator:
         return f"requests paused after {self._pause_reason}" if self.paused else ""
 
     async def translate(
-        self, utt: Utterance, room: RoomSettings
+        self, utt: Utterance, room: RoomSettings, *, retry_throttled: bool = True
     ) -> AsyncGenerator[TranslationEvent, None]:
-        """Events of one utterance; the last is always its Outcome."""
+        """Events of one utterance; the last is always its Outcome.
+
+        `retry_throttled=False` (extra caption languages): a 429 is not retried, so the
+        request that carries the speech gets the quota."""
         if self.paused:
             left = self._paused_until - time.monotonic()
             detail = f"not sent: service paused {left:.0f} s more after {self._pause_reason}"
@@ -285,6 +291,9 @@ class Translator:
             self._counters.add(f"service_errors.{error.kind}")
             produced = parser.produced
             delay = self._retry_delay(error, attempt)
+            if error.kind == "rate_limited":
+                self.load.throttled(error.retry_after)
+                delay = delay if retry_throttled else None
             if produced or delay is None:
                 yield self._failed(error, attempt, parser, produced)
                 return
@@ -299,6 +308,7 @@ class Translator:
     ) -> AsyncIterator[TranslationEvent]:
         async with asyncio.timeout(self.api.request_timeout_s):
             utt.timeline.request_sent = time.monotonic()
+            self.load.sent(request["extra_body"]["translation_options"]["target_lang"])
             stream = await self._client.chat.completions.create(**request)
             async with stream:
                 async for chunk in stream:

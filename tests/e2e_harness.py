@@ -274,6 +274,11 @@ class Caption:
         return float(match.group(1)) if match else -1.0
 
 
+def is_caption_topic(topic: str) -> bool:
+    """`.../captions/<lang>` (not `.../captions/<lang>/recent`)."""
+    return topic.startswith(CAPTIONS) and "/" not in topic[len(CAPTIONS) :]
+
+
 def parse_caption(message: Received, index: int) -> Caption:
     event = message.json()
     return Caption(
@@ -429,7 +434,7 @@ class Session:
         return [
             parse_caption(m, i)
             for i, m in enumerate(self.messages())
-            if m.topic.startswith(CAPTIONS) and m.payload
+            if is_caption_topic(m.topic) and m.payload
         ]
 
     def finals(self) -> list[Caption]:
