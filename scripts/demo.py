@@ -170,7 +170,7 @@ def print_message(topic: str, payload: str) -> int:
     if topic.endswith("/availability"):
         print(f"[room is {payload}]", flush=True)
         return 0
-    if "/captions/" not in topic:
+    if "/captions/" not in topic or topic.endswith("/recent") or not payload:
         return 0
     event = json.loads(payload)
     if not event.get("final"):
