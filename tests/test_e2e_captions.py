@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +34,11 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         pytest.skip(f"not installed: {', '.join(missing)}")
     with Harness(tmp_path_factory.mktemp("e2e-langs")) as h:
         yield h
+
+
+def collapse(values: list[int]) -> list[int]:
+    """Consecutive equal values as one."""
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
 
 
 def finals_by_lang(finals: list[Caption]) -> dict[str, list[Caption]]:
@@ -86,7 +92,9 @@ def test_a_429_storm_sheds_de_and_fr_never_the_speech(harness: Harness) -> None:
         harness.play(scene).wait()
         assert s.wait_finals(count * len(LANGS), 15.0), s.daemon.log_tail()
         s.wait_status(lambda st: st["counters"]["translated"] >= count, 3.0)
-        s.wait_timelines(count, 8.0)
+        # every translation has drained from the speaker (the first waited for the storm)
+        assert s.wait_timelines(count, 20.0), s.daemon.log_tail()
+        time.sleep(0.3)
         finals, status = s.finals(), s.status()
         tones = speaker.stop_and_detect()
     by_lang = finals_by_lang(finals)
@@ -94,9 +102,13 @@ def test_a_429_storm_sheds_de_and_fr_never_the_speech(harness: Harness) -> None:
     assert [(c.utterance_id, c.outcome) for c in speech] == [
         (i, "translated") for i in range(1, count + 1)
     ]
+    # Every translation was played, in order. Delayed by the storm, they play back to back,
+    # so two neighbours with the same tone (the digest picks one of a few) show as one.
     assert [round(t.hz) for t in tones] == pytest.approx(
-        [tone_hz(c.digest) for c in speech], abs=TONE_HZ_TOLERANCE
+        collapse([tone_hz(c.digest) for c in speech]), abs=TONE_HZ_TOLERANCE
     )
+    played = sum(t.duration_s for t in tones)
+    assert played == pytest.approx(sum(c.duration_s for c in speech), abs=0.1 * count)
     for lang in EXTRA:
         got = by_lang[lang]
         assert [c.utterance_id for c in got] == list(range(1, count + 1))  # one final each
