@@ -20,8 +20,10 @@ import logging
 import signal
 import time
 from collections.abc import Coroutine, Mapping
+from contextlib import aclosing
 from typing import Any
 
+from daemon.budget import Budget
 from daemon.captions import Captions
 from daemon.captions.events import usage_figures
 from daemon.captions.lanes import CaptionLane, CaptionLanes
@@ -31,6 +33,7 @@ from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.counters import Counters
 from daemon.devices import DeviceInfo, list_devices
 from daemon.echo import make_echo_stage
+from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
 from daemon.playback import Playback, PlaybackDrained, PlaybackEvent, PlaybackSkipped
@@ -39,7 +42,7 @@ from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
-from daemon.translator import Translator
+from daemon.translator import FATAL_KINDS, Translator, probe_utterance
 from daemon.values import (
     SAMPLE_RATE,
     AudioChunk,
@@ -52,7 +55,6 @@ from daemon.values import (
 
 log = logging.getLogger(__name__)
 NO_AUDIO_S = 3.0  # no microphone frame for this long: degraded
-READY_WAIT_S = 5.0  # tell systemd we are up even if the microphone is still missing
 SUPERVISE_S = 0.25
 
 
@@ -108,14 +110,18 @@ class Daemon:
         )
         self.load = ServiceLoad(self.counters, settings.api.requests_per_minute)
         self.translator = Translator(settings.api, api_key, self.counters, load=self.load)
-        self.sequencer = Sequencer(
-            settings.pipeline, self.translator.translate, self.room, self.counters
-        )
+        # The cap is read per clip from the settings the daemon holds now.
+        self.budget = Budget(lambda: self.settings.budget, settings.state_dir, self.counters)
+        self._translate = self.budget.gate(self.translator.translate)
+        self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
+        self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
+        room_id = settings.mqtt.room_id
         self.mqtt = (
             MqttLink(
                 settings.mqtt,
                 self.counters,
-                client_id=settings.mqtt.client_id or f"roomtranslate-{settings.mqtt.room_id}",
+                client_id=settings.mqtt.client_id or f"roomtranslate-{room_id}-{self.device_id}",
+                device_id=self.device_id,
             )
             if settings.mqtt.enabled
             else None
@@ -137,7 +143,10 @@ class Daemon:
         )
         self.notifier = Notifier()
         self._stop = asyncio.Event()
+        self._started_at = time.monotonic()
         self._last_frame = 0.0
+        self._service_problem: str | None = None  # the start check could not reach it
+        self._unhealthy = ""  # why the watchdog is not fed
         self._playing: set[int] = set()
         self._pending_timeline: dict[int, Utterance] = {}  # ended, waiting to drain
         self._skipped: set[int] = set()  # skipped by playback before they ended
@@ -175,7 +184,7 @@ class Daemon:
     def _make_lane(self, lang: str) -> CaptionLane:
         return CaptionLane(
             lang,
-            translate=self.translator.translate,
+            translate=self._translate,  # caption languages are billed: behind the budget
             load=self.load,
             pipeline=self.settings.pipeline,
             room=self.room,
@@ -197,6 +206,9 @@ class Daemon:
             },
             "caption_lanes": self.lanes.figures(),
             "usage": usage_figures(self.counters),
+            "room_id": self.settings.mqtt.room_id,
+            "device_id": self.device_id,
+            "budget": self.budget.snapshot(),
         }
 
     def _publish_status(self, status: Mapping[str, Any]) -> None:
@@ -254,6 +266,7 @@ class Daemon:
         else:
             self._log_timeline(utt)
         if outcome.kind == "translated":
+            self._service_problem = None
             log.info("utterance %d translated: %s", utt.id, outcome.text)
         else:
             self.health.error(f"utterance {utt.id} {outcome.kind}: {outcome.reason}")
@@ -285,24 +298,41 @@ class Daemon:
         log.info("timeline %s", json.dumps(record))
 
     async def _supervise(self) -> None:
-        """Derive the conditions the status shows; tell systemd once we listen."""
-        began = time.monotonic()
+        """Derive the conditions the status shows; tell systemd READY once audio flows
+        (or after `audio.ready_timeout_s`, saying what is missing), then keep its status
+        line up to date."""
         ready = False
+        told = ""
         while True:
             now = time.monotonic()
             self._check_health(now)
-            if not ready and (self._last_frame or now - began > READY_WAIT_S):
+            waited = now - self._started_at
+            if not ready and (self._last_frame or waited >= self.settings.audio.ready_timeout_s):
                 ready = True
                 self.health.started = True
-                self.notifier.ready(f"listening on {self.capture.device_name or '(no input)'}")
+                self._check_health(now)
+                told = self._systemd_status()
+                self.notifier.ready(told)
+                log.info("ready: %s", told)
+            elif ready and (text := self._systemd_status()) != told:
+                told = text
+                self.notifier.status(text)
             await asyncio.sleep(SUPERVISE_S)
+
+    def _systemd_status(self) -> str:
+        h = self.health
+        name = self.capture.device_name
+        hearing = f"listening on {name}" if self._last_frame else "no input"
+        problems = "; ".join(f"{what}: {why}" for what, why in sorted(h.problems.items()))
+        return f"{h.state()}: {hearing}" + (f" ({problems})" if problems else "")
 
     def _check_health(self, now: float) -> None:
         h = self.health
         h.translating = self.sequencer.in_flight > 0
         h.speaking = self.playback.state == "speaking"
         silent = now - (self._last_frame or now) > NO_AUDIO_S or not self._last_frame
-        h.problem("microphone", "no audio from the input device" if silent and h.started else None)
+        mic = "no audio from the input device" if self.capture.device_name else "no input device"
+        h.problem("microphone", mic if silent and h.started else None)
         h.problem(
             "speaker", "output device unavailable" if self.playback.state == "unavailable" else None
         )
@@ -311,11 +341,55 @@ class Daemon:
             h.fatal = refusal
             if refusal:
                 h.error(f"service: {refusal}")
+        h.problem("service", refusal or self._service_problem)
+        h.paused = self.budget.state() == "exhausted"
+        h.problem("budget", self.budget.problem())
         if self.mqtt is not None and h.started:
             h.problem("mqtt", None if self.mqtt.connected else "broker unreachable")
+        if self.mqtt is not None:
+            h.problem("room_id", self._room_conflict(self.mqtt.other_devices()))
+
+    def _room_conflict(self, others: Mapping[str, str]) -> str | None:
+        if not others:
+            return None
+        who = ", ".join(f"{host} (device {device})" for device, host in sorted(others.items()))
+        return f"another device also uses room_id {self.settings.mqtt.room_id!r}: {who}"
 
     def _healthy(self) -> bool:
-        return not self._last_frame or time.monotonic() - self._last_frame < 60.0
+        """Worth keeping: the microphone delivered within `audio.no_input_restart_s`."""
+        limit = self.settings.audio.no_input_restart_s
+        silent_s = time.monotonic() - (self._last_frame or self._started_at)
+        why = ""
+        if limit > 0 and silent_s >= limit:
+            why = f"no audio from the microphone for {silent_s:.0f} s"
+        if why != self._unhealthy:
+            if why:
+                log.error("%s: not feeding the watchdog (systemd restarts the daemon)", why)
+            self._unhealthy = why
+        return not why
+
+    async def _check_key(self) -> None:
+        """`api.check_key_at_start`: one 1 s text-only clip, so a wrong key shows at once."""
+        if not self.settings.api.check_key_at_start:
+            return
+        room = self.room.current.model_copy(update={"speech": False})
+        outcome: Outcome | None = None
+        async with aclosing(self._translate(probe_utterance(), room)) as events:
+            async for event in events:
+                if isinstance(event, Outcome):
+                    outcome = event
+                    break
+        if outcome is None:
+            return
+        if outcome.kind == "translated":
+            log.info("start check: the service accepted the API key")
+        elif outcome.kind == "dropped":
+            log.info("start check skipped: %s", outcome.detail)
+        elif outcome.reason in FATAL_KINDS:
+            log.error("start check: the service refused: %s", outcome.detail)
+        else:
+            self._service_problem = f"not reachable at start ({outcome.reason})"
+            log.warning("start check: service %s: %s", outcome.reason, outcome.detail)
 
     # -- run and stop ----------------------------------------------------------------------
 
@@ -342,6 +416,7 @@ class Daemon:
                     start("watchdog", self.notifier.watchdog(self._healthy)),
                     start("caption-lanes", self.lanes.run()),
                     start("recent-captions", self.recent.run()),
+                    start("check-key", self._check_key()),
                 ]
                 if self.mqtt is not None:
                     others.append(start("mqtt", self.mqtt.run()))

@@ -30,9 +30,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from daemon.identity import default_room_id
 from daemon.languages import LANGUAGES, check_voice
 
 DEFAULT_CONFIG_PATH = Path("/etc/roomtranslate/config.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/roomtranslate")
 BEIJING_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 SINGAPORE_URL = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
 EX_CONFIG = 78  # sysexits.h EX_CONFIG
@@ -167,6 +169,7 @@ class ApiSettings(_Section):
     fatal_pause_s: float = Field(default=60.0, ge=0)
     speech_rate: float | None = Field(default=None, ge=0.5, le=2.0)
     requests_per_minute: int = Field(default=100, ge=1, le=100_000)
+    check_key_at_start: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -196,6 +199,8 @@ class AudioSettings(_Section):
     echo_tail_ms: int = Field(default=300, ge=0, le=5000)
     max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
     stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
+    ready_timeout_s: float = Field(default=10.0, ge=0.0, le=300.0)
+    no_input_restart_s: float = Field(default=120.0, ge=0.0)
 
 
 class MqttSettings(_Section):
@@ -210,7 +215,8 @@ class MqttSettings(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     prefix: str = "roomtranslate"
-    room_id: str = "room-1"
+    room_id: str = Field(default="", validate_default=True)  # "": the hostname
+    device_id: str = ""  # "" = derived from /etc/machine-id (daemon.identity.device_id)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     outbox_size: int = Field(default=200, ge=1, le=100_000)
     status_interval_s: float = Field(default=30.0, ge=1.0)
@@ -224,17 +230,29 @@ class MqttSettings(_Section):
     def _check_tls_file(cls, value: Path | None) -> Path | None:
         return _check_file(value)
 
+    @field_validator("room_id")
+    @classmethod
+    def _default_room(cls, value: str) -> str:
+        return value or default_room_id()
+
     @model_validator(mode="after")
     def _check_topics(self) -> MqttSettings:
-        for name in ("prefix", "room_id"):
+        for name in ("prefix", "room_id", "device_id"):
             value = getattr(self, name)
-            if not value or any(c in value for c in "+#/\0"):
-                raise ValueError(f"{name} must be a non-empty topic level without + # /")
+            if (not value and name != "device_id") or any(c in value for c in "+#/\0"):
+                empty = "" if name == "device_id" else "non-empty "
+                raise ValueError(f"{name} must be a {empty}topic level without + # /")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not be greater than reconnect_max_s")
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file is set but cert_file is not")
         return self
+
+
+class BudgetSettings(_Section):
+    """Daily spending cap of the room (0 = unlimited); see daemon/budget.py."""
+
+    daily_audio_s: float = Field(default=0.0, ge=0.0)
 
 
 class LogSettings(_Section):
@@ -263,6 +281,8 @@ class Settings(BaseSettings):
     audio: AudioSettings = AudioSettings()
     mqtt: MqttSettings = MqttSettings()
     log: LogSettings = LogSettings()
+    budget: BudgetSettings = BudgetSettings()
+    state_dir: Path = DEFAULT_STATE_DIR
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,13 @@ Topics live under `<prefix>/<room_id>/`:
   QoS 1. The link adds `"final": true|false` to each event.
 - `captions/<lang>/recent` (and any other document given to `publish_retained()`):
   retained JSON, QoS 1, the latest per topic; an empty payload clears it.
+- `device`: retained JSON claim `{"device_id", "host", "at"}` of the device serving the
+  room, published on every connect and again every `status_interval_s`. The link
+  subscribes to it: a claim with another device id (live, or retained and fresh) means a
+  second device uses the same `room_id`; both devices see it, log it and report it
+  (`other_devices`) until no claim of the other was seen for `CLAIM_STALE_INTERVALS`
+  status intervals. The client id carries the device id, so the two never kick each
+  other off the broker.
 
 `run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
 doubling back-off. A broker that is down or goes away never raises out of `run()` and
@@ -25,6 +32,8 @@ import contextlib
 import json
 import logging
 import random
+import socket
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +55,11 @@ CANCEL_OFFLINE_TIMEOUT_S = 1.0
 # Incoming messages held for the `on_message` callback; beyond this aiomqtt discards them.
 INCOMING_LIMIT = 100
 
+# A claim of another device not seen for this many status intervals is forgotten.
+CLAIM_STALE_INTERVALS = 3
+
 MessageHandler = Callable[[str, bytes], None]
-JobKind = Literal["final", "partial", "status", "retained"]
+JobKind = Literal["final", "partial", "status", "retained", "claim"]
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -87,7 +99,7 @@ class _Job:
 
     @property
     def retain(self) -> bool:
-        return self.kind in ("status", "retained")
+        return self.kind in ("status", "retained", "claim")
 
 
 class _Backoff:
@@ -119,12 +131,17 @@ class MqttLink:
         client_id: str | None = None,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
+        device_id: str = "",
     ) -> None:
         """`subscriptions` are full topic filters, subscribed (QoS 1) on every connect;
-        `on_message(topic, payload)` is called in the event loop for each message."""
+        `on_message(topic, payload)` is called in the event loop for each message.
+        `device_id` enables the `device` claim (see the module docstring)."""
         self._settings = settings
         self._counters = counters
         self._client_id = client_id or settings.client_id or None
+        self._device_id = device_id
+        self._claim_dirty = False
+        self._others: dict[str, tuple[str, float]] = {}  # device id -> (host, last seen)
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
         self._outbox: deque[_Job] = deque()
@@ -155,6 +172,24 @@ class MqttLink:
     def pending(self) -> int:
         """Captions waiting in the outbox (not counting one in flight)."""
         return len(self._outbox)
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    def other_devices(self) -> dict[str, str]:
+        """Other devices seen claiming this room recently: device id -> host."""
+        stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
+        now = time.monotonic()
+        for device, (host, seen) in list(self._others.items()):
+            if now - seen > stale:
+                del self._others[device]
+                log.info("device %s (%s) no longer claims room %r", device, host, self.room)
+        return {device: host for device, (host, _) in self._others.items()}
+
+    @property
+    def room(self) -> str:
+        return self._settings.room_id
 
     def topic(self, *parts: str) -> str:
         """`<prefix>/<room_id>/<parts...>`."""
@@ -240,6 +275,9 @@ class MqttLink:
         if self._status_dirty and self._status is not None:
             self._status_dirty = False
             return _Job("status", self.topic("status"), self._status)
+        if self._claim_dirty:
+            self._claim_dirty = False
+            return _Job("claim", self.topic("device"), self._claim())
         if self._retained:
             topic = next(iter(self._retained))
             return _Job("retained", topic, self._retained.pop(topic))
@@ -251,6 +289,8 @@ class MqttLink:
             self._status_dirty = True  # the latest status goes out again
         elif job.kind == "retained":
             self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
+        elif job.kind == "claim":
+            self._claim_dirty = True
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
             self._drop(job)
         else:
@@ -328,9 +368,49 @@ class MqttLink:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        if self._device_id:
+            await client.subscribe(self.topic("device"), qos=1)
+            self._claim_dirty = True
         for topic_filter in self._subscriptions:
             await client.subscribe(topic_filter, qos=1)
         self._status_dirty = self._status is not None
+
+    # -- the device claim -------------------------------------------------------------
+
+    def _claim(self) -> bytes:
+        return encode_json(
+            {"device_id": self._device_id, "host": socket.gethostname(), "at": time.time()}
+        )
+
+    async def _claim_loop(self) -> None:
+        """Claim the room again every status interval, so another device sees it live."""
+        while True:
+            await asyncio.sleep(self._settings.status_interval_s)
+            self._claim_dirty = True
+            self._kick()
+
+    def _on_claim(self, payload: object, retained: bool) -> None:
+        try:
+            if not isinstance(payload, bytes | bytearray | str):
+                raise TypeError("no payload")
+            claim = json.loads(payload)
+            device, host, at = str(claim["device_id"]), str(claim["host"]), float(claim["at"])
+        except (ValueError, KeyError, TypeError):
+            self._counters.add("mqtt_bad_claims")
+            return
+        if device == self._device_id:
+            return
+        stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
+        if retained and abs(time.time() - at) > stale:
+            return  # an old claim: that device is gone (or was replaced by this one)
+        if device not in self._others:
+            log.warning(
+                "another device (%s, id %s) also uses room_id %r: give each room its own",
+                host,
+                device,
+                self.room,
+            )
+        self._others[device] = (host, time.monotonic())
 
     async def _say_offline(self, client: aiomqtt.Client, limit_s: float) -> None:
         await client.publish(
@@ -342,7 +422,9 @@ class MqttLink:
         sender = asyncio.create_task(self._send_loop(client), name="mqtt-send")
         receiver = asyncio.create_task(self._receive_loop(client), name="mqtt-receive")
         stopper = asyncio.create_task(self._stop.wait(), name="mqtt-stop")
-        tasks = (sender, receiver, stopper)
+        tasks: tuple[asyncio.Task[Any], ...] = (sender, receiver, stopper)
+        if self._device_id:
+            tasks += (asyncio.create_task(self._claim_loop(), name="mqtt-claim"),)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -402,8 +484,12 @@ class MqttLink:
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         """Deliver incoming messages; raises MqttError when the connection goes."""
+        claims = self.topic("device")
         async for message in client.messages:
-            self._dispatch(message.topic.value, message.payload)
+            if message.topic.value == claims and self._device_id:
+                self._on_claim(message.payload, bool(message.retain))
+            else:
+                self._dispatch(message.topic.value, message.payload)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if self._on_message is None:

@@ -53,5 +53,5 @@ class Notifier:
             if healthy():
                 _sd_notify("WATCHDOG=1")
             else:
-                log.warning("not pinging the watchdog: the daemon is stuck")
+                log.warning("not pinging the watchdog: the health check fails")
             await asyncio.sleep(interval)

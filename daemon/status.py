@@ -18,7 +18,15 @@ from daemon.config import LiveRoom
 from daemon.counters import Counters
 
 State = Literal[
-    "starting", "listening", "hearing", "translating", "speaking", "degraded", "error", "stopping"
+    "starting",
+    "listening",
+    "hearing",
+    "translating",
+    "speaking",
+    "degraded",
+    "paused",
+    "error",
+    "stopping",
 ]
 MIN_INTERVAL_S = 0.5
 
@@ -34,6 +42,7 @@ class Health:
     problems: dict[str, str] = field(default_factory=dict)  # what -> why
     fatal: str = ""
     stopping: bool = False
+    paused: bool = False  # the daily budget is used up: nothing is sent
     last_error: str = ""
     last_error_at: float = 0.0
 
@@ -56,6 +65,8 @@ class Health:
             return "stopping"
         if not self.started:
             return "starting"
+        if self.paused:
+            return "paused"
         if self.problems:
             return "degraded"
         if self.speaking:

@@ -6,7 +6,8 @@ chunks), `Usage`, and exactly one final `Outcome`. Retries are ours (the SDK's a
 so every attempt is counted: 429 waits for Retry-After, 5xx / timeouts / dropped
 connections back off exponentially with jitter, all bounded by `api.max_attempts`.
 400/401/403/404 are never retried; 401/403/404 and account errors also pause the service
-for `api.fatal_pause_s`, so a wrong key costs one request, not a storm. Once any output of
+for `api.fatal_pause_s`, so a wrong key costs one request, not a storm, and `refusal`
+keeps saying why until a request succeeds again. Once any output of
 an attempt has been handed on, that attempt is never repeated: a stream cut after partial
 output ends as failed("incomplete") with the text that did arrive.
 """
@@ -40,6 +41,7 @@ from daemon.values import (
     TranslationEvent,
     Usage,
     Utterance,
+    UtteranceStats,
 )
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,16 @@ def build_request(utt: Utterance, room: RoomSettings, api: ApiSettings) -> dict[
     if with_speech:
         request["audio"] = {"voice": room.voice, "format": "wav"}
     return request
+
+
+def probe_utterance() -> Utterance:
+    """The key check's clip: 1 s of silence (billed as the minimum, 1 s)."""
+    pcm = np.zeros(SAMPLE_RATE, dtype=np.int16)
+    now = time.time()
+    stats = UtteranceStats(
+        voiced_frames=0, frames=0, mean_dbfs=-120.0, peak_dbfs=-120.0, split=False
+    )
+    return Utterance(0, 0, len(pcm), pcm, stats, now, now + 1.0)
 
 
 def _field(obj: object, name: str) -> Any:
@@ -247,6 +259,7 @@ class Translator:
         self._paused_until = 0.0
         self._pause_reason = ""
         self._pause_kind = ""
+        self._refused = False  # the last answer was a refusal; cleared by a success
         timeout = openai.Timeout(
             api.read_timeout_s, connect=api.connect_timeout_s, write=api.read_timeout_s
         )
@@ -263,8 +276,13 @@ class Translator:
 
     @property
     def refusal(self) -> str:
-        """Why requests are paused (a wrong key, no access, ...), "" when they are not."""
-        return f"requests paused after {self._pause_reason}" if self.paused else ""
+        """Why the service refuses us (a wrong key, no access, ...), "" once a request
+        succeeded since (or none was ever refused)."""
+        if not self._refused:
+            return ""
+        if self.paused:
+            return f"requests paused after {self._pause_reason}"
+        return f"refused: {self._pause_reason}; the next clip tries again"
 
     async def translate(
         self, utt: Utterance, room: RoomSettings, *, retry_throttled: bool = True
@@ -342,6 +360,7 @@ class Translator:
         self._paused_until = time.monotonic() + self.api.fatal_pause_s
         self._pause_kind = error.kind
         self._pause_reason = f"{error.kind} ({error.detail})"
+        self._refused = True
         log.error(
             "service refused the request: %s; not sending for %.0f s",
             self._pause_reason,
@@ -349,6 +368,7 @@ class Translator:
         )
 
     def _finished(self, parser: StreamParser, attempts: int) -> Outcome:
+        self._refused = False
         usage = parser.usage
         if usage is not None:
             self._count_usage(usage)

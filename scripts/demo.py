@@ -133,6 +133,7 @@ def daemon_env(rig: AudioRig, base_url: str, port: int, target: str) -> dict[str
             "ROOMTRANSLATE_MQTT__HOST": "127.0.0.1",
             "ROOMTRANSLATE_MQTT__PORT": str(port),
             "ROOMTRANSLATE_MQTT__ROOM_ID": "demo-room",
+            "ROOMTRANSLATE_STATE_DIR": str(rig.dir / "state"),
             "ROOMTRANSLATE_AUDIO__PROFILE": "virtual_rig",
             "ROOMTRANSLATE_ROOM__TARGET_LANG": target,
         }

@@ -563,6 +563,9 @@ class Harness:
             "MQTT__RECONNECT_MAX_S": "1",
             "AUDIO__PROFILE": "virtual_rig",
             "AUDIO__ECHO_GUARD": "off",
+            "MQTT__ROOM_ID": "room-1",
+            "API__CHECK_KEY_AT_START": "false",  # the simulator's counts are the test's
+            "STATE_DIR": str(self.workdir / "state"),
             "ROOM__TARGET_LANG": TARGET_LANG,
             **(settings or {}),
         }

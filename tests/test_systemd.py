@@ -83,6 +83,7 @@ def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         "NOTIFY_SOCKET": path,
         "WATCHDOG_USEC": "400000",
         "DASHSCOPE_API_KEY": "test",
+        "ROOMTRANSLATE_STATE_DIR": str(tmp_path / "state"),
         "HOME": str(tmp_path),  # no .asoundrc: no rig devices, whatever else runs
         "PULSE_SERVER": f"unix:{tmp_path}/none",
     }

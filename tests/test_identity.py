@@ -1,0 +1,198 @@
+"""One room, one identity: device ids, the default room id, and two devices on one room_id.
+
+Against a real Mosquitto: two MqttLinks with the same room_id and different device ids
+stay connected side by side (distinct client ids) and each reports the other; the
+daemon process reports a second device in its status `problems` and its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.config import MqttSettings, Settings
+from daemon.counters import Counters
+from daemon.identity import default_room_id, device_id
+from daemon.mqtt import MqttLink
+from tests.broker import Broker, Recorder, eventually, retained
+from tests.conftest import PROJECT_ROOT
+from tests.procs import stop_process
+
+ROOM = "shared-room"
+
+
+def test_device_id_derives_from_the_machine_id_without_revealing_it(tmp_path: Path) -> None:
+    machine = tmp_path / "machine-id"
+    machine.write_text("0123456789abcdef0123456789abcdef\n")
+    first = device_id(tmp_path / "state", [machine])
+    assert first == device_id(tmp_path / "state", [machine])  # stable
+    assert len(first) == 12 and first not in machine.read_text()
+    other = tmp_path / "other-id"
+    other.write_text("fedcba9876543210fedcba9876543210\n")
+    assert device_id(tmp_path / "state", [other]) != first
+    assert not (tmp_path / "state").exists()  # nothing written when the machine id exists
+
+
+def test_device_id_without_machine_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    missing = [tmp_path / "none", tmp_path / "empty"]
+    (tmp_path / "empty").write_text("")
+    made = device_id(tmp_path / "state", missing)
+    assert (tmp_path / "state" / "device-id").read_text().strip() == made
+    assert device_id(tmp_path / "state", missing) == made
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a directory")
+    fallback = device_id(unwritable, missing)  # no state dir either: hostname + MAC
+    assert len(fallback) == 12 and fallback == device_id(unwritable, missing)
+
+
+def test_default_room_id_is_the_hostname_as_a_topic_level() -> None:
+    assert default_room_id("Meeting-Room-3") == "meeting-room-3"
+    assert default_room_id("pi4.example.org") == "pi4"
+    assert default_room_id("Salle #2/B") == "salle-2-b"
+    assert default_room_id("###") == "room"
+    os_default = Settings().mqtt.room_id
+    assert os_default == default_room_id() and os_default != "room-1"
+
+
+def link_settings(broker: Broker) -> MqttSettings:
+    return MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        room_id=ROOM,
+        status_interval_s=1.0,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+
+
+def make_link(broker: Broker, device: str, counters: Counters) -> MqttLink:
+    return MqttLink(
+        link_settings(broker),
+        counters,
+        client_id=f"roomtranslate-{ROOM}-{device}",
+        device_id=device,
+    )
+
+
+async def test_two_devices_on_one_room_id_see_each_other_and_stay_connected() -> None:
+    with Broker() as broker:
+        first_counters, second_counters = Counters(), Counters()
+        first = make_link(broker, "aaaaaaaaaaaa", first_counters)
+        second = make_link(broker, "bbbbbbbbbbbb", second_counters)
+        first_task = asyncio.create_task(first.run())
+        await eventually(lambda: first.connected)
+        await asyncio.sleep(0.3)
+        assert first.other_devices() == {}  # alone in the room
+        second_task = asyncio.create_task(second.run())
+        try:
+            await eventually(lambda: "aaaaaaaaaaaa" in second.other_devices(), 5.0)
+            await eventually(lambda: "bbbbbbbbbbbb" in first.other_devices(), 5.0)
+            await asyncio.sleep(3.0)  # several claim intervals side by side
+            for counters in (first_counters, second_counters):
+                assert counters.get("mqtt_connects") == 1
+                assert counters.get("mqtt_disconnects") == 0
+            assert first.connected and second.connected
+            claim = await retained(broker, f"roomtranslate/{ROOM}/device")
+            assert claim is not None and json.loads(claim)["device_id"] in (
+                "aaaaaaaaaaaa",
+                "bbbbbbbbbbbb",
+            )
+            await second.close(timeout=1.0)
+            await asyncio.wait_for(second_task, 2.0)
+            # No fresh claim of the second device for 3 intervals: forgotten.
+            await eventually(lambda: first.other_devices() == {}, 6.0)
+        finally:
+            await first.close(timeout=1.0)
+            await asyncio.wait_for(first_task, 2.0)
+            if not second_task.done():
+                await second.close(timeout=1.0)
+
+
+async def test_an_old_retained_claim_is_not_a_second_device() -> None:
+    with Broker() as broker:
+        async with Recorder(broker, "#") as rec:
+            old = {"device_id": "cccccccccccc", "host": "old-pi", "at": time.time() - 3600}
+            await rec.publish(f"roomtranslate/{ROOM}/device", json.dumps(old).encode())
+        link = make_link(broker, "dddddddddddd", Counters())
+        task = asyncio.create_task(link.run())
+        try:
+            await eventually(lambda: link.connected)
+            await asyncio.sleep(1.5)
+            assert link.other_devices() == {}
+        finally:
+            await link.close(timeout=1.0)
+            await asyncio.wait_for(task, 2.0)
+
+
+def daemon_env(tmp_path: Path, broker: Broker, device: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMTRANSLATE_")}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "INVOCATION_ID"):
+        env.pop(name, None)
+    env |= {
+        "HOME": str(tmp_path),  # no .asoundrc: no sound devices
+        "PULSE_SERVER": f"unix:{tmp_path}/none",
+        "DASHSCOPE_API_KEY": "test",
+        "ROOMTRANSLATE_CONFIG": os.devnull,
+        "ROOMTRANSLATE_STATE_DIR": str(tmp_path / "state"),
+        "ROOMTRANSLATE_API__BASE_URL": "http://127.0.0.1:9/compatible-mode/v1",
+        "ROOMTRANSLATE_API__CHECK_KEY_AT_START": "false",
+        "ROOMTRANSLATE_AUDIO__READY_TIMEOUT_S": "0",
+        "ROOMTRANSLATE_MQTT__HOST": broker.host,
+        "ROOMTRANSLATE_MQTT__PORT": str(broker.port),
+        "ROOMTRANSLATE_MQTT__ROOM_ID": ROOM,
+        "ROOMTRANSLATE_MQTT__DEVICE_ID": device,
+        "ROOMTRANSLATE_MQTT__STATUS_INTERVAL_S": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+def statuses(rec: Recorder) -> list[dict[str, Any]]:
+    return [m.json() for m in rec.on(f"roomtranslate/{ROOM}/status") if m.payload]
+
+
+async def test_two_daemons_with_one_room_id_both_report_it(tmp_path: Path) -> None:
+    with Broker() as broker:
+        async with Recorder(broker, f"roomtranslate/{ROOM}/#") as rec:
+            procs = []
+            logs = []
+            for device in ("eeeeeeeeeeee", "ffffffffffff"):
+                log = tmp_path / f"{device}.log"
+                logs.append(log)
+                workdir = tmp_path / device
+                workdir.mkdir()
+                with log.open("wb") as out:
+                    procs.append(
+                        subprocess.Popen(  # noqa: ASYNC220 (starting, not waiting)
+                            [sys.executable, "-m", "daemon", "run"],
+                            cwd=PROJECT_ROOT,
+                            env=daemon_env(workdir, broker, device),
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=out,
+                            start_new_session=True,
+                        )
+                    )
+            try:
+
+                def reported_by(device: str, other: str) -> bool:
+                    return any(
+                        s.get("device_id") == device and other in s["problems"].get("room_id", "")
+                        for s in statuses(rec)
+                    )
+
+                await eventually(lambda: reported_by("eeeeeeeeeeee", "ffffffffffff"), 20.0)
+                await eventually(lambda: reported_by("ffffffffffff", "eeeeeeeeeeee"), 20.0)
+            finally:
+                codes = [stop_process(proc, 10.0) for proc in procs]
+            texts = [log.read_text() for log in logs]
+            assert codes == [0, 0], texts
+            for text, other in zip(texts, ("ffffffffffff", "eeeeeeeeeeee"), strict=True):
+                assert f"id {other}) also uses room_id" in text, text
+                assert text.count("MQTT connected") == 1, text  # nobody was kicked off
