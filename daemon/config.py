@@ -328,11 +328,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
+def _is_section(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _setting_names() -> dict[str, set[str]]:
     """Section name → its keys, upper case (as the environment spells them)."""
     return {
         section.upper(): {key.upper() for key in info.annotation.model_fields}  # type: ignore[union-attr]
         for section, info in Settings.model_fields.items()
+        if _is_section(info.annotation)
+    }
+
+
+def _top_level_names() -> set[str]:
+    """Settings outside any section (`state_dir`), upper case."""
+    return {
+        name.upper()
+        for name, info in Settings.model_fields.items()
+        if not _is_section(info.annotation)
     }
 
 
@@ -342,8 +356,9 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     Values are never echoed (a variable may hold a secret).
     """
     sections = _setting_names()
+    top_level = _top_level_names()
     valid = [f"{ENV_PREFIX}{s}__{k}" for s, keys in sections.items() for k in keys]
-    valid += [f"{ENV_PREFIX}{name}" for name in (*sections, *OTHER_ENV_VARIABLES)]
+    valid += [f"{ENV_PREFIX}{name}" for name in (*sections, *top_level, *OTHER_ENV_VARIABLES)]
     problems = []
     for name in sorted(environ):
         upper = name.upper()
@@ -351,7 +366,7 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
             continue
         rest = upper.removeprefix(ENV_PREFIX)
         section, _, key = rest.partition("__")
-        if rest in OTHER_ENV_VARIABLES:
+        if rest in OTHER_ENV_VARIABLES or rest in top_level:
             continue
         if rest in sections:
             try:
