@@ -133,8 +133,22 @@ link_debian_systemd() {  # Debian's python3-systemd into the venv, and only that
   done
 }
 
+venv_is_ours() {  # a venv of Debian's Python without dev tools (not an old dev checkout's)
+  [ -x "$VENV/bin/python" ] \
+    && grep -qx "home = $(dirname "$PYTHON")" "$VENV/pyvenv.cfg" 2>/dev/null \
+    && ! "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(not any(u.find_spec(m) for m in ("pytest", "ruff", "mypy")))' 2>/dev/null
+}
+
 install_app() {
+  case "$SRC/" in
+    "$APP"/*) die "run this from a checkout outside $APP (the install replaces what is there)" ;;
+  esac
   mkdir -p "$APP"
+  if [ -e "$VENV" ] && ! venv_is_ours; then
+    say "replacing $VENV (not a plain venv of $PYTHON: an older or a development install)"
+    rm -rf "$VENV"
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"

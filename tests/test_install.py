@@ -300,7 +300,15 @@ def test_second_run_is_an_upgrade_that_keeps_config_key_and_passwords(
     config.write_text(config.read_text() + "\n# edited by the integrator\n")
     before = (config.read_text(), (root / "etc/roomtranslate/api-key").read_text(), env_file(root))
     (root / "etc/roomtranslate/api-key").chmod(0o644)  # a wrong mode is repaired
-    install(root, "--with-broker", "--broker-port", str(broker_port))
+    # a development venv left from an older, manual install (dev tools in it) is replaced
+    site = next((root / "opt/roomtranslate/.venv/lib").glob("python3*/site-packages"))
+    (site / "pytest").mkdir()
+    (site / "pytest" / "__init__.py").write_text("")
+    out = install(root, "--with-broker", "--broker-port", str(broker_port))
+    assert "replacing" in out and not (site / "pytest").exists()
+    assert (root / "opt/roomtranslate/.venv/bin/roomtranslate").is_file()
+    again = install(root, "--with-broker", "--broker-port", str(broker_port))
+    assert "replacing" not in again and "creating" not in again  # nothing to redo
     after = (config.read_text(), (root / "etc/roomtranslate/api-key").read_text(), env_file(root))
     assert after == before
     assert stat.S_IMODE((root / "etc/roomtranslate/api-key").stat().st_mode) == 0o640
