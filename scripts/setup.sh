@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libportaudio2 libsndfile1 libasound2-plugins alsa-utils pulseaudio sox
   mosquitto mosquitto-clients espeak-ng
   python3-systemd  # what scripts/install.sh links into the device's venv (tests/test_install.py)
+  python3-seccomp  # tests/sandbox_exec.py: the unit's system call filter without systemd
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
