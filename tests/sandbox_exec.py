@@ -13,6 +13,7 @@ and execs the command, which keeps the filter. Stdlib and python3-seccomp only.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
 import subprocess
@@ -79,12 +80,29 @@ def load_filter(unit: Path) -> None:
             flt.add_rule(
                 seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, int(getattr(socket, family)))
             )
+    if settings.get("MemoryDenyWriteExecute", ["no"])[-1] == "yes":
+        _deny_write_execute(flt, calls)
     for call in sorted(calls):
         try:
             flt.add_rule(seccomp.ALLOW, call)
         except (RuntimeError, ValueError, OSError):
             continue  # a name this architecture does not have
     flt.load()
+
+
+def _deny_write_execute(flt: object, calls: set[str]) -> None:
+    """MemoryDenyWriteExecute=: mmap never writable and executable at once, mprotect never
+    to executable (systemd's seccomp rules; everything else falls to the default errno)."""
+    wx, x = mmap.PROT_WRITE | mmap.PROT_EXEC, mmap.PROT_EXEC
+    add = flt.add_rule  # type: ignore[attr-defined]
+    if "mmap" in calls:
+        calls.discard("mmap")
+        for allowed in (0, mmap.PROT_WRITE, mmap.PROT_EXEC):
+            add(seccomp.ALLOW, "mmap", seccomp.Arg(2, seccomp.MASKED_EQ, wx, allowed))
+    for call in ("mprotect", "pkey_mprotect"):
+        if call in calls:
+            calls.discard(call)
+            add(seccomp.ALLOW, call, seccomp.Arg(2, seccomp.MASKED_EQ, x, 0))
 
 
 def main(argv: list[str]) -> int:

@@ -66,5 +66,6 @@ def test_sandbox_keeps_what_the_daemon_needs() -> None:
     assert settings["StateDirectory"] == "roomtranslate"
     assert settings["EnvironmentFile"] == "-/etc/roomtranslate/environment"
     assert "PrivateDevices" not in settings and "PrivateNetwork" not in settings
-    # cffi callbacks (sounddevice's PortAudio callback) may need writable-executable memory
+    # cffi callbacks (sounddevice's PortAudio callback) need write+execute memory
+    # (tests/test_unit_sandbox.py shows it)
     assert "MemoryDenyWriteExecute" not in settings

@@ -228,3 +228,24 @@ async def _speak_and_listen(rig: Any, broker: Broker) -> list[dict[str, Any]]:
             await asyncio.sleep(0.2)
         player.wait(30)
         return [m.json() for m in rec.messages if m.json().get("final")]
+
+
+def test_memory_deny_write_execute_would_break_the_audio_callbacks(tmp_path: Path) -> None:
+    """Why the unit leaves MemoryDenyWriteExecute off: sounddevice's PortAudio callbacks
+    are cffi callbacks, which need write+execute memory."""
+    unit = tmp_path / "mdwe.service"
+    unit.write_text(
+        UNIT.read_text().replace("[Service]\n", "[Service]\nMemoryDenyWriteExecute=yes\n")
+    )
+    probe = "import cffi; cffi.FFI().callback('int(int)', lambda x: x); print('callback ok')"
+    plain = subprocess.run(
+        sandboxed(sys.executable, "-c", probe), check=False, capture_output=True, text=True
+    )
+    assert plain.stdout.strip() == "callback ok", plain.stderr
+    denied = subprocess.run(
+        [DEBIAN_PYTHON, str(SANDBOX), str(unit), "--", sys.executable, "-c", probe],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert denied.returncode != 0 and "Cannot allocate write+execute memory" in denied.stderr
