@@ -4,6 +4,7 @@ One line per check, ✓ or ✗ with the reason:
 
 - config: the configuration loads and validates (every bad field listed; exit 78), and an
   API key is there;
+- state: `state_dir` exists and is writable (budget usage, device id);
 - input / output: the devices the daemon would choose open at their rates, through the
   daemon's own capture and playback stages (the microphone must deliver audio);
 - broker: connects with the configured credentials and TLS (its own client id, no will:
@@ -25,6 +26,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
@@ -87,6 +89,19 @@ def _collected(*loggers: str) -> Iterator[_Problems]:
     finally:
         for target in targets:
             target.removeHandler(handler)
+
+
+def check_state_dir(settings: Settings) -> Result:
+    """`state_dir` (budget usage, device id) exists and this user can write files in it."""
+    path = settings.state_dir
+    if not path.is_dir():
+        return Result("state", FAIL, f"{path}: no such directory (the unit's StateDirectory)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
+            pass
+    except OSError as exc:
+        return Result("state", FAIL, f"{path}: not writable by this user: {exc.strerror}")
+    return Result("state", PASS, f"{path}: writable")
 
 
 async def _check_input(settings: Settings, profile: object) -> Result:
@@ -304,6 +319,7 @@ async def _run_checks(
             results.append(result)
             show(result)
 
+    add([check_state_dir(settings)])
     add(await check_devices(settings))
     add(await check_broker(settings))
     if not service:

@@ -55,7 +55,10 @@ def write_config(tmp_path: Path, broker: Broker, service: Simulator, **extra: st
         "profile": '"virtual_rig"',
         **{k.removeprefix("audio_"): v for k, v in extra.items() if k.startswith("audio_")},
     }
-    text = "[audio]\n" + "".join(f"{k} = {v}\n" for k, v in audio.items())
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    text = f'state_dir = "{extra.get("state_dir", state)}"\n'
+    text += "[audio]\n" + "".join(f"{k} = {v}\n" for k, v in audio.items())
     text += "[mqtt]\n" + "".join(f"{k} = {v}\n" for k, v in mqtt.items())
     text += f'[api]\nbase_url = "{service.base_url}"\n'
     path = tmp_path / "config.toml"
@@ -90,7 +93,7 @@ def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
 
 def assert_only_failing(result: subprocess.CompletedProcess[str], *failing: str) -> dict[str, str]:
     found = lines_of(result)
-    assert set(found) == {"config", "input", "output", "broker", "room id", "service"}, (
+    assert set(found) == {"config", "state", "input", "output", "broker", "room id", "service"}, (
         result.stdout + result.stderr
     )
     bad = {name for name, line in found.items() if line.startswith("✗")}
@@ -176,6 +179,18 @@ def test_room_id_already_online(
     asyncio.run(announce("availability", b"offline"))  # the other device went away: free
     found = assert_only_failing(check(rig, config, "--no-service"))
     assert "availability: offline" in found["room id"]
+
+
+def test_state_dir_missing_or_not_writable(
+    rig: Any, broker: Broker, service: Simulator, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nonexistent"
+    config = write_config(tmp_path, broker, service, state_dir=str(missing))
+    found = assert_only_failing(check(rig, config, "--no-service"), "state")
+    assert f"{missing}: no such directory" in found["state"]
+    config = write_config(tmp_path, broker, service, state_dir="/proc")  # nobody writes there
+    found = assert_only_failing(check(rig, config, "--no-service"), "state")
+    assert "/proc: not writable by this user" in found["state"]
 
 
 def test_missing_device(rig: Any, broker: Broker, service: Simulator, tmp_path: Path) -> None:

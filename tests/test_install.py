@@ -171,6 +171,10 @@ def test_installed_exec_start_reaches_ready_as_the_service_user(
     text = (etc / "config.toml").read_text()
     text = text.replace('"/etc/roomtranslate/api-key"', f'"{etc}/api-key"')
     text = text.replace("enabled = true", "enabled = false", 1)
+    assert 'state_dir = "/var/lib/roomtranslate"' in text
+    text = text.replace(
+        'state_dir = "/var/lib/roomtranslate"', f'state_dir = "{root}/var/lib/roomtranslate"'
+    )
     text = text.replace(
         'base_url = "https://dashscope.aliyuncs.com/compatible-mode/v1"',
         'base_url = "http://127.0.0.1:9/compatible-mode/v1"',
@@ -220,6 +224,21 @@ def test_installed_exec_start_reaches_ready_as_the_service_user(
         stopping = receive_until(sock, "STOPPING=1", 10)
         assert any("STOPPING=1" in m for m in stopping), stopping
         assert proc.wait(20) == 0
+        # the installed `check`, as the same user: its config and its state directory
+        exe = scratch_exec_start(root, config)[0]
+        checked = subprocess.run(
+            [*argv, exe, "check", "--no-service", "--config", str(config)],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **keywords,
+        )
+        lines = checked.stdout.splitlines()
+        assert lines[0].startswith("✓ config: "), checked.stdout + checked.stderr
+        assert lines[1] == f"✓ state: {root}/var/lib/roomtranslate: writable", checked.stdout
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

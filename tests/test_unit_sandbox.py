@@ -70,7 +70,9 @@ def service() -> Iterator[Simulator]:
 
 def config(tmp_path: Path, broker: Broker, service: Simulator) -> Path:
     path = tmp_path / "config.toml"
+    (tmp_path / "state").mkdir(exist_ok=True)
     path.write_text(
+        f'state_dir = "{tmp_path}/state"\n'
         '[audio]\nprofile = "virtual_rig"\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
         'username = "room"\npassword = "sandbox-pw"\nroom_id = "sandbox-room"\n'
@@ -117,7 +119,7 @@ def test_check_passes_under_the_sandbox(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     marks = [line[0] for line in result.stdout.splitlines() if line[:1] in "✓✗-"]
-    assert marks == ["✓"] * 6, result.stdout
+    assert marks == ["✓"] * 7, result.stdout
 
 
 def test_run_under_the_sandbox_translates_speech(
