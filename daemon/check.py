@@ -11,7 +11,8 @@ One line per check, ✓ or ✗ with the reason:
   a running daemon is never disturbed);
 - room id: nobody holds `<prefix>/<room_id>/availability` = `online` (read only; the
   retained device claim `<prefix>/<room_id>/device`, when there is one, names the host);
-- service: one 1 s test clip through the daemon's translator (text only, billed as 1 s),
+- service: the daemon's own 1 s probe clip (`probe_utterance`, as the start-up key check)
+  through its translator (text only, billed as 1 s),
   so the URL, the key and the region are proven; `--no-service` skips it.
 
 Exit status: 0 when every check passed, 78 when the configuration is invalid, else 1.
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from typing import IO, cast
 
 import aiomqtt
-import numpy as np
 
 from daemon.config import (
     EX_CONFIG,
@@ -44,7 +44,7 @@ from daemon.config import (
     resolve_api_key,
 )
 from daemon.counters import Counters
-from daemon.values import SAMPLE_RATE, Frame, Outcome, Utterance, UtteranceStats
+from daemon.values import SAMPLE_RATE, Frame, Outcome
 
 DEVICE_WAIT_S = 4.0  # the microphone's first frame, the speaker's stream
 BROKER_TIMEOUT_S = 5.0
@@ -257,17 +257,6 @@ async def check_broker(settings: Settings) -> list[Result]:
     return [broker, _room_result(settings, found.get(topics[0]), found.get(topics[1]))]
 
 
-def probe_clip() -> Utterance:
-    """One second of quiet noise: a valid clip that is billed as the minimum, 1 s."""
-    samples = round(TEST_CLIP_S * SAMPLE_RATE)
-    pcm = (np.random.default_rng(0).standard_normal(samples) * 300).astype(np.int16)
-    now = time.time()
-    stats = UtteranceStats(
-        voiced_frames=0, frames=samples // 480, mean_dbfs=-40.0, peak_dbfs=-30.0, split=False
-    )
-    return Utterance(0, 0, samples, pcm, stats, now - TEST_CLIP_S, now)
-
-
 _HINTS = {
     "auth": "the key is wrong, or belongs to the other region (api.base_url)",
     "access_denied": "the key may not use this model",
@@ -278,7 +267,7 @@ _HINTS = {
 
 async def check_service(settings: Settings, api_key: str) -> Result:
     """One 1 s test clip through the daemon's own translator, text only, one attempt."""
-    from daemon.translator import Translator
+    from daemon.translator import Translator, probe_utterance
 
     api = settings.api.model_copy(update={"max_attempts": 1})
     room = settings.room.model_copy(update={"speech": False})
@@ -287,7 +276,7 @@ async def check_service(settings: Settings, api_key: str) -> Result:
     outcome: Outcome | None = None
     try:
         async with asyncio.timeout(api.request_timeout_s + 5):
-            async for event in translator.translate(probe_clip(), room):
+            async for event in translator.translate(probe_utterance(), room):
                 if isinstance(event, Outcome):
                     outcome = event
     except TimeoutError:
