@@ -30,6 +30,7 @@ from daemon.captions.lanes import CaptionLane, CaptionLanes
 from daemon.captions.recent import RecentCaptions
 from daemon.capture import Capture
 from daemon.config import ConfigError, LiveRoom, Settings
+from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceInfo, list_devices
 from daemon.echo import make_echo_stage
@@ -94,6 +95,8 @@ class Daemon:
         self.counters = Counters()
         self.room = LiveRoom(settings.room)
         self.health = Health()
+        # Room changes saved from earlier runs apply now, before the broker is reached.
+        self.control = ControlPlane(settings, self.room, self.counters, self.health.problem)
         self.profile = profile
         frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
         self.capture = Capture(settings.audio, self.counters, profile=profile, frame_samples=frame)
@@ -122,10 +125,14 @@ class Daemon:
                 self.counters,
                 client_id=settings.mqtt.client_id or f"roomtranslate-{room_id}-{self.device_id}",
                 device_id=self.device_id,
+                subscriptions=self.control.subscriptions,
+                on_message=self.control.receive,
             )
             if settings.mqtt.enabled
             else None
         )
+        if self.mqtt is not None:
+            self.control.attach(self.mqtt)
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
             self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
@@ -417,6 +424,7 @@ class Daemon:
                     start("caption-lanes", self.lanes.run()),
                     start("recent-captions", self.recent.run()),
                     start("check-key", self._check_key()),
+                    start("control", self.control.run()),
                 ]
                 if self.mqtt is not None:
                     others.append(start("mqtt", self.mqtt.run()))

@@ -224,6 +224,11 @@ class MqttSettings(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     recent_captions: int = Field(default=6, ge=0, le=100)
     recent_clear_s: float = Field(default=600.0, gt=0)
+    # Remote configuration (daemon/control): the site layer, Home Assistant, rate limit.
+    site: str = ""
+    ha_discovery: bool = True
+    ha_prefix: str = "homeassistant"
+    config_changes_per_s: float = Field(default=5.0, gt=0, le=1000)
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
@@ -237,7 +242,7 @@ class MqttSettings(_Section):
 
     @model_validator(mode="after")
     def _check_topics(self) -> MqttSettings:
-        for name in ("prefix", "room_id", "device_id"):
+        for name in ("prefix", "room_id", "device_id", "ha_prefix"):
             value = getattr(self, name)
             if (not value and name != "device_id") or any(c in value for c in "+#/\0"):
                 empty = "" if name == "device_id" else "non-empty "
@@ -246,6 +251,8 @@ class MqttSettings(_Section):
             raise ValueError("reconnect_min_s must not be greater than reconnect_max_s")
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file is set but cert_file is not")
+        if self.site and any(c in self.site for c in "+#/\0"):
+            raise ValueError("site must be a topic level without + # / (or empty: no site)")
         return self
 
 

@@ -54,12 +54,16 @@ OPERATION_TIMEOUT_S = 10.0
 CANCEL_OFFLINE_TIMEOUT_S = 1.0
 # Incoming messages held for the `on_message` callback; beyond this aiomqtt discards them.
 INCOMING_LIMIT = 100
+# Non-retained control messages (`publish(retain=False)`) waiting to be sent.
+REPLY_LIMIT = 100
 
 # A claim of another device not seen for this many status intervals is forgotten.
 CLAIM_STALE_INTERVALS = 3
 
-MessageHandler = Callable[[str, bytes], None]
-JobKind = Literal["final", "partial", "status", "retained", "claim"]
+# on_message(topic, payload, retained): `retained` is True for a message the broker had
+# stored (delivered because we subscribed), False for one published while we listen.
+MessageHandler = Callable[[str, bytes, bool], None]
+JobKind = Literal["final", "partial", "status", "retained", "claim", "reply"]
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -148,6 +152,8 @@ class MqttLink:
         self._status: bytes | None = None
         self._status_dirty = False
         self._retained: dict[str, bytes] = {}  # topic -> latest document not yet sent
+        self._announced: dict[str, bytes] = {}  # topic -> document sent again on every connect
+        self._replies: deque[_Job] = deque()
         self._wake = asyncio.Event()  # something was queued for the sender
         self._idle = asyncio.Event()  # nothing is queued or in flight
         self._idle.set()
@@ -220,6 +226,20 @@ class MqttLink:
         self._status_dirty = True
         self._kick()
 
+    def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        """Queue a message for any topic (QoS 1); never blocks. A retained one replaces the
+        topic's previous payload and goes out again on every connect; others wait in a
+        bounded queue (`REPLY_LIMIT`, the oldest dropped and counted)."""
+        if retain:
+            self._announced[topic] = payload
+            self._retained[topic] = payload
+        else:
+            if len(self._replies) >= REPLY_LIMIT:
+                self._replies.popleft()
+                self._counters.add("mqtt_replies_dropped")
+            self._replies.append(_Job("reply", topic, payload))
+        self._kick()
+
     async def run(self) -> None:
         """Connect, publish, reconnect until close(); a cancellation from outside
         says `offline` (if connected) and is re-raised."""
@@ -281,6 +301,8 @@ class MqttLink:
         if self._retained:
             topic = next(iter(self._retained))
             return _Job("retained", topic, self._retained.pop(topic))
+        if self._replies:
+            return self._replies.popleft()
         return self._outbox.popleft() if self._outbox else None
 
     def _put_back(self, job: _Job) -> None:
@@ -291,6 +313,8 @@ class MqttLink:
             self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
         elif job.kind == "claim":
             self._claim_dirty = True
+        elif job.kind == "reply":
+            self._replies.appendleft(job)
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
             self._drop(job)
         else:
@@ -374,6 +398,7 @@ class MqttLink:
         for topic_filter in self._subscriptions:
             await client.subscribe(topic_filter, qos=1)
         self._status_dirty = self._status is not None
+        self._retained.update((t, p) for t, p in self._announced.items() if t not in self._retained)
 
     # -- the device claim -------------------------------------------------------------
 
@@ -489,13 +514,15 @@ class MqttLink:
             if message.topic.value == claims and self._device_id:
                 self._on_claim(message.payload, bool(message.retain))
             else:
-                self._dispatch(message.topic.value, message.payload)
+                payload = message.payload
+                data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                self._dispatch(message.topic.value, data, bool(message.retain))
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
         if self._on_message is None:
             return
         try:
-            self._on_message(topic, payload)
+            self._on_message(topic, payload, retained)
         except Exception:
             self._counters.add("mqtt_handler_errors")
             log.exception("MQTT message handler failed on %s", topic)

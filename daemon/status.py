@@ -102,6 +102,7 @@ def _figures(counters: Counters) -> dict[str, Any]:
         },
         "device_reopens": {"input": n("capture_reopens"), "output": n("playback_reopens")},
         "tokens": {"prompt": n("tokens.prompt"), "completion": n("tokens.completion")},
+        "config": {k: round(v) for k, v in counters.group("config").items()},
         "billed_audio_s": {
             "input": round(c.get("billed_audio_s.input", 0.0), 1),
             "output": round(c.get("billed_audio_s.output", 0.0), 1),

@@ -311,12 +311,12 @@ async def test_password_auth_and_a_wrong_password_that_stays_secret(
 
 async def test_subscription_callback_receives_messages() -> None:
     with Broker() as broker:
-        got: list[tuple[str, bytes]] = []
+        got: list[tuple[str, bytes, bool]] = []
 
-        def on_message(topic: str, payload: bytes) -> None:
+        def on_message(topic: str, payload: bytes, retained: bool) -> None:
             if payload == b"boom":
                 raise ValueError("handler bug")
-            got.append((topic, payload))
+            got.append((topic, payload, retained))
 
         counters = Counters()
         link = MqttLink(
@@ -330,7 +330,7 @@ async def test_subscription_callback_receives_messages() -> None:
             await rec.publish(f"{BASE}/config/set", b"boom")
             await rec.publish(f"{BASE}/config/set", '{"volume":50,"x":"é"}'.encode())
             await eventually(lambda: len(got) == 1)
-            assert got == [(f"{BASE}/config/set", '{"volume":50,"x":"é"}'.encode())]
+            assert got == [(f"{BASE}/config/set", '{"volume":50,"x":"é"}'.encode(), False)]
             assert counters.get("mqtt_handler_errors") == 1
             assert link.connected
 
