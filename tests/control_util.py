@@ -107,8 +107,11 @@ async def control_plane(
 class Operator:
     """A real MQTT client that sends config/set and group documents and reads answers."""
 
-    def __init__(self, broker: Broker, topic_filter: str = "#") -> None:
-        self.recorder = Recorder(broker, topic_filter)
+    def __init__(self, broker: Broker, base: str = BASE) -> None:
+        self.recorder = Recorder(broker, "#")
+        self.set_topic = f"{base}/config/set"
+        self.response_topic = f"{base}/config/response"
+        self.config_topic = f"{base}/config"
 
     async def __aenter__(self) -> Operator:
         await self.recorder.__aenter__()
@@ -123,10 +126,10 @@ class Operator:
         await self.recorder.__aexit__(exc_type, exc, tb)
 
     def responses(self) -> list[dict[str, Any]]:
-        return [json.loads(m.payload) for m in self.recorder.on(RESPONSE)]
+        return [json.loads(m.payload) for m in self.recorder.on(self.response_topic)]
 
     def configs(self) -> list[dict[str, Any]]:
-        return [json.loads(m.payload) for m in self.recorder.on(CONFIG) if m.payload]
+        return [json.loads(m.payload) for m in self.recorder.on(self.config_topic) if m.payload]
 
     def on(self, topic: str) -> list[Received]:
         return self.recorder.on(topic)
@@ -142,14 +145,15 @@ class Operator:
     async def set(self, changes: Mapping[str, Any], within_s: float = 5.0) -> dict[str, Any]:
         """Publish a config/set with a fresh transaction; its config/response."""
         transaction = f"t{next(_transactions)}"
-        await self.publish(SET, json.dumps({**changes, "transaction": transaction}).encode())
+        payload = json.dumps({**changes, "transaction": transaction}).encode()
+        await self.publish(self.set_topic, payload)
         return await self.reply_to(transaction, within_s)
 
     async def send_raw(self, payload: bytes, within_s: float = 5.0) -> dict[str, Any]:
         """Publish raw bytes to config/set; the next config/response."""
-        seen = len(self.recorder.on(RESPONSE))
-        await self.publish(SET, payload)
-        await eventually(lambda: len(self.recorder.on(RESPONSE)) > seen, within_s)
+        seen = len(self.responses())
+        await self.publish(self.set_topic, payload)
+        await eventually(lambda: len(self.responses()) > seen, within_s)
         return self.responses()[seen]
 
     async def reply_to(self, transaction: Any, within_s: float = 5.0) -> dict[str, Any]:

@@ -15,7 +15,8 @@ Topics (`base` = `<prefix>/<room_id>`):
 Messages are handled one at a time by `run()` from a bounded queue (`QUEUE_LIMIT`; the
 excess is counted), so nothing that arrives can stall the event loop or the other stages.
 A change is applied to `LiveRoom` at once (the pipeline and playback follow it), then the
-room layer is saved (in a thread), then the answer goes out: "ok" means it is on disk.
+room layer is saved (in a thread), then `config` and the answer go out: "ok" means it is
+on disk.
 At most `mqtt.config_changes_per_s` changes are applied per second; excess requests are
 rejected with that reason. Every message is answered or counted (`config.*` counters).
 """
@@ -49,7 +50,7 @@ from daemon.counters import Counters
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 64  # incoming control messages waiting to be handled
+QUEUE_LIMIT = 128  # incoming control messages waiting to be handled
 MAX_ERRORS = 20  # errors listed in one response
 PROBLEM_ERRORS = 3  # errors quoted in a status problem
 PROBLEM_CHARS = 300
@@ -294,7 +295,7 @@ class ControlPlane:
             self._counters.add("config.ha_status_other")
 
     async def _commit(self, stack: Stack, effective: RoomSettings, layer: Layer) -> bool:
-        """Apply live, publish the config, save; True when the room layer is on disk."""
+        """Apply live, save, publish the config; True when the room layer is on disk."""
         before = self._room.current
         self._stack = stack
         self._version += 1
@@ -306,10 +307,11 @@ class ControlPlane:
             layer,
             _changes(stack.layer(layer)) or "(cleared)",
         )
-        self._publish_config()
+        saved = await self._save()
+        self._publish_config()  # after the save: the retained config is what a restart keeps
         if before.target_lang != effective.target_lang:
             self._publish_discovery()
-        return await self._save()
+        return saved
 
     async def _save(self) -> bool:
         state = SavedState(self._version, dict(self._stack.room))
