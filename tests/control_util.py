@@ -107,8 +107,15 @@ async def control_plane(
 class Operator:
     """A real MQTT client that sends config/set and group documents and reads answers."""
 
-    def __init__(self, broker: Broker, base: str = BASE) -> None:
-        self.recorder = Recorder(broker, "#")
+    def __init__(
+        self,
+        broker: Broker,
+        base: str = BASE,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.recorder = Recorder(broker, "#", username=username, password=password)
         self.set_topic = f"{base}/config/set"
         self.response_topic = f"{base}/config/response"
         self.config_topic = f"{base}/config"

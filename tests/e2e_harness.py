@@ -567,7 +567,6 @@ class Harness:
             "API__CHECK_KEY_AT_START": "false",  # the simulator's counts are the test's
             "STATE_DIR": str(self.workdir / "state"),
             "ROOM__TARGET_LANG": TARGET_LANG,
-            "STATE_DIR": str(self.workdir / f"state-{self._sessions}"),  # no state shared
             **(settings or {}),
         }
         env |= {f"ROOMTRANSLATE_{k.upper()}": v for k, v in values.items()}

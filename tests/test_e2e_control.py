@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from daemon.control.state import FILE_NAME
 from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Harness, Session, missing_programs
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,9 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 @pytest.fixture
 def room(harness: Harness) -> Harness:
+    """The shared harness, its simulator reset, no room changes kept from another test."""
     harness.reset_simulator()
+    (harness.workdir / "state" / FILE_NAME).unlink(missing_ok=True)
     return harness
 
 

@@ -1,0 +1,129 @@
+"""The README's Mosquitto ACL example, run on a real Mosquitto with the daemon's link.
+
+The ACL text is taken from the README itself (the block after "one block per room"), so
+the documented example is the tested one. A denied publish is silently dropped by
+Mosquitto; to see that it was, an allowed message follows it on the same path (the
+broker keeps the order), and only the allowed one arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from daemon.mqtt import MqttLink
+from tests.broker import Broker, eventually, retained
+from tests.control_util import Operator, Plane, control_plane
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PASSWORD = "pw"
+USERS = ("room-1", "room-2", "display", "fleet", "homeassistant")
+BASE1, BASE2 = "roomtranslate/room-1", "roomtranslate/room-2"
+
+
+def readme_acl() -> str:
+    text = README.read_text()
+    match = re.search(r"```\n(# one block per room.*?)```", text, re.S)
+    assert match, "the ACL example is missing from the README"
+    return match.group(1)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Broker:
+    acl = readme_acl()
+    room_1 = acl[: acl.index("\n\n")]
+    acl += "\n" + room_1.replace("room-1", "room-2") + "\n"  # a second room, same pattern
+    path = tmp_path / "roomtranslate.acl"
+    path.write_text(acl)
+    return Broker(users=dict.fromkeys(USERS, PASSWORD), listener_options=[f"acl_file {path}"])
+
+
+def room(broker: Broker, state: Path, room_id: str) -> AbstractAsyncContextManager[Plane]:
+    return control_plane(
+        broker,
+        state,
+        prefix="roomtranslate",
+        room_id=room_id,
+        site="hq",
+        username=room_id,
+        password=PASSWORD,
+    )
+
+
+def who(broker: Broker, user: str, base: str = BASE1) -> Operator:
+    return Operator(broker, base, username=user, password=PASSWORD)
+
+
+async def test_a_room_account_does_its_job_within_its_topics(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with broker:
+        async with (
+            room(broker, tmp_path / "s1", "room-1") as cp,
+            who(broker, "fleet") as fleet,
+            who(broker, "homeassistant") as ha,
+        ):
+            assert (await fleet.set({"volume": 33}))["status"] == "ok"
+            await fleet.publish("roomtranslate/_fleet/config", b'{"vad_mode": 1}', retain=True)
+            await fleet.publish("roomtranslate/_site/hq/config", b'{"mute": true}', retain=True)
+            config = await fleet.latest_config(lambda c: c["config"]["mute"] is True)
+            assert config["layers"]["vad_mode"] == "fleet" and config["layers"]["mute"] == "site"
+            assert cp.room.current.volume == 33
+            discovery = await retained(
+                broker,
+                "homeassistant/device/roomtranslate_room-1/config",
+                username="homeassistant",
+                password=PASSWORD,
+            )
+            assert discovery and json.loads(discovery)["components"]
+            await ha.publish("homeassistant/status", b"online")
+            await eventually(lambda: cp.counters.get("config.ha_online") == 1)
+            reply = await ha.set({"mute": False})  # Home Assistant may command the room
+            assert reply["status"] == "ok"
+
+
+async def test_a_room_cannot_touch_another_room_or_the_fleet(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with broker:
+        async with (
+            room(broker, tmp_path / "s1", "room-1") as one,
+            room(broker, tmp_path / "s2", "room-2") as two,
+            who(broker, "fleet", BASE2) as fleet,
+            who(broker, "room-1", BASE2) as intruder,
+        ):
+            await intruder.publish(f"{BASE2}/config/set", b'{"volume": 1, "transaction": "x"}')
+            await intruder.publish("roomtranslate/_fleet/config", b'{"volume": 2}', retain=True)
+            await intruder.publish(f"{BASE2}/config", b'{"version": 99}', retain=True)
+            reply = await fleet.set({"volume": 44})  # allowed, after the denied ones
+            assert reply["status"] == "ok"
+            assert [r["transaction"] for r in fleet.responses()] == [reply["transaction"]]
+            assert two.room.current.volume == 44 and one.room.current.volume == 80
+            fleet_doc = await retained(
+                broker, "roomtranslate/_fleet/config", username="fleet", password=PASSWORD
+            )
+            assert fleet_doc is None
+            config = await retained(broker, f"{BASE2}/config", username="fleet", password=PASSWORD)
+            assert config is not None and json.loads(config)["version"] == two.control.version
+
+
+async def test_displays_read_and_cannot_write(broker: Broker, tmp_path: Path) -> None:
+    with broker:
+        async with (
+            room(broker, tmp_path / "s1", "room-1") as cp,
+            who(broker, "display") as display,
+            who(broker, "fleet") as fleet,
+        ):
+            link: MqttLink = cp.link
+            link.publish_caption("en", {"utterance_id": 1, "text": "hello"}, True)
+            await eventually(lambda: bool(display.on(f"{BASE1}/captions/en")))
+            await display.latest_config()
+            await display.publish(f"{BASE1}/config/set", b'{"mute": true, "transaction": "d"}')
+            reply = await fleet.set({"volume": 12})
+            assert [r["transaction"] for r in fleet.responses()] == [reply["transaction"]]
+            assert cp.room.current.mute is False
+            assert not display.on(f"{BASE1}/config/response")  # answers are not for displays
