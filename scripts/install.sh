@@ -239,6 +239,9 @@ install_broker() {
 # roomtranslate: the daemon publishes its room's topics; displays only read them.
 user roomtranslate
 topic readwrite roomtranslate/#
+# Home Assistant discovery (README: remote configuration)
+topic write homeassistant/device/#
+topic read homeassistant/status
 
 user display
 topic read roomtranslate/#

@@ -191,6 +191,7 @@ class ControlPlane:
                 except Exception:
                     self._counters.add("config.handler_errors")
                     log.exception("remote configuration: handling a message on %s failed", topic)
+                await asyncio.sleep(0)  # a burst never holds the loop for long
             await self._wake.wait()
 
     # -- start ----------------------------------------------------------------------------
