@@ -347,3 +347,19 @@ async def test_size_limit_is_16_kilobytes(tmp_path: Path) -> None:
             assert (await op.send_raw(fits))["status"] == "ok"
             reply = await op.send_raw(fits + b" ")
             assert reply["status"] == "error" and "16384" in reply["errors"][0]["message"]
+
+
+async def test_room_settings_added_to_the_model_are_settable(tmp_path: Path) -> None:
+    """caption_langs came with a later issue; the control plane was not edited for it."""
+    assert "caption_langs" in settable_keys()
+    with Broker() as broker:
+        async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
+            reply = await op.set({"caption_langs": ["fr", "de"]})
+            assert reply["status"] == "ok" and reply["config"]["caption_langs"] == ["fr", "de"]
+            assert cp.room.current.caption_langs == ["fr", "de"]
+            reply = await op.set({"target_lang": "fr"})  # now captioned twice
+            assert reply["status"] == "error"
+            assert reply["errors"][0]["field"] == "room.caption_langs"
+            reply = await op.set({"caption_langs": "fr"})  # a string is not a list
+            assert reply["errors"][0]["field"] == "room.caption_langs"
+            assert saved_room(tmp_path / "state") == {"caption_langs": ["fr", "de"]}
