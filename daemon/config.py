@@ -342,7 +342,7 @@ def _is_section(annotation: object) -> bool:
 def _setting_names() -> dict[str, set[str]]:
     """Section name → its keys, upper case (as the environment spells them)."""
     return {
-        section.upper(): {key.upper() for key in info.annotation.model_fields}
+        section.upper(): {key.upper() for key in info.annotation.model_fields}  # type: ignore[union-attr]
         for section, info in Settings.model_fields.items()
         if _is_section(info.annotation)
     }
@@ -355,11 +355,6 @@ def _top_level_names() -> set[str]:
         for name, info in Settings.model_fields.items()
         if not _is_section(info.annotation)
     }
-
-
-def _top_level_names() -> set[str]:
-    """Settings outside any section (`state_dir`), upper case."""
-    return {name.upper() for name in Settings.model_fields} - set(_setting_names())
 
 
 def check_environment(environ: Mapping[str, str]) -> list[str]:

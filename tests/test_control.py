@@ -270,13 +270,14 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (b'{"format": 1, "version": 3, "room": {"volume": 4', "not JSON"),
-        (b"\x00\x00\x00\x00", "not JSON"),
-        (b"", "not JSON"),
+        (b'{"format": 1, "version": 3, "room": {"volume": 4', "corrupt"),
+        (b"\x00\x00\x00\x00", "corrupt"),
+        (b"", "corrupt"),
         (b'{"format": 1, "version": 3, "room": {"volume": 400}}', "room.volume"),
         (b'{"format": 1, "version": 3, "room": {"password": "x"}}', "password"),
         (b'{"format": 1, "version": -1, "room": {}}', "version"),
-        (b'[{"volume": 4}]', "format"),
+        (b'[{"volume": 4}]', "corrupt"),
+        (b'{"format": 2, "version": 3, "room": {}}', "format"),
     ],
 )
 async def test_an_unusable_state_file_is_set_aside_and_reported(

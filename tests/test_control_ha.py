@@ -120,7 +120,8 @@ async def test_entity_states_render_from_what_the_daemon_publishes(tmp_path: Pat
     attributes = render(components["state"]["json_attributes_template"], value_json=status)
     assert json.loads(attributes) == {"problems": {}, "last_error": ""}
     assert render(components["utterances"]["value_template"], value_json=status) == "0"
-    assert render(components["billed_audio"]["value_template"], value_json=status) == "0.0"
+    status["budget"] = {"used_audio_s": 42.5}  # the daemon adds its budget (daemon/budget.py)
+    assert render(components["billed_audio"]["value_template"], value_json=status) == "42.5"
     caption = {"text": "x" * 300 + "end", "latency_ms": 812, "final": True}
     shown = render(components["last_caption"]["value_template"], value_json=caption)
     assert len(shown) == 255 and shown.endswith("end")

@@ -38,6 +38,8 @@ def daemon_env(broker: Broker, state_dir: Path, **settings: str) -> dict[str, st
         env.pop(name, None)
     values = {
         "MQTT__HOST": broker.host,
+        "MQTT__ROOM_ID": "room-1",
+        "API__CHECK_KEY_AT_START": "false",
         "MQTT__PORT": str(broker.port),
         "MQTT__RECONNECT_MIN_S": "0.1",
         "MQTT__RECONNECT_MAX_S": "0.5",

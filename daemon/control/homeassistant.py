@@ -135,9 +135,9 @@ def discovery_document(base: str, room_id: str, target_lang: str) -> dict[str, A
         ),
         "billed_audio": diagnostic(
             "billed_audio",
-            "Billed audio",
+            "Billed audio today",
             status_topic,
-            "{{ value_json.counters.billed_audio_s.input }}",
+            "{{ value_json.budget.used_audio_s }}",
             state_class="total_increasing",
             device_class="duration",
             unit_of_measurement="s",
