@@ -111,6 +111,22 @@ async def test_a_room_cannot_touch_another_room_or_the_fleet(
             assert config is not None and json.loads(config)["version"] == two.control.version
 
 
+async def test_a_room_reads_the_device_claims_of_its_room_id(broker: Broker) -> None:
+    """The daemon subscribes to its room's `device` claims to notice a second device."""
+    with broker:
+        async with (
+            who(broker, "room-1") as device_a,
+            who(broker, "room-1") as device_b,
+            who(broker, "room-2") as other,
+        ):
+            claim = f"{BASE1}/device"
+            await other.publish(claim, b'{"device_id": "intruder"}')  # denied: not its room
+            await device_a.publish(claim, b'{"device_id": "a"}')
+            await eventually(lambda: bool(device_b.on(claim)))
+            assert [m.payload for m in device_b.on(claim)] == [b'{"device_id": "a"}']
+            assert not other.on(claim)  # nor may it read another room's claims
+
+
 async def test_displays_read_and_cannot_write(broker: Broker, tmp_path: Path) -> None:
     with broker:
         async with (
