@@ -33,7 +33,7 @@ from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceInfo, list_devices
-from daemon.echo import make_echo_stage
+from daemon.echo import PlayedAudio, Verdict, make_echo_stage
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
@@ -100,16 +100,18 @@ class Daemon:
         self.profile = profile
         frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
         self.capture = Capture(settings.audio, self.counters, profile=profile, frame_samples=frame)
+        played = PlayedAudio(self.counters)  # playback → echo stage: what the DAC plays
         self.playback = Playback(
             output,
             self.counters,
             max_backlog_s=settings.audio.max_playback_backlog_s,
             on_event=self._on_playback,
             latency=profile.output.latency if profile is not None else "high",
+            played=played,
         )
         self.playback.follow(self.room)
         self.echo = make_echo_stage(
-            settings.audio, profile, self.playback.audible_until, self.counters
+            settings.audio, profile, self.playback.audible_until, self.counters, played
         )
         self.load = ServiceLoad(self.counters, settings.api.requests_per_minute)
         self.translator = Translator(settings.api, api_key, self.counters, load=self.load)
@@ -204,6 +206,7 @@ class Daemon:
 
     def _more_status(self) -> Mapping[str, Any]:
         return {
+            "echo": {**self.echo.describe(), "ducking": self.playback.ducked},
             "service": {
                 "requests_per_minute": self.load.per_minute(),
                 "throttled": self.load.throttling,
@@ -237,10 +240,24 @@ class Daemon:
             frame = self.echo.process(captured, self.capture.monotonic_time(captured.start))
             for event in segmenter.push(frame):
                 if isinstance(event, Utterance):
-                    self.sequencer.submit(event)
-                    self.lanes.submit(event)
-                    log.info("utterance %d: %.2f s of speech", event.id, event.duration_s)
-            self.health.hearing = segmenter.speaking
+                    self._submit(event)
+            if segmenter.speaking != self.health.hearing:
+                self.health.hearing = segmenter.speaking
+                # Barge-in: people talk while our translation plays; it steps back.
+                self.playback.duck(self.settings.audio.duck_db if segmenter.speaking else 0.0)
+
+    def _submit(self, utt: Utterance) -> None:
+        """A clip for the service, unless it is our own speech coming back (echo guard)."""
+        screened = self.echo.screen(utt)
+        if isinstance(screened, Verdict):
+            self.counters.add("echo_dropped")
+            self.sequencer.reject(utt, "echo")
+            log.info("utterance %d dropped, our own speech: %s", utt.id, screened.describe())
+            return
+        utt = screened
+        self.sequencer.submit(utt)
+        self.lanes.submit(utt)
+        log.info("utterance %d: %.2f s of speech", utt.id, utt.duration_s)
 
     async def _deliver(self) -> None:
         """Ordered translation events → speaker and captions."""

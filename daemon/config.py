@@ -195,8 +195,9 @@ class AudioSettings(_Section):
     input_device: str = ""
     output_device: str = ""
     ring_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
-    echo_guard: Literal["auto", "gate", "off"] = "auto"
+    echo_guard: Literal["auto", "aec", "gate", "off"] = "auto"
     echo_tail_ms: int = Field(default=300, ge=0, le=5000)
+    duck_db: float = Field(default=10.0, ge=0.0, le=40.0)
     max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
     stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
     ready_timeout_s: float = Field(default=10.0, ge=0.0, le=300.0)

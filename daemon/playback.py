@@ -58,6 +58,7 @@ import numpy as np
 
 from daemon.config import LiveRoom, RoomSettings
 from daemon.counters import Counters
+from daemon.echo.reference import PlayedAudio
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
 
 log = logging.getLogger(__name__)
@@ -464,15 +465,19 @@ class Playback:
         max_backlog_s: float = 20.0,
         on_event: EventCallback | None = None,
         latency: float | str = "high",
+        played: PlayedAudio | None = None,
     ) -> None:
         self._device = normalize_device(device)
+        self._played = played  # what the DAC plays, handed forward to the echo canceller
         self._counters = counters
         self._on_event = on_event
         self._latency = latency
         self._queue = PlayQueue(OUTPUT_RATE, max_backlog_s, counters)
         self._resamplers: dict[int, Any] = {}  # utt_id -> soxr.ResampleStream or None
         self._open_ids: set[int] = set()
-        self._gain = 1.0
+        self._gain = 1.0  # volume × ducking, read by the callback
+        self._volume_gain = 1.0
+        self._duck_gain = 1.0
         self._channels = 1
         self._stream: Any = None
         self._device_name = ""
@@ -522,7 +527,21 @@ class Playback:
 
     def set_volume(self, volume: int, mute: bool) -> None:
         """Volume 0–100 (cubic curve, 100 = unity, see `volume_gain`); mute = silence."""
-        self._gain = volume_gain(volume, mute)
+        self._volume_gain = volume_gain(volume, mute)
+        self._gain = self._volume_gain * self._duck_gain
+
+    def duck(self, db: float) -> None:
+        """Play `db` quieter from the next block on (people talk over us); 0 = not ducked."""
+        gain = 10.0 ** (-max(db, 0.0) / 20.0)
+        if gain < 1.0 <= self._duck_gain and self.state == "speaking":
+            self._counters.add("playback_ducks")
+        self._duck_gain = gain
+        self._gain = self._volume_gain * gain
+
+    @property
+    def ducked(self) -> bool:
+        """Ducked while our speech plays."""
+        return self._duck_gain < 1.0 and self.state == "speaking"
 
     def follow(self, room: LiveRoom) -> None:
         """Take the volume and mute from the live room settings, now and on every change."""
@@ -624,6 +643,8 @@ class Playback:
         try:
             rate, channels = self._choose_format(sd)
             self._set_rate(rate)
+            if self._played is not None:
+                self._played.open(rate)
             self._finished.clear()
             stream = sd.OutputStream(
                 device=self._device,
@@ -740,6 +761,8 @@ class Playback:
             mono = self._buffers(frames)
             self._queue.render(mono, now, now + lead)
             self._apply_gain(mono, outdata)
+            if self._played is not None:  # exactly what the DAC gets, for the canceller
+                self._played.write(outdata, now + lead + frames / self._queue.rate)
             if status.output_underflow and self._queue.busy():
                 self._device_underflows += 1
         except Exception:

@@ -2,15 +2,17 @@
 
 A profile says how to find its devices (case-insensitive substrings of PortAudio device
 names), how to open the microphone (rate, channels, which channel(s) to use, gain,
-latency) and whether the echo gate is needed (`echo_guard = "off"` for speakerphones
-with hardware echo cancellation).
+latency) and how our own speech is kept out of the microphone (`echo_guard`: "aec" for
+separate microphone and speakers, "off" for speakerphones with hardware echo
+cancellation or a sound server's echo-cancel source, "gate" on request).
 
 `select_profile("auto", devices)` takes the first profile, by ascending `priority` (then
 file name), whose input device is present. The shipped priorities:
 
     10 jabra_speak      USB speakerphones with hardware AEC (Jabra, Poly, Anker)
+    15 pulse_echo_cancel a PulseAudio/PipeWire module-echo-cancel source (ALSA `echocancel_in`)
     20 respeaker_array  ReSpeaker-class USB mic arrays (processed channel 0)
-    30 usb_mic_speakers any other USB microphone, separate speakers (echo gate)
+    30 usb_mic_speakers any other USB microphone, separate speakers (echo canceller)
     40 virtual_rig      the test rig's rig_mic / rig_spk (scripts/audio_rig.py)
     90 pulse_default    the PulseAudio/PipeWire `pulse` or `default` device (fallback)
 """
@@ -33,7 +35,7 @@ PROFILES_DIR = (
 )
 
 Latency = Literal["low", "high"] | float
-EchoGuard = Literal["gate", "off"]
+EchoGuard = Literal["aec", "gate", "off"]
 
 
 class NamedDevice(Protocol):

@@ -48,12 +48,15 @@ class RingRead:
 class SampleRing:
     """Preallocated single-writer / single-reader ring of int16 samples."""
 
-    def __init__(self, capacity: int, counters: Counters, channels: int = 1) -> None:
+    def __init__(
+        self, capacity: int, counters: Counters, channels: int = 1, *, name: str = "ring"
+    ) -> None:
         if capacity < 1 or channels < 1:
             raise ValueError("capacity and channels must be positive")
         self._buf: Block = np.zeros((capacity, channels), dtype=np.int16)
         self._capacity = capacity
         self._counters = counters
+        self._name = name  # counters: <name>_overruns, <name>_overrun_samples
         self._claimed = 0  # writer: end of the span being (or last) written
         self._written = 0  # writer: end of the published data
         self._stamp: tuple[int, float] | None = None
@@ -61,9 +64,9 @@ class SampleRing:
 
     @classmethod
     def for_duration(
-        cls, seconds: float, rate: int, counters: Counters, channels: int = 1
+        cls, seconds: float, rate: int, counters: Counters, channels: int = 1, *, name: str = "ring"
     ) -> SampleRing:
-        return cls(max(1, round(seconds * rate)), counters, channels)
+        return cls(max(1, round(seconds * rate)), counters, channels, name=name)
 
     @property
     def capacity(self) -> int:
@@ -147,11 +150,12 @@ class SampleRing:
         return out
 
     def _report_overrun(self, position: int, lost: int) -> None:
-        self._counters.add("ring_overruns")
-        self._counters.add("ring_overrun_samples", lost)
+        self._counters.add(f"{self._name}_overruns")
+        self._counters.add(f"{self._name}_overrun_samples", lost)
         log.warning(
-            "ring overrun: the reader fell more than %d samples behind; "
+            "%s overrun: the reader fell more than %d samples behind; "
             "%d samples lost from position %d",
+            self._name,
             self._capacity,
             lost,
             position,

@@ -75,6 +75,13 @@ class Sequencer:
             self._waiting.append(slot)
         self._notify()
 
+    def reject(self, utt: Utterance, reason: str) -> None:
+        """An utterance that is not sent: it keeps its place in the order, dropped (reason)."""
+        slot = _Slot(utt)
+        self._order.append(slot)
+        self._drop(slot, reason)
+        self._notify()
+
     async def put(self, utt: Utterance) -> None:
         """Queue an utterance, waiting while the queue is full (no drop)."""
         await self._wait_for(lambda: len(self._waiting) < self.settings.queue_size)

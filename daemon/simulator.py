@@ -7,7 +7,9 @@ faults. Control endpoints under ``/_sim/`` expose stats and change settings at r
 
 The caption for a clip is ``caption_text(target, duration, clip_digest(pcm))``; the
 synthesized speech is a sine tone at ``tone_hz(digest)``, so a recording of the speaker
-tells which clip played.
+tells which clip played; with ``--speech-dir DIR`` it is real speech instead (a stretch
+of one of DIR's recordings, chosen by the digest), for echo tests that need our own
+translation to sound like speech in the room.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import json
@@ -32,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
@@ -118,6 +122,43 @@ def tone_samples(digest: str, duration_s: float) -> Pcm:
         wave[:fade_n] *= ramp
         wave[n - fade_n :] *= ramp[::-1]
     return np.round(wave * 32767.0).astype(np.int16)
+
+
+SPEECH_RMS = 0.1  # recordings used as speech are levelled to this RMS (-20 dBFS)
+
+
+@functools.lru_cache(maxsize=4)
+def speech_library(directory: str) -> tuple[Pcm, ...]:
+    """The WAV recordings of `directory` (not `noise_*`), 24 kHz mono int16, levelled."""
+    import soxr
+
+    voices: list[Pcm] = []
+    for path in sorted(Path(directory).glob("*.wav")):
+        if path.name.startswith("noise_"):
+            continue
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        mono = data.mean(axis=1)
+        if rate != OUT_RATE:
+            mono = soxr.resample(mono, rate, OUT_RATE)
+        rms = float(np.sqrt(np.mean(mono * mono))) if len(mono) else 0.0
+        if rms > 1e-4:
+            voices.append(
+                np.clip(np.round(mono / rms * SPEECH_RMS * 32767), -32768, 32767).astype(np.int16)
+            )
+    if not voices:
+        raise ValueError(f"no speech recordings (*.wav) in {directory}")
+    return tuple(voices)
+
+
+def speech_samples(digest: str, duration_s: float, library: tuple[Pcm, ...]) -> Pcm:
+    """Simulated speech from real recordings: as long as the clip, chosen by its digest."""
+    n = round(duration_s * OUT_RATE)
+    value = int(digest, 16)
+    voice = library[value % len(library)]
+    reps = -(-n // len(voice)) + 1
+    looped = np.tile(voice, reps)
+    start = (value // len(library)) % len(voice)
+    return looped[start : start + n].copy()
 
 
 def audio_tokens(duration_s: float) -> int:
@@ -402,6 +443,8 @@ class Settings:
     retry_after: float = 1.0
     stall_s: float = 30.0
     audio_chunk_ms: float = 100.0
+    speech_dir: str = ""  # speak with recordings from here instead of tones
+    keep_clips: str = ""  # write every clip received to <n>-<digest>.wav here
 
 
 def check_faults(faults: object) -> list[str]:
@@ -443,6 +486,9 @@ class SimState:
                 fault = self._faults.popleft() if self._faults else "ok"
             jitter_s = self._rng.uniform(0.0, self._settings.jitter_ms) / 1000.0
             self._clips.append(_clip_record(clip, fault))
+            if self._settings.keep_clips:
+                name = f"{len(self._clips):04d}-{clip.digest}.wav"
+                sf.write(str(Path(self._settings.keep_clips) / name), clip.pcm, clip.rate)
             return fault, jitter_s
 
     def count(self, status: int) -> None:
@@ -468,7 +514,7 @@ class SimState:
         faults = check_faults(changes["faults"]) if "faults" in changes else None
         numbers = {k: _non_negative(k, v) for k, v in changes.items() if k != "faults"}
         with self._lock:
-            self._settings = replace(self._settings, **numbers)
+            self._settings = replace(self._settings, **numbers)  # type: ignore[arg-type]
             if faults is not None:
                 self._faults = deque(faults)
         return self.snapshot()
@@ -590,7 +636,11 @@ def _audio_events(clip: ClipRequest, settings: Settings, factory: ChunkFactory) 
     meta = {"id": f"audio_{uuid.uuid4()}", "expires_at": int(time.time()) + AUDIO_EXPIRY_S}
     first = {"audio": {**meta, "transcript": clip.caption}}
     events = [Event("transcript", settings.first_audio_ms / 1000.0, factory.delta(first))]
-    pcm = tone_samples(clip.digest, clip.duration_s).astype("<i2").tobytes()
+    if settings.speech_dir:
+        speech = speech_samples(clip.digest, clip.duration_s, speech_library(settings.speech_dir))
+    else:
+        speech = tone_samples(clip.digest, clip.duration_s)
+    pcm = speech.astype("<i2").tobytes()
     chunk_bytes = round(settings.audio_chunk_ms / 1000.0 * OUT_RATE) * 2
     for piece in split_audio(pcm, chunk_bytes):
         data = base64.b64encode(piece).decode("ascii")
@@ -832,6 +882,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-after", type=float, default=d.retry_after)
     p.add_argument("--stall-s", type=float, default=d.stall_s)
+    p.add_argument(
+        "--speech-dir",
+        default="",
+        help="speak real recordings (WAV files in this directory) instead of tones",
+    )
+    p.add_argument("--keep-clips", default="", help="write every clip received into this directory")
     return p
 
 
@@ -846,7 +902,10 @@ def state_from_args(args: argparse.Namespace) -> SimState:
     values = {name: float(getattr(args, name)) for name in _NUMERIC_SETTINGS}
     for name, value in values.items():
         _non_negative(name, value)
-    return SimState(Settings(**values), args.faults, args.seed, args.api_key)
+    if args.speech_dir:
+        speech_library(args.speech_dir)  # an unusable directory is a usage error now
+    settings = Settings(**values, speech_dir=args.speech_dir, keep_clips=args.keep_clips)
+    return SimState(settings, args.faults, args.seed, args.api_key)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,9 @@ def _figures(counters: Counters) -> dict[str, Any]:
         "ring_overruns": n("ring_overruns"),
         "ring_overrun_samples": n("ring_overrun_samples"),
         "echo_gated_frames": n("echo_gated_frames"),
+        "echo_dropped": n("echo_dropped"),
+        "echo_reference_slips": n("echo_reference_slips"),
+        "playback_ducks": n("playback_ducks"),
         "playback_skipped": n("playback_skipped_utterances"),
         "service_errors": {k: round(v) for k, v in counters.group("service_errors").items()},
         "mqtt": {

@@ -29,18 +29,19 @@ PYTHON = sys.executable
 AUDIO = AUDIO_DIR
 
 
-def _load_audio_rig() -> Any:
-    if "audio_rig" in sys.modules:  # imported already (scripts/ on sys.path)
-        return sys.modules["audio_rig"]
-    spec = importlib.util.spec_from_file_location("audio_rig", ROOT / "scripts" / "audio_rig.py")
+def load_script(name: str) -> Any:
+    """A module of scripts/ (audio_rig, room_echo), imported once."""
+    if name in sys.modules:  # imported already (scripts/ on sys.path)
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["audio_rig"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-audio_rig = _load_audio_rig()
+audio_rig = load_script("audio_rig")
 AudioRig = audio_rig.AudioRig
 
 

@@ -11,7 +11,14 @@ from daemon.devices import DeviceInfo
 from daemon.echo import echo_mode
 from daemon.profiles import PROFILES_DIR, load_profile, load_profiles, profiles_dir, select_profile
 
-SHIPPED = ["jabra_speak", "respeaker_array", "usb_mic_speakers", "virtual_rig", "pulse_default"]
+SHIPPED = [
+    "jabra_speak",
+    "pulse_echo_cancel",
+    "respeaker_array",
+    "usb_mic_speakers",
+    "virtual_rig",
+    "pulse_default",
+]
 
 
 def device(index: int, name: str, ins: int = 2, outs: int = 2) -> DeviceInfo:
@@ -27,7 +34,9 @@ def test_shipped_profiles_load_in_priority_order() -> None:
     assert [p.name for p in profiles] == SHIPPED
     by_name = {p.name: p for p in profiles}
     assert by_name["jabra_speak"].echo_guard == "off"
-    assert by_name["usb_mic_speakers"].echo_guard == "gate"
+    assert by_name["pulse_echo_cancel"].echo_guard == "off"
+    for name in ("usb_mic_speakers", "respeaker_array", "virtual_rig", "pulse_default"):
+        assert by_name[name].echo_guard == "aec", name
     respeaker = by_name["respeaker_array"].input
     assert (respeaker.open_channels, respeaker.use_channels, respeaker.rate) == (6, (0,), 16000)
     assert by_name["virtual_rig"].input.match == ("rig_mic",)
@@ -114,7 +123,7 @@ def test_minimal_profile_has_defaults(tmp_path: Path) -> None:
     ("text", "field"),
     [
         (VALID + "colour = 1\n", "input.colour: unknown setting"),
-        (VALID.replace('echo_guard = "gate"', 'echo_guard = "aec"'), "echo_guard = 'aec'"),
+        (VALID.replace('echo_guard = "gate"', 'echo_guard = "on"'), "echo_guard = 'on'"),
         (VALID.replace('echo_guard = "gate"\n', ""), "echo_guard: required setting is missing"),
         (VALID + "channels = 2\nuse_channels = [2]\n", "input: use_channels [2] needs more"),
         (VALID + "use_channels = [0, 0]\n", "use_channels must be distinct"),
@@ -158,5 +167,6 @@ def test_echo_mode_follows_settings_then_profile() -> None:
     jabra = select_profile("jabra_speak", [])
     assert echo_mode(AudioSettings(), jabra) == "off"
     assert echo_mode(AudioSettings(echo_guard="gate"), jabra) == "gate"
-    assert echo_mode(AudioSettings(), select_profile("usb_mic_speakers", [])) == "gate"
-    assert echo_mode(AudioSettings(), None) == "gate"
+    assert echo_mode(AudioSettings(), select_profile("usb_mic_speakers", [])) == "aec"
+    assert echo_mode(AudioSettings(), None) == "aec"
+    assert echo_mode(AudioSettings(echo_guard="off"), None) == "off"

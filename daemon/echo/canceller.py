@@ -1,0 +1,171 @@
+"""The acoustic echo canceller stage (`echo_guard = "aec"`): full duplex.
+
+Each microphone frame goes through WebRTC's AEC3 (`pywebrtc_audio.AudioProcessor`, with
+its high-pass filter) together with the reference of exactly what the speaker played
+while the frame was captured (`ReferenceAligner`). What comes out is the room without our
+own voice: people who talk over the translation are kept (AEC3 turns them down by a few
+dB while it cancels), our speech is removed by ~30 dB once the canceller has converged.
+
+The canceller adds `AEC_DELAY_SAMPLES` (8 ms) of delay; the frame keeps its clock, so clip
+times are 8 ms late, far inside the segmenter's pre-roll. While nothing has played for
+`IDLE_AFTER_S` it is bypassed (the same delay, no processing): a quiet room costs
+nothing, and the canceller keeps what it learnt of the room for the next translation.
+
+Per 10 ms block the stage notes the reference and microphone levels in an `EchoLedger`
+on the capture clock; the own-speech guard (`daemon/echo/guard.py`) judges each clip
+from it before anything is sent (`screen`).
+
+Double talk: while it cancels our speech, AEC3's suppressor also turns down a person
+who talks over it, most at their first and last syllables (measured: 20–30 dB for up
+to ~0.5 s when our playback and the person start together), so the VAD opens late and
+closes early. A clip during which our speech played is therefore widened from the
+cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
+the previous clip) and up to `DT_POST_ROLL_S` later (audio the segmenter's hangover has
+already seen, so no latency is added). The clip keeps its id; its times move with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from daemon.counters import Counters
+from daemon.echo.guard import BLOCK, EchoLedger, OwnSpeechGuard, Verdict, block_levels
+from daemon.echo.reference import ReferenceAligner
+from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
+
+log = logging.getLogger(__name__)
+
+AEC_DELAY_SAMPLES = 128  # pywebrtc_audio 0.2's AEC3 output lags its input by this much
+IDLE_AFTER_S = 5.0  # no reference for this long: bypass the canceller
+REF_ACTIVE_DBFS = -60.0  # a reference block above this level counts as playing
+REMOVAL_SMOOTHING = 0.02  # per active block, for the status figure
+HISTORY_S = 20.0  # cleaned audio kept for widening (longer than max_utterance_s)
+DT_PRE_ROLL_S = 0.6
+DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
+DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
+
+
+class EchoCanceller:
+    """AEC3 between capture and the VAD, with the played audio as its reference."""
+
+    def __init__(self, reference: ReferenceAligner, counters: Counters) -> None:
+        from pywebrtc_audio import AudioProcessor
+
+        self._processor: Any = AudioProcessor(
+            sample_rate=SAMPLE_RATE, echo_cancellation=True, high_pass_filter=True
+        )
+        self._reference = reference
+        self._counters = counters
+        self._ledger = EchoLedger()
+        self._guard = OwnSpeechGuard(self._ledger)
+        self._delay: Pcm = np.zeros(AEC_DELAY_SAMPLES, dtype=np.int16)
+        self._history: Pcm = np.zeros(round(HISTORY_S * SAMPLE_RATE), dtype=np.int16)
+        self._written = 0  # clock position one past the newest cleaned sample kept
+        self._last_clip_end = 0
+        self._active = False
+        self._removal_db = 0.0
+
+    @property
+    def mode(self) -> str:
+        return "aec"
+
+    def process(self, frame: Frame, captured_at: float) -> Frame:
+        if len(frame.pcm) % BLOCK:
+            raise ValueError(f"frames must be a multiple of {BLOCK} samples")
+        ref = self._reference.reference_for(captured_at, len(frame.pcm))
+        active = captured_at - self._reference.last_active < IDLE_AFTER_S
+        if active != self._active:
+            self._active = active
+            log.debug("echo canceller %s", "active" if active else "idle (bypassed)")
+        if active:
+            out: Pcm = self._processor.process(frame.pcm, ref)
+            self._counters.add("echo_cancelled_frames")
+        else:
+            out = self._delayed(frame.pcm)
+        self._note(frame.start, ref, frame.pcm, out)
+        self._keep(frame.start, out)
+        return Frame(frame.start, out)
+
+    def screen(self, utt: Utterance) -> Utterance | Verdict:
+        """A verdict when `utt` is our own speech (it must not be sent), else the clip to
+        send: widened at an edge where our speech played (double talk)."""
+        verdict = self._guard.judge(utt)
+        if verdict is not None:
+            self._last_clip_end = max(self._last_clip_end, utt.end)
+            return verdict
+        widened = self._widen(utt)
+        self._last_clip_end = max(self._last_clip_end, widened.end)
+        return widened
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": "aec",
+            "canceller": "active" if self._active else "idle",
+            "removal_db": round(self._removal_db, 1),
+        }
+
+    def _widen(self, utt: Utterance) -> Utterance:
+        """Double-talk edges widened; never overlapping the clip sent before."""
+        pre, post = round(DT_PRE_ROLL_S * SAMPLE_RATE), round(DT_POST_ROLL_S * SAMPLE_RATE)
+        edge = round(DT_EDGE_S * SAMPLE_RATE)
+        start, end = utt.start, utt.end
+        if self._played(utt.start - pre, utt.start + edge):
+            start = max(utt.start - pre, self._written - len(self._history))
+        if self._played(utt.end - edge, utt.end + post):
+            end = min(utt.end + post, self._written)
+        start = max(start - start % BLOCK, self._last_clip_end, 0)
+        if start == utt.start and end == utt.end:
+            return utt
+        if start < utt.start:
+            pcm = np.concatenate((self._kept(start, utt.start), utt.pcm))
+        else:
+            pcm = utt.pcm[start - utt.start :]
+        pcm = np.concatenate((pcm, self._kept(utt.end, end)))
+        self._counters.add("echo_widened_clips")
+        return dataclasses.replace(
+            utt,
+            start=start,
+            end=end,
+            pcm=pcm,
+            wall_start=utt.wall_start - (utt.start - start) / SAMPLE_RATE,
+            wall_end=utt.wall_end + (end - utt.end) / SAMPLE_RATE,
+        )
+
+    def _played(self, start: int, end: int) -> bool:
+        ref_db, _ = self._ledger.levels(max(start, 0), max(end, 0))
+        return bool(np.any(ref_db > REF_ACTIVE_DBFS))
+
+    def _keep(self, start: int, pcm: Pcm) -> None:
+        size = len(self._history)
+        for offset in range(0, len(pcm), size):  # one piece unless a frame exceeds the ring
+            piece = pcm[offset : offset + size]
+            slot = (start + offset) % size
+            first = min(len(piece), size - slot)
+            self._history[slot : slot + first] = piece[:first]
+            self._history[: len(piece) - first] = piece[first:]
+        self._written = start + len(pcm)
+
+    def _kept(self, start: int, end: int) -> Pcm:
+        """Cleaned samples [start, end) from the history (callers keep within it)."""
+        size = len(self._history)
+        index = np.arange(start, end) % size
+        return self._history[index]
+
+    def _delayed(self, pcm: Pcm) -> Pcm:
+        """The input delayed like the canceller's output, so bypassing keeps the clock."""
+        joined = np.concatenate((self._delay, pcm))
+        self._delay = joined[len(pcm) :]
+        return joined[: len(pcm)]
+
+    def _note(self, start: int, ref: Pcm, mic: Pcm, out: Pcm) -> None:
+        ref_db = block_levels(ref)
+        mic_db = block_levels(mic)
+        self._ledger.note(start, ref_db, mic_db)
+        playing = ref_db > REF_ACTIVE_DBFS
+        if self._active and playing.any():
+            removal = float(np.mean(mic_db[playing] - block_levels(out)[playing]))
+            self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)

@@ -1,0 +1,152 @@
+"""The own-speech guard: a clip that is our own translation coming back is never sent.
+
+Even with the canceller, the segmenter can cut a clip that is mostly our own voice: the
+residual echo of a loud passage, or the echo heard before the canceller has converged
+(the first seconds after start or after a device reopen). Such a clip is judged from two
+signals the echo stage records per 10 ms block on the capture clock (`EchoLedger`):
+
+- **envelope correlation**: the clip's level envelope (after the canceller) against the
+  envelope of what the speaker played, over acoustic delays of 0–`MAX_LAG_S`. Our voice
+  coming back follows our syllables whatever its level (converged or not); a person's
+  speech does not, even while our translation plays underneath it.
+- **removal**: how much the canceller took out of the microphone while we played
+  (median over the clip's playing blocks). A converged canceller removes ~30 dB of pure
+  echo; a person talking over it keeps most of their level.
+
+Only a clip during which the speaker played for at least `MIN_PLAYING_SHARE` of its
+length is judged at all. Thresholds were set on composed rooms (see
+`scripts/bench_echo.py`) with a margin on both sides; a dropped clip is counted
+(`echo_dropped`) and ends as dropped with reason `echo`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.values import SAMPLE_RATE, Pcm, Utterance
+
+BLOCK = SAMPLE_RATE // 100  # 10 ms
+LEDGER_S = 120.0  # how far back clips can be judged (max utterance + queue wait)
+SILENT_DB = -100.0
+FLOOR_DB = -75.0  # envelope floor: silence does not dominate the correlation
+REF_PLAYING_DBFS = -60.0
+MIN_PLAYING_SHARE = 0.3
+MAX_LAG_S = 0.4
+CORRELATION_ECHO = 0.6
+MIN_BLOCKS = 10
+
+Levels = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
+
+
+def block_levels(pcm: Pcm) -> Levels:
+    """Level (dBFS) of each 10 ms block of `pcm` (whose length is a multiple of BLOCK)."""
+    blocks = pcm.reshape(-1, BLOCK).astype(np.float32)
+    power = np.einsum("ij,ij->i", blocks, blocks) / np.float32(BLOCK * 32768.0 * 32768.0)
+    levels: Levels = (10.0 * np.log10(power + np.float32(1e-10))).astype(np.float32)
+    return levels
+
+
+class EchoLedger:
+    """Reference and microphone levels per 10 ms block, indexed by the capture clock."""
+
+    def __init__(self, seconds: float = LEDGER_S) -> None:
+        size = round(seconds * SAMPLE_RATE / BLOCK)
+        self._ref: Levels = np.full(size, SILENT_DB, dtype=np.float32)
+        self._mic: Levels = np.full(size, SILENT_DB, dtype=np.float32)
+        self._next = 0  # block index one past the newest noted
+
+    def note(self, start: int, ref_db: Levels, mic_db: Levels) -> None:
+        first = start // BLOCK
+        self._clear(self._next, first)  # blocks skipped by a clock jump: unknown
+        size = len(self._ref)
+        slots = np.arange(first, first + len(ref_db)) % size
+        self._ref[slots] = ref_db
+        self._mic[slots] = mic_db
+        self._next = max(self._next, first + len(ref_db))
+
+    def levels(self, start: int, end: int) -> tuple[Levels, Levels]:
+        """(reference, microphone) levels of the blocks of samples [start, end)."""
+        first, last = start // BLOCK, end // BLOCK
+        size = len(self._ref)
+        known = np.arange(first, last)
+        slots = known % size
+        valid = (known < self._next) & (known >= self._next - size)
+        ref = np.where(valid, self._ref[slots], SILENT_DB).astype(np.float32)
+        mic = np.where(valid, self._mic[slots], SILENT_DB).astype(np.float32)
+        return ref, mic
+
+    def _clear(self, first: int, last: int) -> None:
+        size = len(self._ref)
+        if last - first >= size:
+            self._ref.fill(SILENT_DB)
+            self._mic.fill(SILENT_DB)
+        elif last > first:
+            slots = np.arange(first, last) % size
+            self._ref[slots] = SILENT_DB
+            self._mic[slots] = SILENT_DB
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a clip was judged to be our own speech, with the figures."""
+
+    correlation: float
+    removal_db: float
+    playing_share: float
+
+    def describe(self) -> str:
+        return (
+            f"envelope correlation {self.correlation:.2f}, canceller removed"
+            f" {self.removal_db:.0f} dB, played during {self.playing_share:.0%} of it"
+        )
+
+
+class OwnSpeechGuard:
+    """Judges clips from the ledger; `judge` is None for a clip that may be sent."""
+
+    def __init__(self, ledger: EchoLedger) -> None:
+        self._ledger = ledger
+
+    def judge(self, utt: Utterance) -> Verdict | None:
+        ref_db, mic_db = self._ledger.levels(utt.start, utt.end)
+        blocks = min(len(ref_db), len(utt.pcm) // BLOCK)
+        if blocks < MIN_BLOCKS:
+            return None
+        ref_db, mic_db = ref_db[:blocks], mic_db[:blocks]
+        out_db = block_levels(utt.pcm[: blocks * BLOCK])
+        playing = ref_db > REF_PLAYING_DBFS
+        share = float(playing.mean())
+        if share < MIN_PLAYING_SHARE:
+            return None
+        correlation = envelope_correlation(out_db, ref_db)
+        removal = float(np.median(mic_db[playing] - out_db[playing]))
+        verdict = Verdict(correlation, removal, share)
+        own = correlation >= CORRELATION_ECHO
+        log.info(
+            "utterance %d %s: %s",
+            utt.id,
+            "is our own speech" if own else "passes",
+            verdict.describe(),
+        )
+        return verdict if own else None
+
+
+def envelope_correlation(out_db: Levels, ref_db: Levels) -> float:
+    """The best Pearson correlation of the two level envelopes, `out` lagging `ref` by
+    0 to MAX_LAG_S (the acoustic path and the canceller's delay)."""
+    out = np.maximum(out_db, FLOOR_DB).astype(np.float64)
+    ref = np.maximum(ref_db, FLOOR_DB).astype(np.float64)
+    best = 0.0
+    for lag in range(round(MAX_LAG_S * 100) + 1):
+        a, b = out[lag:], ref[: len(ref) - lag]
+        if len(a) < MIN_BLOCKS:
+            break
+        if a.std() < 1e-6 or b.std() < 1e-6:
+            continue
+        best = max(best, float(np.corrcoef(a, b)[0, 1]))
+    return best

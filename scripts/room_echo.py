@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""A room for the sound rig: what the speaker plays reaches the microphone.
+
+The rig of scripts/audio_rig.py has no acoustics: its speaker (`spk`) and microphone
+(`micfeed` → `mic`) are separate null sinks. This makes it behave like a meeting room:
+
+    parec spk.monitor ─▶ room impulse response (reverberation) ─▶ delay ─▶ gain ─▶ pacat micfeed
+
+mixed by PulseAudio with whatever else is played into `micfeed` (the people). The
+impulse response is simulated with pyroomacoustics (image source method, a shoebox room,
+`rt60` seconds of reverberation, speaker and microphone 1.5–2.5 m apart), normalised to
+unit energy, its direct path moved to the start. `--delay-ms` is the whole delay from the
+speaker to the microphone: the two PulseAudio streams add `STREAM_DELAY_MS` (measured on
+the rig with a click, 26-28 ms), the delay line the rest.
+
+    python scripts/room_echo.py run --gain-db -3 --delay-ms 60       # with PULSE_SERVER set
+
+Also a module: `room_impulse_response()`, `RoomEcho` (streaming convolution), `echo_of()`
+and `run_canceller()` (the daemon's echo stage on an offline room, with device clocks)
+serve the offline echo tests and scripts/bench_echo.py. A test
+and benchmark helper: needs numpy, scipy and pyroomacoustics (the dev extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+RATE = 16_000
+BLOCK_MS = 10
+ROOM_DIM = (6.0, 4.5, 2.8)
+LEAD_SAMPLES = 8  # kept before the direct path of the impulse response
+STREAM_DELAY_MS = 26.0  # parec spk.monitor → pacat micfeed → mic, measured on the rig
+
+Floats = npt.NDArray[np.float64]
+
+
+def room_impulse_response(rt60: float = 0.45, seed: int = 0, rate: int = RATE) -> Floats:
+    """A simulated speaker → microphone impulse response, unit energy, direct path first."""
+    import pyroomacoustics as pra
+
+    rng = np.random.default_rng(seed)
+    absorption, max_order = pra.inverse_sabine(rt60, list(ROOM_DIM))
+    room = pra.ShoeBox(
+        list(ROOM_DIM), fs=rate, materials=pra.Material(absorption), max_order=max_order
+    )
+    mic = np.array([ROOM_DIM[0] / 2, ROOM_DIM[1] / 2, 0.8]) + rng.uniform(-0.5, 0.5, 3) * [1, 1, 0]
+    angle = rng.uniform(0, 2 * np.pi)
+    distance = rng.uniform(1.5, 2.5)
+    offset = np.array([distance * np.cos(angle), distance * np.sin(angle), rng.uniform(0.2, 1.0)])
+    speaker = mic + offset
+    speaker = np.clip(speaker, 0.3, np.array(ROOM_DIM) - 0.3)
+    room.add_source(list(speaker))
+    room.add_microphone(list(mic))
+    room.compute_rir()
+    h = np.asarray(room.rir[0][0], dtype=np.float64)
+    direct = int(np.argmax(np.abs(h)))
+    h = h[max(0, direct - LEAD_SAMPLES) :]
+    return h / np.sqrt(np.sum(h * h))
+
+
+def echo_of(played: Floats, h: Floats, *, delay_s: float, gain_db: float) -> Floats:
+    """Offline: what the microphone hears of `played` (same length, same rate)."""
+    from scipy.signal import fftconvolve
+
+    wet = fftconvolve(played, h)[: len(played)]
+    shift = round(delay_s * RATE)
+    out = np.zeros(len(played))
+    out[shift:] = wet[: len(played) - shift]
+    return out * 10.0 ** (gain_db / 20.0)
+
+
+class RoomEcho:
+    """Streaming convolution (FFT overlap-add) with `h`, then a delay line and a gain."""
+
+    def __init__(self, h: Floats, block: int, *, delay: int, gain_db: float) -> None:
+        self._block = block
+        self._nfft = 1 << int(np.ceil(np.log2(block + len(h) - 1)))
+        self._spectrum = np.fft.rfft(h, self._nfft)
+        self._acc = np.zeros(self._nfft + delay)
+        self._delay = delay
+        self._gain = 10.0 ** (gain_db / 20.0)
+
+    def process(self, x: Floats) -> Floats:
+        """One block in, one block out (`delay` samples later)."""
+        y = np.fft.irfft(np.fft.rfft(x, self._nfft) * self._spectrum, self._nfft)
+        self._acc[self._delay : self._delay + self._nfft] += y
+        out = self._acc[: self._block].copy()
+        self._acc[: -self._block] = self._acc[self._block :]
+        self._acc[-self._block :] = 0.0
+        return out * self._gain
+
+
+# ------------------------------------------------------------------- the offline room
+
+
+def run_canceller(
+    mic: Floats,
+    played: Floats,
+    *,
+    stage: Any = None,
+    mic_ppm: float = 0.0,
+    played_rate: int = 24_000,
+    lead_s: float = 0.04,
+    frame: int = 480,
+) -> tuple[Floats, Any]:
+    """The daemon's echo stage over a room, as the live daemon drives it.
+
+    `mic` (16 kHz, float, full scale 1.0) is what the microphone hears; `played`
+    (`played_rate`, float) what the speaker played, sample 0 sounding at time 0. The
+    microphone's crystal runs `mic_ppm` fast (its samples are resampled here and stamped
+    with true times, as Capture's time model does); the playback callback writes its
+    blocks `lead_s` before they sound, as PortAudio does. Returns the cleaned 16 kHz
+    signal and the stage (an `EchoCanceller` unless one is given).
+    """
+    import soxr
+
+    from daemon.counters import Counters
+    from daemon.echo import EchoCanceller, PlayedAudio
+    from daemon.echo.reference import ReferenceAligner
+
+    counters = Counters()
+    played_audio = PlayedAudio(counters)
+    played_audio.open(played_rate)
+    if stage is None:
+        stage = EchoCanceller(ReferenceAligner(played_audio, counters), counters)
+    rate = RATE * (1.0 + mic_ppm * 1e-6)
+    if mic_ppm:
+        mic = soxr.resample(mic, RATE, rate)
+    mic16 = _int16(mic)
+    ref = _int16(played)
+    block = played_rate // 100
+    written = 0
+    out = np.zeros(len(mic16) // frame * frame, dtype=np.int16)
+    from daemon.values import Frame
+
+    for start in range(0, len(out), frame):
+        captured_at = start / rate
+        while (
+            written + block <= len(ref) and (written + block) / played_rate <= captured_at + lead_s
+        ):
+            chunk = ref[written : written + block].reshape(-1, 1)
+            played_audio.write(chunk, (written + block) / played_rate)
+            written += block
+        result = stage.process(Frame(start, mic16[start : start + frame]), captured_at)
+        out[start : start + frame] = result.pcm
+    return out.astype(np.float64) / 32768.0, stage
+
+
+def _int16(x: Floats) -> npt.NDArray[np.int16]:
+    return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+# ---------------------------------------------------------------------- the rig process
+
+
+def _streams(extra: list[str]) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    common = ["--raw", "--format=s16le", f"--rate={RATE}", "--channels=1", *extra]
+    record = subprocess.Popen(
+        ["parec", "--device=spk.monitor", "--latency-msec=10", *common],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    play = subprocess.Popen(
+        ["pacat", "--playback", "--device=micfeed", "--latency-msec=10", *common],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    return record, play
+
+
+def run(gain_db: float, delay_ms: float, rt60: float, seed: int) -> int:
+    """Speaker monitor → room → microphone feed, until SIGTERM."""
+    block = RATE * BLOCK_MS // 1000
+    line = max(0.0, delay_ms - STREAM_DELAY_MS)
+    room = RoomEcho(
+        room_impulse_response(rt60, seed), block, delay=round(line * RATE / 1000), gain_db=gain_db
+    )
+    stop = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    record, play = _streams([])
+    assert record.stdout is not None and play.stdin is not None
+    print("room: running", flush=True)
+    try:
+        while not stop:
+            raw = record.stdout.read(block * 2)
+            if len(raw) < block * 2:
+                break
+            x = np.frombuffer(raw, dtype="<i2").astype(np.float64)
+            y = np.clip(np.rint(room.process(x)), -32768, 32767).astype("<i2")
+            play.stdin.write(y.tobytes())
+            play.stdin.flush()
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        for proc in (record, play):
+            proc.terminate()
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="make the rig a room (until SIGTERM)")
+    go.add_argument("--gain-db", type=float, default=-3.0)
+    go.add_argument("--delay-ms", type=float, default=60.0)
+    go.add_argument("--rt60", type=float, default=0.45)
+    go.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    return run(args.gain_db, args.delay_ms, args.rt60, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

