@@ -71,6 +71,7 @@ SIM = {"first_text_ms": 150, "first_audio_ms": 150, "chunk_ms": 5, "jitter_ms": 
 PEOPLE_DBFS = -24.0  # our speech plays at -20 dBFS (volume 100), -23 dBFS at the mic
 OWN_SPEECH_SHARE = 0.1  # a clip more than 10% (-10 dB) of whose energy is our echo
 FIRST_WORD_DB = 25.0
+ONSET_S = 0.05  # and a clip may start this much into the first word's first syllable
 EDGE_S = 0.05  # paplay start and capture stamps: the times agree within this
 LAG_S = 0.3  # clip ↔ speaker recording alignment search
 
@@ -164,18 +165,21 @@ class RoomEchoProcess:
         self._log.close()
 
 
-def run_meeting(room: Harness, meeting: Scene, mode: str) -> Figures:
+def run_meeting(room: Harness, meeting: Scene, mode: str, *, duck_db: float = 10.0) -> Figures:
     room.sim.reset()
     clips_dir = room.workdir / "clips"
     for old in clips_dir.glob("*.wav"):
         old.rename(old.with_name(f"old-{old.name}"))
-    with room.session({"AUDIO__ECHO_GUARD": mode, "ROOM__VOLUME": "100"}) as s:
+    settings = {"AUDIO__ECHO_GUARD": mode, "ROOM__VOLUME": "100", "AUDIO__DUCK_DB": str(duck_db)}
+    with room.session(settings) as s:
         time.sleep(1.0)  # the canceller sees the room's silence first
         wall_offset = time.time() - time.monotonic()
         speaker = room.record_speaker(f"speaker-{mode}.wav")
         playing = room.play(meeting)
         playing.wait()
-        assert wait_settled(s, room), s.daemon.log_tail()
+        settled = wait_settled(s, room)
+        # Without a guard the room feeds back: our echo is translated, played, heard again.
+        assert settled or mode == "off", s.daemon.log_tail()
         status = s.status()
         recording = speaker.stop()
         shares = echo_shares(clips_dir, _finals(s), recording, speaker.started_at + wall_offset)
@@ -198,7 +202,7 @@ def _finals(s: Session) -> list[dict[str, object]]:
     ]
 
 
-def wait_settled(s: Session, room: Harness, timeout: float = 40.0) -> bool:
+def wait_settled(s: Session, room: Harness, timeout: float = 30.0) -> bool:
     """Our last translation has played out, its echo has died away (3 s of the daemon
     just listening), and every request the service received has its final caption."""
     quiet_since: float | None = None
@@ -237,7 +241,10 @@ def echo_shares(
     for path in sorted(clips_dir.glob("0*.wav")):
         clip, clip_rate = sf.read(str(path), dtype="float64")
         assert clip_rate == RATE
-        offset = starts[path.stem.split("-", 1)[1]] - recording_wall
+        digest = path.stem.split("-", 1)[1]
+        if digest not in starts:  # still in flight when a feeding-back room was stopped
+            continue
+        offset = starts[digest] - recording_wall
         shares.append(_explained(clip, echo, round(offset * RATE)))
     return shares
 
@@ -257,6 +264,16 @@ def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at:
 
 def _scene_s(iso: object, scene_wall: float) -> float:
     return datetime.fromisoformat(str(iso)).timestamp() - scene_wall
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -279,7 +296,7 @@ def _figures(  # noqa: PLR0917
         )
         for f in _finals(s)
     ]
-    sent = [(a - EDGE_S, b + EDGE_S) for a, b, outcome in clips if outcome == "translated"]
+    sent = _union([(a - EDGE_S, b + EDGE_S) for a, b, outcome in clips if outcome == "translated"])
     covered = sum(_overlap(t, c) for t in meeting.truth for c in sent)
     own = sum(1 for share in shares if share > OWN_SPEECH_SHARE)
     counters = status.get("counters", {})
@@ -303,12 +320,13 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
     assert aec.own_speech_requests == 0, aec
     sent = [(a - EDGE_S, b + EDGE_S) for a, b, outcome in aec.clips if outcome == "translated"]
     for onset in first_words(meeting):  # every utterance from its first word
-        assert any(a <= onset < b for a, b in sent), (onset, aec.clips)
+        assert any(a - ONSET_S <= onset < b for a, b in sent), (onset, aec.clips)
     assert aec.ducks > 0  # people talked over our translation, and it stepped back
 
 
 def test_without_a_guard_the_room_sends_our_own_speech(room: Harness, meeting: Scene) -> None:
-    off = run_meeting(room, meeting, "off")
+    """Today's product for comparison: no canceller, no ducking."""
+    off = run_meeting(room, meeting, "off", duck_db=0.0)
     assert off.own_speech_requests > 0, off
-    gate = run_meeting(room, meeting, "gate")
+    gate = run_meeting(room, meeting, "gate", duck_db=0.0)
     assert gate.coverage < 0.9, gate

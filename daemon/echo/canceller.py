@@ -47,6 +47,7 @@ HISTORY_S = 20.0  # cleaned audio kept for widening (longer than max_utterance_s
 DT_PRE_ROLL_S = 0.6
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
+CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
 
 
 class EchoCanceller:
@@ -66,6 +67,11 @@ class EchoCanceller:
         self._history: Pcm = np.zeros(round(HISTORY_S * SAMPLE_RATE), dtype=np.int16)
         self._written = 0  # clock position one past the newest cleaned sample kept
         self._last_clip_end = 0
+        self._generation = -1  # the playback stream the canceller has learnt
+        self._next_start = 0  # clock position the next frame should start at
+        self._learnt_blocks = 0  # blocks of our speech processed since the last restart
+        self._unconverged_from = 0  # clock span in which the canceller was converging
+        self._converged_at: int | None = None
         self._active = False
         self._removal_db = 0.0
 
@@ -77,6 +83,7 @@ class EchoCanceller:
         if len(frame.pcm) % BLOCK:
             raise ValueError(f"frames must be a multiple of {BLOCK} samples")
         ref = self._reference.reference_for(captured_at, len(frame.pcm))
+        self._follow_restarts(frame)
         active = captured_at - self._reference.last_active < IDLE_AFTER_S
         if active != self._active:
             self._active = active
@@ -93,7 +100,10 @@ class EchoCanceller:
     def screen(self, utt: Utterance) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
         send: widened at an edge where our speech played (double talk)."""
-        verdict = self._guard.judge(utt)
+        converged = self._converged_at is not None and (
+            utt.start >= self._converged_at or utt.end <= self._unconverged_from
+        )
+        verdict = self._guard.judge(utt, converged=converged)
         if verdict is not None:
             self._last_clip_end = max(self._last_clip_end, utt.end)
             return verdict
@@ -105,8 +115,20 @@ class EchoCanceller:
         return {
             "mode": "aec",
             "canceller": "active" if self._active else "idle",
+            "converged": self._converged_at is not None,
             "removal_db": round(self._removal_db, 1),
         }
+
+    def _follow_restarts(self, frame: Frame) -> None:
+        """A new output stream or a gap in the capture clock: the echo path must be
+        learnt again, so clips until then are judged as unconverged."""
+        generation = self._reference.generation
+        if generation != self._generation or frame.start != self._next_start:
+            self._generation = generation
+            self._learnt_blocks = 0
+            self._unconverged_from = frame.start
+            self._converged_at = None
+        self._next_start = frame.end
 
     def _widen(self, utt: Utterance) -> Utterance:
         """Double-talk edges widened; never overlapping the clip sent before."""
@@ -166,6 +188,10 @@ class EchoCanceller:
         mic_db = block_levels(mic)
         self._ledger.note(start, ref_db, mic_db)
         playing = ref_db > REF_ACTIVE_DBFS
+        if self._converged_at is None and self._active:
+            self._learnt_blocks += int(playing.sum())
+            if self._learnt_blocks * BLOCK >= CONVERGE_S * SAMPLE_RATE:
+                self._converged_at = start + len(ref)
         if self._active and playing.any():
             removal = float(np.mean(mic_db[playing] - block_levels(out)[playing]))
             self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)

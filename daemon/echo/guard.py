@@ -9,12 +9,22 @@ signals the echo stage records per 10 ms block on the capture clock (`EchoLedger
   envelope of what the speaker played, over acoustic delays of 0–`MAX_LAG_S`. Our voice
   coming back follows our syllables whatever its level (converged or not); a person's
   speech does not, even while our translation plays underneath it.
-- **removal**: how much the canceller took out of the microphone while we played
-  (median over the clip's playing blocks). A converged canceller removes ~30 dB of pure
-  echo; a person talking over it keeps most of their level.
+- **foreign blocks** (while the canceller converges): at the best lag, the share of the
+  microphone's audible 10 ms blocks that are more than `FOREIGN_DB` louder than the
+  envelope fit predicts: someone talking in our pauses. A raw mix of a person and our
+  equally loud echo correlates well too; the foreign blocks keep it from being dropped.
+  (After the canceller's non-linear suppression the cleaned residual looks "foreign"
+  itself, so this test is not used on cleaned clips.)
 
-Only a clip during which the speaker played for at least `MIN_PLAYING_SHARE` of its
-length is judged at all. Thresholds were set on composed rooms (see
+(The canceller's removal, mic level minus output level, is logged but not used: AEC3
+turns a person who talks over us down by 15–20 dB too, so it cannot tell them apart.)
+
+While the canceller converges (its first `CONVERGE_S` of our speech after a start or a
+device reopen) its output is close to the raw microphone, and what is judged is the
+microphone's envelope, with a stricter limit on foreign blocks (`MAX_FOREIGN_SHARE_RAW`):
+measured, our echo alone has none there, a person at the echo's level 8-17%. Only a
+clip during which the speaker played for at least `MIN_PLAYING_SHARE` of its length is
+judged at all. Thresholds were set on composed rooms (see
 `scripts/bench_echo.py`) with a margin on both sides; a dropped clip is counted
 (`echo_dropped`) and ends as dropped with reason `echo`.
 """
@@ -36,7 +46,10 @@ FLOOR_DB = -75.0  # envelope floor: silence does not dominate the correlation
 REF_PLAYING_DBFS = -60.0
 MIN_PLAYING_SHARE = 0.3
 MAX_LAG_S = 0.4
-CORRELATION_ECHO = 0.6
+CORRELATION_RAW = 0.6  # measured: our echo alone 0.74-0.93
+CORRELATION_CLEANED = 0.7  # measured: residual clips 0.62-0.71, people 0-0.55
+FOREIGN_DB = 10.0  # a block this much louder than our echo predicts is someone else
+MAX_FOREIGN_SHARE_RAW = 0.04
 MIN_BLOCKS = 10
 
 Levels = npt.NDArray[np.float32]
@@ -96,13 +109,16 @@ class Verdict:
     """Why a clip was judged to be our own speech, with the figures."""
 
     correlation: float
+    foreign_share: float
     removal_db: float
     playing_share: float
+    converged: bool
 
     def describe(self) -> str:
         return (
-            f"envelope correlation {self.correlation:.2f}, canceller removed"
-            f" {self.removal_db:.0f} dB, played during {self.playing_share:.0%} of it"
+            f"{'cleaned' if self.converged else 'microphone (canceller converging)'} envelope"
+            f" correlation {self.correlation:.2f}, foreign {self.foreign_share:.0%}, canceller"
+            f" removed {self.removal_db:.0f} dB, played during {self.playing_share:.0%} of it"
         )
 
 
@@ -112,7 +128,10 @@ class OwnSpeechGuard:
     def __init__(self, ledger: EchoLedger) -> None:
         self._ledger = ledger
 
-    def judge(self, utt: Utterance) -> Verdict | None:
+    def judge(self, utt: Utterance, *, converged: bool) -> Verdict | None:
+        """`converged`: the canceller had converged for the whole clip. Before that its
+        output is close to the raw microphone, and the microphone's envelope is judged
+        (stricter on foreign blocks); after, the cleaned clip's."""
         ref_db, mic_db = self._ledger.levels(utt.start, utt.end)
         blocks = min(len(ref_db), len(utt.pcm) // BLOCK)
         if blocks < MIN_BLOCKS:
@@ -123,10 +142,15 @@ class OwnSpeechGuard:
         share = float(playing.mean())
         if share < MIN_PLAYING_SHARE:
             return None
-        correlation = envelope_correlation(out_db, ref_db)
+        if converged:  # the cleaned clip; its residual is not linear: no foreign test
+            correlation, foreign = envelope_match(out_db, ref_db)
+            threshold, limit = CORRELATION_CLEANED, 1.0
+        else:
+            correlation, foreign = envelope_match(mic_db, ref_db)
+            threshold, limit = CORRELATION_RAW, MAX_FOREIGN_SHARE_RAW
         removal = float(np.median(mic_db[playing] - out_db[playing]))
-        verdict = Verdict(correlation, removal, share)
-        own = correlation >= CORRELATION_ECHO
+        verdict = Verdict(correlation, foreign, removal, share, converged)
+        own = correlation >= threshold and foreign <= limit
         log.info(
             "utterance %d %s: %s",
             utt.id,
@@ -136,17 +160,34 @@ class OwnSpeechGuard:
         return verdict if own else None
 
 
-def envelope_correlation(out_db: Levels, ref_db: Levels) -> float:
-    """The best Pearson correlation of the two level envelopes, `out` lagging `ref` by
-    0 to MAX_LAG_S (the acoustic path and the canceller's delay)."""
+def envelope_match(out_db: Levels, ref_db: Levels) -> tuple[float, float]:
+    """How well the clip's level envelope follows what the speaker played.
+
+    Returns (correlation, foreign): the best Pearson correlation of the two envelopes
+    with `out` lagging `ref` by 0 to MAX_LAG_S (the acoustic path and the canceller's
+    delay), and at that lag the share of the clip's audible blocks that are more than
+    FOREIGN_DB louder than the envelope fit predicts: someone else talking while we
+    paused. Our own voice coming back has a high correlation and almost no foreign
+    blocks; a person talking over our speech, even when our echo is as loud, does not.
+    """
     out = np.maximum(out_db, FLOOR_DB).astype(np.float64)
     ref = np.maximum(ref_db, FLOOR_DB).astype(np.float64)
-    best = 0.0
+    best, best_lag = 0.0, 0
     for lag in range(round(MAX_LAG_S * 100) + 1):
         a, b = out[lag:], ref[: len(ref) - lag]
         if len(a) < MIN_BLOCKS:
             break
         if a.std() < 1e-6 or b.std() < 1e-6:
             continue
-        best = max(best, float(np.corrcoef(a, b)[0, 1]))
-    return best
+        r = float(np.corrcoef(a, b)[0, 1])
+        if r > best:
+            best, best_lag = r, lag
+    if best <= 0.0:
+        return 0.0, 1.0
+    a, b = out[best_lag:], ref[: len(ref) - best_lag]
+    slope, offset = np.polyfit(b, a, 1)
+    residual = a - (slope * b + offset)
+    audible = a > FLOOR_DB + 10.0
+    if not audible.any():
+        return best, 0.0
+    return best, float(np.mean(residual[audible] > FOREIGN_DB))

@@ -101,6 +101,11 @@ class ReferenceAligner:
         self._last_active = 0.0
 
     @property
+    def generation(self) -> int:
+        """The played stream's generation last read (changes when playback reopens)."""
+        return self._generation
+
+    @property
     def last_active(self) -> float:
         """Monotonic time of the last non-silent reference sample read (0.0 if never)."""
         return self._last_active

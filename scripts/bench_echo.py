@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Benchmark the echo stage per mode (off, gate, aec) on a simulated meeting, in closed loop.
+
+The meeting: nine people's utterances (recordings not used by the echo tests) with
+0.3-1.0 s between turns, through one room impulse response; our translation of each
+sent clip (Chinese recordings, as long as the clip) starts 0.3 s after the clip was cut
+and plays from the speaker, reaching the microphone through another (-3 dB, 60 ms, RT60
+0.45 s) — so each translation plays while the next person talks. The daemon's own echo
+stage, segmenter and guard run frame by frame, as in the room.
+
+Per mode it prints: the share of the people's speech inside sent clips, the requests,
+those that carry our own speech (more than 10% of the clip's energy is our echo), the
+echo dropped by the guard, ERLE and double-talk VAD recall (separate echo-only and
+double-talk runs), µs per 10 ms frame of the echo stage, and the peak RSS of a process
+running it; then the ratios against `off`.
+
+    .venv/bin/python scripts/bench_echo.py            # all three modes, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import room_echo  # noqa: E402
+
+from daemon.config import LiveRoom, RoomSettings, SegmenterSettings  # noqa: E402
+from daemon.counters import Counters  # noqa: E402
+from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict  # noqa: E402
+from daemon.echo.reference import ReferenceAligner  # noqa: E402
+from daemon.segmenter import Segmenter  # noqa: E402
+from daemon.values import SAMPLE_RATE, Frame, Utterance  # noqa: E402
+
+AUDIO = ROOT.parent / "shared" / "audio"
+RATE = SAMPLE_RATE
+FRAME = 480
+MEETING = [  # (recording, seconds used, silence before it)
+    ("en_pv_falcon3", 6.0, 0.8),
+    ("ru_silero_numbers", 5.0, 0.5),
+    ("ko_pv_leopard", 5.0, 0.9),
+    ("en_wenet_librispeech", 6.0, 0.3),
+    ("es_silero_60s", 6.0, 1.0),
+    ("ar_habibi_irq", 5.0, 0.6),
+    ("yue_funasrggml_yue", 5.0, 0.4),
+    ("en_osr_harvard_8k", 6.0, 0.7),
+    ("fr_sr_french", 3.0, 0.9),
+]
+OUR_VOICE = ["zh_funasr_long", "zh_funasr_mid", "zh_wenet_aishell", "zh_funasrggml_zh"]
+PEOPLE_DBFS, OURS_DBFS = -24.0, -20.0
+ECHO = {"delay_s": 0.060, "gain_db": -3.0}
+LATENCY_S = 0.3  # clip cut → our translation starts playing
+LEAD_S = 0.04  # the playback callback writes this far ahead
+OWN_SHARE = 0.1
+Floats = npt.NDArray[np.float64]
+
+
+def load(name: str, seconds: float | None = None) -> Floats:
+    data, rate = sf.read(str(AUDIO / f"{name}.wav"), dtype="float64", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != RATE:
+        mono = soxr.resample(mono, rate, RATE)
+    level = np.abs(mono) > np.abs(mono).max() * 0.02
+    first, last = int(np.argmax(level)), len(mono) - int(np.argmax(level[::-1]))
+    mono = mono[first:last]
+    return mono[: round(seconds * RATE)] if seconds else mono
+
+
+def rms(x: Floats) -> float:
+    return float(np.sqrt(np.mean(x * x) + 1e-20))
+
+
+def to_pcm(x: Floats) -> npt.NDArray[np.int16]:
+    return np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
+
+
+class Meeting:
+    """The people's track (through the room) and where each of them spoke."""
+
+    def __init__(self) -> None:
+        h = room_echo.room_impulse_response(0.45, 11)
+        parts, self.truth, at = [], [], 0.0
+        for name, seconds, gap in MEETING:
+            x = load(name, seconds)
+            x = np.convolve(x, h)[: len(x)]
+            parts += [np.zeros(round(gap * RATE)), x / rms(x) * 10 ** (PEOPLE_DBFS / 20)]
+            at += gap
+            self.truth.append((at, at + len(x) / RATE))
+            at += len(x) / RATE
+        parts.append(np.zeros(8 * RATE))
+        self.track = np.concatenate(parts)
+        voice = np.concatenate([load(n) for n in OUR_VOICE])
+        self.voice = voice / rms(voice) * 10 ** (OURS_DBFS / 20)
+
+
+class Loop:
+    """The room in closed loop: what we play depends on what the segmenter sent."""
+
+    def __init__(self, meeting: Meeting, mode: str) -> None:
+        self.meeting = meeting
+        self.mode = mode
+        self.n = len(meeting.track)
+        self.ours = np.zeros(self.n + 30 * RATE)
+        self.room = room_echo.RoomEcho(
+            room_echo.room_impulse_response(0.45, 3),
+            FRAME,
+            delay=round(ECHO["delay_s"] * RATE),
+            gain_db=ECHO["gain_db"],
+        )
+        self.counters = Counters()
+        self.played = PlayedAudio(self.counters)
+        self.played.open(RATE)
+        self.written = 0
+        self.busy_until = 0  # sample where our current translation ends
+        self.stage: Any
+        if mode == "aec":
+            self.stage = EchoCanceller(ReferenceAligner(self.played, self.counters), self.counters)
+        else:
+            self.stage = EchoGate(self.audible_until, self.counters, mode=mode, tail_s=0.3)  # type: ignore[arg-type]
+        self.segmenter = Segmenter(
+            SegmenterSettings(), LiveRoom(RoomSettings()), self.counters, lambda s: s / RATE
+        )
+        self.echo = np.zeros(self.n)
+        self.sent: list[Utterance] = []
+        self.dropped = 0
+        self.stage_s = 0.0
+        self.voice_at = 0
+
+    def audible_until(self) -> float:
+        return self.busy_until / RATE
+
+    def run(self) -> None:
+        noise = np.random.default_rng(0).standard_normal(self.n) * 10 ** (-65 / 20)
+        for start in range(0, self.n - FRAME + 1, FRAME):
+            now = start / RATE
+            self._write_reference(now)
+            echo = self.room.process(self.ours[start : start + FRAME])
+            self.echo[start : start + FRAME] = echo
+            mic = self.meeting.track[start : start + FRAME] + echo + noise[start : start + FRAME]
+            t = time.perf_counter()
+            frame = self.stage.process(Frame(start, to_pcm(mic)), now)
+            self.stage_s += time.perf_counter() - t
+            for event in self.segmenter.push(frame):
+                if isinstance(event, Utterance):
+                    self._clip(event, start + FRAME)
+
+    def _write_reference(self, now: float) -> None:
+        block = RATE // 100
+        while (self.written + block) / RATE <= now + LEAD_S:
+            chunk = to_pcm(self.ours[self.written : self.written + block]).reshape(-1, 1)
+            self.played.write(chunk, (self.written + block) / RATE)
+            self.written += block
+
+    def _clip(self, utt: Utterance, now: int) -> None:
+        screened = self.stage.screen(utt)
+        if isinstance(screened, Verdict):
+            self.dropped += 1
+            return
+        self.sent.append(screened)
+        start = max(now + round(LATENCY_S * RATE), self.busy_until)
+        length = len(screened.pcm)
+        voice = np.tile(self.meeting.voice, 3)[self.voice_at : self.voice_at + length]
+        self.voice_at = (self.voice_at + length) % len(self.meeting.voice)
+        self.ours[start : start + len(voice)] += voice
+        self.busy_until = start + len(voice)
+
+    def figures(self) -> dict[str, float]:
+        covered = sum(
+            max(0.0, min(b, u.end / RATE) - max(a, u.start / RATE))
+            for a, b in self.meeting.truth
+            for u in self.sent
+        )
+        people = sum(b - a for a, b in self.meeting.truth)
+        shares = [self._echo_share(u) for u in self.sent]
+        frames = self.n // FRAME
+        return {
+            "coverage": covered / people,
+            "requests": len(self.sent),
+            "own_speech_requests": sum(1 for s in shares if s > OWN_SHARE),
+            "echo_dropped": self.dropped,
+            "us_per_10ms": self.stage_s / (frames * 3) * 1e6,
+        }
+
+    def _echo_share(self, utt: Utterance) -> float:
+        clip = utt.pcm.astype(np.float64) / 32768.0
+        best = 0.0
+        for lag in range(0, 257, 16):
+            e = (
+                self.echo[utt.start - lag : utt.start - lag + len(clip)]
+                if utt.start >= lag
+                else None
+            )
+            if e is None or len(e) < len(clip) or not np.any(e):
+                continue
+            r = float(np.dot(clip, e)) ** 2 / (
+                float(np.dot(e, e)) * float(np.dot(clip, clip)) + 1e-20
+            )
+            best = max(best, r)
+        return best
+
+
+def erle_and_recall(mode: str) -> tuple[float, float]:
+    """Echo only for 8 s, then a person over our speech: ERLE on the first part (after
+    2 s), webrtcvad recall of the person in the second."""
+    import webrtcvad
+
+    voice = Meeting().voice[: 16 * RATE]
+    person = load("en_pv_falcon3", 6.0)
+    h_p = room_echo.room_impulse_response(0.45, 12)
+    person = np.convolve(person, h_p)[: len(person)]
+    person = person / rms(person) * 10 ** ((OURS_DBFS - 3) / 20)
+    echo = room_echo.echo_of(voice, room_echo.room_impulse_response(0.45, 3), **ECHO)
+    people = np.zeros(len(voice))
+    people[9 * RATE : 9 * RATE + len(person)] = person
+    mic = echo + people
+    played = soxr.resample(voice, RATE, 24_000)
+    stage = None if mode == "aec" else EchoGate(lambda: 0.0, Counters(), mode="off")
+    out, _ = room_echo.run_canceller(mic, played, stage=stage)
+    if mode == "gate":  # the gate silences the microphone while we speak
+        out = np.zeros_like(out)
+    a, b = 2 * RATE, 8 * RATE
+    erle = 10 * np.log10(np.sum(mic[a:b] ** 2) / max(np.sum(out[a:b] ** 2), 1e-20))
+    vad = webrtcvad.Vad(2)
+
+    def voiced(x: Floats) -> npt.NDArray[np.bool_]:
+        pcm = to_pcm(x)
+        return np.array(
+            [vad.is_speech(pcm[k : k + 480].tobytes(), RATE) for k in range(0, len(pcm) - 479, 480)]
+        )
+
+    lo, hi = 9 * RATE, 9 * RATE + len(person)
+    truth = voiced(people[lo:hi])
+    recall = float(np.sum(truth & voiced(out[lo:hi])) / max(np.sum(truth), 1))
+    return float(min(erle, 99.0)), recall
+
+
+def one_mode(mode: str) -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loop = Loop(Meeting(), mode)
+    loop.run()
+    figures = loop.figures()
+    figures["erle_db"], figures["double_talk_recall"] = erle_and_recall(mode)
+    figures["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["rss_added_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["off", "gate", "aec"], help="one mode, as JSON")
+    args = parser.parse_args(argv)
+    if args.mode:
+        print(json.dumps(one_mode(args.mode)))
+        return 0
+    results: dict[str, dict[str, float]] = {}
+    for mode in ("off", "gate", "aec"):  # each in its own process: its own peak RSS
+        out = subprocess.run(
+            [sys.executable, __file__, "--mode", mode], capture_output=True, text=True, check=True
+        )
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"{'mode':5} {'people in sent clips':>21} {'requests':>9} {'own speech':>11}"
+        f" {'echo dropped':>13} {'ERLE dB':>8} {'DT recall':>10} {'µs/10ms':>8} {'RSS MB':>7}"
+    )
+    for mode, r in results.items():
+        print(
+            f"{mode:5} {r['coverage']:>21.1%} {r['requests']:>9.0f}"
+            f" {r['own_speech_requests']:>11.0f} {r['echo_dropped']:>13.0f}"
+            f" {r['erle_db']:>8.1f} {r['double_talk_recall']:>10.2f}"
+            f" {r['us_per_10ms']:>8.1f} {r['rss_mb']:>7.1f}"
+        )
+    base = results["off"]
+    for mode in ("gate", "aec"):
+        r = results[mode]
+        print(
+            f"{mode} / off: people in sent clips {r['coverage'] / base['coverage']:.2f}x,"
+            f" own-speech requests {r['own_speech_requests']:.0f}"
+            f" vs {base['own_speech_requests']:.0f},"
+            f" stage cost {r['us_per_10ms'] / max(base['us_per_10ms'], 1e-9):.0f}x,"
+            f" RSS {r['rss_mb'] - base['rss_mb']:+.1f} MB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
