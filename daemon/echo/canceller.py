@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from daemon.counters import Counters
-from daemon.echo.guard import BLOCK, EchoLedger, OwnSpeechGuard, Verdict, block_levels
+from daemon.echo.guard import (
+    BLOCK,
+    SILENT_DB,
+    EchoLedger,
+    OwnSpeechGuard,
+    Verdict,
+    block_levels,
+)
 from daemon.echo.reference import ReferenceAligner
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -184,7 +191,7 @@ class EchoCanceller:
         return joined[: len(pcm)]
 
     def _note(self, start: int, ref: Pcm, mic: Pcm, out: Pcm) -> None:
-        ref_db = block_levels(ref)
+        ref_db = block_levels(ref) if ref.any() else np.full(len(ref) // BLOCK, SILENT_DB)
         mic_db = block_levels(mic)
         self._ledger.note(start, ref_db, mic_db)
         playing = ref_db > REF_ACTIVE_DBFS

@@ -150,8 +150,9 @@ class ReferenceAligner:
         if rate != SAMPLE_RATE:
             import soxr
 
+            # float32: soxr dithers int16 output, and silence must stay silence
             self._resampler = soxr.ResampleStream(
-                rate, SAMPLE_RATE, 1, dtype="int16", quality=RESAMPLE_QUALITY
+                rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
             )
         index = self._end
         if self._t0 is not None and chunk.stamp is not None and rate:
@@ -167,7 +168,9 @@ class ReferenceAligner:
         mono = np.ascontiguousarray(block[:, 0])
         if self._resampler is None:
             return mono
-        return np.asarray(self._resampler.resample_chunk(mono), dtype=np.int16)
+        out = self._resampler.resample_chunk(mono.astype(np.float32))
+        pcm: Pcm = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return pcm
 
     def _append(self, pcm: Pcm) -> None:
         size = len(self._history)
