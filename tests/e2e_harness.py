@@ -563,6 +563,7 @@ class Harness:
             "MQTT__RECONNECT_MAX_S": "1",
             "AUDIO__PROFILE": "virtual_rig",
             "AUDIO__ECHO_GUARD": "off",
+            "AUDIO__DUCK_DB": "0",  # the speaker's tones keep their level (test_duplex ducks)
             "MQTT__ROOM_ID": "room-1",
             "API__CHECK_KEY_AT_START": "false",  # the simulator's counts are the test's
             "STATE_DIR": str(self.workdir / "state"),
