@@ -1,8 +1,9 @@
-"""The `roomtranslate` command: run, translate-file, devices, check, simulator."""
+"""The `roomtranslate` command: run, translate-file, devices, check, display-config, simulator."""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from daemon.logs import setup_logging
 
 EX_USAGE = 2
 EX_NOINPUT = 66
+EX_CANTCREAT = 73
 
 
 CONFIG_HELP = (
@@ -67,11 +69,33 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument(
         "--no-service", action="store_true", help="skip the 1 s test clip to the service"
     )
+    _display_parser(
+        sub.add_parser(
+            "display-config",
+            parents=after,
+            help="let Mosquitto serve the caption display: listener snippet, ACL, page",
+        )
+    )
     sim = sub.add_parser(
         "simulator", help="run the local service simulator", add_help=False, prefix_chars="\0"
     )
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _display_parser(dc: argparse.ArgumentParser) -> None:
+    from daemon.display.install import DEFAULT_CONF, DEFAULT_HTTP_DIR
+
+    dc.add_argument("--conf", type=Path, default=DEFAULT_CONF, help="the snippet to write")
+    dc.add_argument("--acl", type=Path, help="the displays' ACL (default: beside --conf)")
+    dc.add_argument("--http-dir", type=Path, default=DEFAULT_HTTP_DIR, help="page goes here")
+    dc.add_argument("--ws-port", type=int, default=9001, help="WebSockets + page port")
+    dc.add_argument("--ws-bind", default="", help="WebSockets address (default: all)")
+    dc.add_argument("--tcp-port", type=int, default=1883, help="MQTT over TCP port (0: none)")
+    dc.add_argument("--tcp-bind", default="127.0.0.1", help="MQTT over TCP address")
+    dc.add_argument("--password-file", type=Path, help="Mosquitto password file for TCP")
+    dc.add_argument("--host", help="host name in the printed URL (default: this host)")
+    dc.add_argument("--no-qr", action="store_true", help="do not print the QR code")
 
 
 def _room_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -139,6 +163,40 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(args.config, service=not args.no_service)
 
 
+def _display_config(args: argparse.Namespace) -> int:
+    from daemon.display.install import (
+        DisplayConfig,
+        display_url,
+        install_snippet_beside,
+        report,
+        write_config,
+    )
+
+    settings = load_settings(args.config)
+    if args.tcp_port and (other := install_snippet_beside(args.conf)):
+        print(f"display-config: {other} has the TCP listener: only the displays' is added")
+        args.tcp_port = 0
+    config = DisplayConfig(
+        prefix=settings.mqtt.prefix,
+        http_dir=args.http_dir,
+        acl_file=args.acl or args.conf.with_suffix(".acl"),
+        ws_port=args.ws_port,
+        ws_bind=args.ws_bind,
+        tcp_port=args.tcp_port,
+        tcp_bind=args.tcp_bind,
+        password_file=args.password_file,
+    )
+    try:
+        written = write_config(config, args.conf)
+    except OSError as exc:
+        print(f"roomtranslate: display-config: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    host = args.host or socket.gethostname()
+    url = display_url(host, args.ws_port, settings.mqtt.room_id, settings.mqtt.prefix)
+    print(report(written, args.conf, url, qr=not args.no_qr), end="")
+    return 0
+
+
 def _simulator(args: argparse.Namespace) -> int:
     from daemon.simulator import main as simulator_main
 
@@ -150,6 +208,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "translate-file": _translate_file,
     "devices": _devices,
     "check": _check,
+    "display-config": _display_config,
     "simulator": _simulator,
 }
 

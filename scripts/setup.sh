@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything roomtranslate needs on Debian 12 / Raspberry Pi OS Bookworm:
-# Debian packages (PortAudio, PulseAudio for the virtual rig, Mosquitto, systemd headers)
+# Debian packages (PortAudio, PulseAudio for the virtual rig, Mosquitto, systemd headers,
+# Chromium for the display tests)
 # and the project's virtual environment in .venv with roomtranslate and its test tools.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -12,6 +13,7 @@ APT_PACKAGES=(
   mosquitto mosquitto-clients espeak-ng
   python3-systemd  # what scripts/install.sh links into the device's venv (tests/test_install.py)
   python3-seccomp  # tests/sandbox_exec.py: the unit's system call filter without systemd
+  chromium fonts-droid-fallback  # the caption display's tests: headless Chromium, CJK glyphs
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

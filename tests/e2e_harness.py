@@ -495,11 +495,12 @@ class Harness:
         *,
         sim_settings: Mapping[str, float] | None = None,
         persistence: bool = True,
+        broker_options: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.sim_settings = dict(FAST_SIM if sim_settings is None else sim_settings)
         self.rig: Any = audio_rig.AudioRig(workdir / "rig")
-        self.broker = Broker(persistence=persistence, start=False)
+        self.broker = Broker(persistence=persistence, listener_options=broker_options, start=False)
         self.sim = Simulator(*_sim_args(self.sim_settings))
         self._sessions = 0
 
