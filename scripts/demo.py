@@ -3,7 +3,9 @@
 
 For a machine without sound hardware or an API key (README, first command):
 - a private PulseAudio sound rig (scripts/audio_rig.py): `rig_mic` and `rig_spk`;
-- Mosquitto on a free loopback port;
+- Mosquitto on a free loopback port, with a websockets listener that serves the caption
+  display page (`roomtranslate display-config`'s configuration): its URL and QR code are
+  printed;
 - the service simulator (`roomtranslate simulator`) on a free loopback port;
 - `roomtranslate run` against all three;
 - real speech (../shared/audio recordings, else espeak-ng sentences) played into the
@@ -33,6 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from audio_rig import AudioRig  # noqa: E402
+
+from daemon.display.install import (  # noqa: E402
+    DisplayConfig,
+    display_url,
+    terminal_qr,
+    write_config,
+)
 
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 DEMO_CLIPS = (
@@ -84,13 +93,21 @@ def speech_files(workdir: Path) -> list[Path]:
     return made
 
 
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+def start_broker(workdir: Path, display_bind: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Mosquitto: MQTT over TCP for the daemon, and the displays' websockets listener that
+    serves the page, as `roomtranslate display-config` configures a room's broker."""
+    port, ws_port = free_port(), free_port()
+    display = DisplayConfig(
+        http_dir=workdir / "display",
+        acl_file=workdir / "display.acl",
+        ws_port=ws_port,
+        ws_bind=display_bind,
+        tcp_port=port,
+    )
     conf = workdir / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true"]
+    write_config(display, conf)
     if os.geteuid() == 0:
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("user root\n" + conf.read_text())
     proc = subprocess.Popen(
         ["mosquitto", "-c", str(conf)],
         stdout=subprocess.DEVNULL,
@@ -100,7 +117,7 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return proc, port
+            return proc, port, ws_port
         time.sleep(0.05)
     stop(proc)
     raise RuntimeError("mosquitto did not start")
@@ -123,7 +140,9 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
     return proc, line.removeprefix("READY ")
 
 
-def daemon_env(rig: AudioRig, base_url: str, port: int, target: str) -> dict[str, str]:
+def daemon_env(
+    rig: AudioRig, base_url: str, port: int, target: str, captions: list[str]
+) -> dict[str, str]:
     env = {**os.environ, **rig.env}
     env.update(
         {
@@ -136,6 +155,7 @@ def daemon_env(rig: AudioRig, base_url: str, port: int, target: str) -> dict[str
             "ROOMTRANSLATE_STATE_DIR": str(rig.dir / "state"),
             "ROOMTRANSLATE_AUDIO__PROFILE": "virtual_rig",
             "ROOMTRANSLATE_ROOM__TARGET_LANG": target,
+            "ROOMTRANSLATE_ROOM__CAPTION_LANGS": json.dumps(captions),
         }
     )
     return env
@@ -205,13 +225,18 @@ async def speak(rig: AudioRig, files: list[Path], stop_at: float) -> None:
 async def demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="roomtranslate-demo-") as tmp, AudioRig() as rig:
         workdir = Path(tmp)
-        broker, port = start_broker(workdir)
+        broker, port, ws_port = start_broker(workdir, args.display_bind)
         simulator, base_url = start_simulator()
         daemon: subprocess.Popen[bytes] | None = None
         try:
-            daemon = start_daemon(daemon_env(rig, base_url, port, args.to), quiet=args.quiet)
+            env = daemon_env(rig, base_url, port, args.to, caption_langs(args))
+            daemon = start_daemon(env, quiet=args.quiet)
             print(f"demo: broker 127.0.0.1:{port}, simulator {base_url}, room 'demo-room'")
             print(f"demo: watch: mosquitto_sub -p {port} -t 'roomtranslate/#' -v")
+            url = display_url(display_host(args.display_bind), ws_port, "demo-room")
+            print(f"demo: caption display (open it in a browser): {url}")
+            if not args.no_qr:
+                print(terminal_qr(url), end="", flush=True)
             stop_at = time.monotonic() + (args.duration or 10**9)
             await asyncio.sleep(2.0)  # let the daemon open its devices
             captions = asyncio.create_task(show_captions(port, stop_at + 6.0))
@@ -227,10 +252,28 @@ async def demo(args: argparse.Namespace) -> int:
         return 0 if code == 0 else 1
 
 
+def caption_langs(args: argparse.Namespace) -> list[str]:
+    return [lang for lang in args.captions.split(",") if lang and lang != args.to]
+
+
+def display_host(bind: str) -> str:
+    """The host name in the display's URL: the bound address, or this host's name."""
+    return bind if bind not in ("", "0.0.0.0", "::") else socket.gethostname()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--to", default="zh", help="target language (default zh)")
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    parser.add_argument(
+        "--captions", default="en", help="more caption languages, comma-separated (default en)"
+    )
+    parser.add_argument(
+        "--display-bind",
+        default="127.0.0.1",
+        help="address of the display's listener (0.0.0.0: phones on the LAN can open it)",
+    )
+    parser.add_argument("--no-qr", action="store_true", help="no QR code in the terminal")
     parser.add_argument("--quiet", action="store_true", help="hide the daemon's log")
     parser.add_argument("--stop-timeout", type=float, default=15.0)
     args = parser.parse_args(argv)

@@ -13,8 +13,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +34,8 @@ from daemon.values import Outcome, Timeline, Utterance, UtteranceStats
 from tests.broker import Broker, Recorder, eventually, free_port
 from tests.browser import PHONE, TV, artifact_dir, chromium, missing
 from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session, missing_programs
+from tests.paths import PROJECT_ROOT
+from tests.procs import stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -61,18 +68,26 @@ LINES_JS = "[...document.querySelectorAll('#captions p')].map(p => [p.className,
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, int, Any]]:
+def browser() -> Iterator[Any]:
     if why := missing():
         pytest.skip(why)
     if absent := missing_programs():
         pytest.skip(f"not installed: {', '.join(absent)}")
+    with chromium() as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def setup(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Harness, int, Any]]:
     workdir = tmp_path_factory.mktemp("display")
     www = workdir / "www"
     copy_page(www)
     ws_port = free_port()
     options = [f"listener {ws_port} 127.0.0.1", "protocol websockets", f"http_dir {www}"]
-    with Harness(workdir, broker_options=options) as harness, chromium() as context:
-        yield harness, ws_port, context
+    with Harness(workdir, broker_options=options) as harness:
+        yield harness, ws_port, browser
 
 
 @pytest.fixture
@@ -301,3 +316,41 @@ def test_the_page_files_are_served_by_mosquitto(setup: tuple[Harness, int, Any])
     for name in ("", "display.js", "display.css", "vendor/mqtt.min.js", "vendor/qrcode.js"):
         with urllib.request.urlopen(f"http://127.0.0.1:{ws_port}/{name}", timeout=5) as reply:
             assert reply.status == 200 and reply.read()
+
+
+# ---------------------------------------------------------------------------- the demo
+
+
+def test_the_demo_prints_a_display_url_that_shows_its_captions(
+    browser: Any, tmp_path: Path
+) -> None:
+    """scripts/start.sh's demo: open its printed URL in a browser, watch captions appear."""
+    printed = tmp_path / "demo.out"
+    with printed.open("w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "scripts/demo.py", "--duration", "12", "--quiet", "--no-qr"],
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        url = ""
+        deadline = time.monotonic() + 30
+        while not url and time.monotonic() < deadline and demo.poll() is None:
+            found = re.search(r"caption display.*: (http://\S+)", printed.read_text())
+            url = found.group(1) if found else ""
+            time.sleep(0.1)
+        assert url, printed.read_text()
+        page = open_page(browser, url)
+        assert wait_page(page, lambda: len(final_lines(page)) >= 2, 30.0), lines(page)
+        # the room's languages are zh (speech) and en: the page takes the browser's, en
+        caption = re.compile(r"\[(zh|en)\] clip \d+\.\d+s #[0-9a-f]{8}")
+        assert all(caption.fullmatch(text) for text in final_lines(page)), lines(page)
+        page.screenshot(path=str(artifact_dir() / "display-demo.png"))
+        assert demo.wait(60) == 0, printed.read_text()
+        page.close()
+    finally:
+        stop_process(demo, 20.0)
+    assert "[zh] #1: " in printed.read_text()
