@@ -30,7 +30,11 @@ HOST = "127.0.0.1"
 
 
 def display_config(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ROOMTRANSLATE_CONFIG": os.devnull}
+    env = {
+        **os.environ,
+        "ROOMTRANSLATE_CONFIG": os.devnull,
+        "ROOMTRANSLATE_MQTT__ROOM_ID": "room-1",
+    }
     return subprocess.run(
         [sys.executable, "-m", "daemon", "display-config", *args],
         cwd=PROJECT_ROOT,
