@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 REOPEN_MIN_S = 1.0
 REOPEN_MAX_S = 10.0
 STALL_TIMEOUT_S = 3.0
-BLOCK_S = 0.02  # PortAudio block: 20 ms of device samples per callback
+# PortAudio block: 100 ms of device samples per callback. Few wake-ups keep the quiet room
+# cheap (10 callbacks and loop wake-ups a second); the ring keeps the sample clock, so the
+# only cost is that frames reach the segmenter (and the echo stage) up to 100 ms late.
+BLOCK_S = 0.1
 TIME_WINDOW = 100  # reads over which the least-delayed callback stamp is kept
 
 
@@ -94,6 +98,7 @@ class _Session:
         self.overflows = 0
         self.errors = 0
         self.last_error: BaseException | None = None
+        self.callback_tid = 0  # the PortAudio thread's native id (for per-thread figures)
         all_columns = tuple(range(info.channels))
         self._columns = None if info.use_channels == all_columns else info.use_channels
         self._rate = float(info.rate)
@@ -104,6 +109,8 @@ class _Session:
         """Copy into the ring, stamp, note flags, wake the loop; never raises."""
         try:
             now = time.monotonic()
+            if not self.callback_tid:
+                self.callback_tid = threading.get_native_id()
             if status and status.input_overflow:
                 self.overflows += 1
                 self.counters.add("input_overflows")
@@ -471,6 +478,7 @@ class Capture:
         self._converter = _Converter(session.info.rate, session.info.gain_db)
         self._epoch = None
         seen_overflows = seen_errors = 0
+        named = False
         while not session.finished:
             try:
                 async with asyncio.timeout(self._stall_timeout_s):
@@ -485,6 +493,9 @@ class Capture:
                 return
             session.event.clear()
             session.wake_pending = False  # cleared before reading: no wake-up is missed
+            if not named and session.callback_tid:
+                named = True
+                log.info("capture: callback thread %d", session.callback_tid)
             for frame in self._convert(session, session.ring.read()):
                 yield frame
             if session.overflows != seen_overflows:

@@ -40,6 +40,12 @@ Device loss (finished callback, inactive stream or no callback for `STALL_S`): `
 counts `playback_reopens`, reopens with a 1 s → 10 s backoff and KEEPS the queued audio
 (the backlog cap bounds it); audio already handed to the lost device is gone. If the
 reopened device runs at another rate, everything queued is skipped (reason "device").
+
+Quiet room: once nothing was queued or sounding for `IDLE_STOP_S`, the output stream is
+STOPPED (not closed): no callbacks, no wake-ups, nothing handed to the DAC, so what the
+speaker plays then — and the echo reference of it — is silence. The next utterance's
+`start_utterance` starts it again (~1–6 ms, the first callback comes within that); a
+device lost while stopped is found then (start fails) and reopened, its audio kept.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
 CLOSE_TIMEOUT_S = 2.0
 TICK_BUSY_S = 0.01
 TICK_IDLE_S = 0.05
+IDLE_STOP_S = 2.0  # nothing queued or sounding for this long: the output stream is stopped
+TICK_STOPPED_S = 1.0  # the tick while the stream is stopped (a new utterance wakes it)
 FEED_PIECE_S = 1.0  # a chunk is queued in pieces of at most this much audio
 MAX_LEAD_S = 2.0  # a larger DAC lead from PortAudio is not believed
 
@@ -483,6 +491,11 @@ class Playback:
         self._device_name = ""
         self._lead = 0.0  # DAC time minus callback time, measured per block
         self._last_callback = 0.0
+        self._opened_at = 0.0
+        self._callback_tid = 0  # the PortAudio thread's native id (for per-thread figures)
+        self._stopped = False  # the stream is stopped while idle (see the module docstring)
+        self._start_error = ""  # why starting a stopped stream failed (the device is lost)
+        self._wake = asyncio.Event()  # cuts the stopped stream's slow tick short
         self._finished = threading.Event()
         self._mono: Pcm = np.zeros(8192, dtype=np.int16)
         self._scratch = np.zeros(8192, dtype=np.float32)
@@ -502,6 +515,11 @@ class Playback:
     @property
     def device_name(self) -> str:
         return self._device_name
+
+    @property
+    def output_running(self) -> bool:
+        """The output stream is open and running (False while stopped in a quiet room)."""
+        return self._stream is not None and not self._stopped
 
     @property
     def rate(self) -> int:
@@ -558,6 +576,7 @@ class Playback:
         self._open_ids.add(utt_id)
         self._resamplers[utt_id] = self._new_resampler()
         self._queue.start(utt_id, timeline)
+        self._resume()
 
     def feed(self, utt_id: int, pcm: Pcm) -> None:
         """Queue 24 kHz mono int16 audio of an utterance (resampled here if needed)."""
@@ -655,7 +674,8 @@ class Playback:
                 callback=self._callback,
                 finished_callback=self._finished.set,
             )
-            self._last_callback = time.monotonic()
+            self._last_callback = self._opened_at = time.monotonic()
+            self._stopped = False
             try:
                 stream.start()
             except BaseException:
@@ -698,14 +718,60 @@ class Playback:
 
     async def _serve(self, stream: Any) -> str:
         """Tick until the stream is lost; returns why."""
+        named = False
         while True:
+            if not named and self._callback_tid:
+                named = True
+                log.info("playback: callback thread %d", self._callback_tid)
             self._tick()
             problem = self._problem(stream)
             if problem:
                 return problem
-            await asyncio.sleep(TICK_BUSY_S if self._queue.busy() else TICK_IDLE_S)
+            if not self._stopped and self._idle_for(time.monotonic()) >= IDLE_STOP_S:
+                self._stop_idle(stream)
+            if self._stopped:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_STOPPED_S)
+            else:
+                await asyncio.sleep(TICK_BUSY_S if self._queue.busy() else TICK_IDLE_S)
+
+    def _idle_for(self, now: float) -> float:
+        """Seconds since the last sample left the device, 0 while anything is queued."""
+        done_at = self._queue.finished_at()
+        return 0.0 if done_at is None else now - max(done_at, self._opened_at)
+
+    def _stop_idle(self, stream: Any) -> None:
+        """Stop the stream while the room is quiet (abort: only silence is buffered)."""
+        self._stopped = True
+        try:
+            stream.abort(ignore_errors=False)
+        except Exception as exc:
+            self._start_error = f"stopping the idle stream failed: {exc}"
+            return
+        self._finished.clear()  # our own stop, not a lost device
+        log.debug("playback: idle, output stream stopped")
+
+    def _resume(self) -> None:
+        """Start the stream stopped while idle (an utterance is about to play)."""
+        stream = self._stream
+        if not self._stopped or stream is None:
+            return
+        self._stopped = False
+        self._last_callback = time.monotonic()
+        try:
+            stream.start()
+        except Exception as exc:  # the device went away while we were idle
+            self._start_error = f"cannot restart the idle stream: {exc}"
+        self._wake.set()
+        log.debug("playback: output stream started")
 
     def _problem(self, stream: Any) -> str:
+        if self._start_error:
+            problem, self._start_error = self._start_error, ""
+            return problem
+        if self._stopped:
+            return ""
         try:
             active = bool(stream.active)
         except Exception as exc:  # a broken stream can fail even this query
@@ -757,6 +823,8 @@ class Playback:
         try:
             now = time.monotonic()
             self._last_callback = now
+            if not self._callback_tid:
+                self._callback_tid = threading.get_native_id()
             lead = self._measure_lead(time_info)
             mono = self._buffers(frames)
             self._queue.render(mono, now, now + lead)

@@ -24,6 +24,7 @@ Scenario: {"device": "rig_spk", "max_backlog_s": 20, "drain_timeout": 10,
   {"op": "spawn", "steps": [...]}           run these steps as a concurrent task
   {"op": "join"}                            wait for the spawned tasks
   {"op": "probe", "every": 0.05}            print audible_until every `every` s until done
+  {"op": "stream"}                          print whether the output stream is running
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ class Driver:
         elif op == "join":
             await asyncio.gather(*self.tasks)
             self.tasks.clear()
+        elif op == "stream":
+            emit(ev="stream", t=time.monotonic(), running=pb.output_running, state=pb.state)
         elif op == "probe":
             self.probes.append(asyncio.create_task(self.probe(step.get("every", 0.05))))
         else:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.capture import Capture
+from daemon.capture import BLOCK_S, Capture
 from daemon.config import AudioSettings
 from daemon.counters import Counters
 from daemon.profiles import InputProfile, Profile
@@ -331,7 +331,8 @@ async def test_callback_faults_and_overflows_are_counted(backend: FakeBackend) -
     backend.bad_block_at = 3
     backend.overflow_at = 5
     counters = Counters()
-    frames = await collect(Capture(AudioSettings(), counters, profile=profile()), 0.3)
+    capture = Capture(AudioSettings(), counters, profile=profile())
+    frames = await collect(capture, 8 * BLOCK_S)  # blocks 3 and 5 come within it
     assert counters.get("capture_callback_errors") == 1
     assert counters.get("input_overflows") == 1
     assert frames  # the stream went on

@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 
 from daemon.counters import Counters
 from daemon.playback import (
+    IDLE_STOP_S,
+    TICK_STOPPED_S,
     Playback,
     PlaybackDrained,
     PlaybackSkipped,
@@ -548,6 +550,36 @@ def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio
         assert probe["state"] == "speaking"
     after = [p for p in result.events("probe") if p["now"] > runs[-1].end + 0.05]
     assert after and all(p["until"] < p["now"] and p["state"] == "idle" for p in after)
+
+
+@needs_pulseaudio
+def test_a_quiet_room_stops_the_output_stream_and_the_next_utterance_plays_in_full(
+    rig: AudioRig, tmp_path: Path
+) -> None:
+    scenario = {
+        "steps": [
+            {"op": "start", "utt": 1},
+            feed(1, 500, 0.5, 1237),
+            {"op": "wait_drained", "utt": 1},
+            {"op": "stream"},
+            {"op": "sleep", "s": IDLE_STOP_S + TICK_STOPPED_S + 0.5},
+            {"op": "stream"},
+            {"op": "start", "utt": 2},
+            {"op": "stream"},
+            feed(2, 800, 0.5, 1237),
+        ]
+    }
+    result = play(rig, scenario, tmp_path)
+    assert [e["running"] for e in result.events("stream")] == [True, False, True]
+    assert all(e["state"] != "unavailable" for e in result.events("stream"))
+    runs = result.runs([500, 800])
+    assert [run.freq for run in runs] == [500, 800], runs
+    for run in runs:
+        assert run.duration == pytest.approx(0.5, abs=0.05), run
+    started = result.one("started", 2)
+    assert started["audible_at"] == pytest.approx(runs[1].start, abs=0.03)
+    assert result.one("drained", 2)["t"] == pytest.approx(runs[1].end, abs=0.03)
+    assert result.counters.get("playback_reopens", 0) == 0  # stopping is not losing it
 
 
 @needs_pulseaudio
