@@ -149,7 +149,9 @@ def test_echo_gate_zeroes_the_frames_in_the_speaking_window(runs: dict[str, Any]
     # a frame captured just before the window but read after it opened is gated too: at
     # most one capture block (the reader's lag) plus scheduling
     assert all(start - BLOCK_S - 0.1 <= f["at"] < end + tail for f in gated)
-    assert len(gated) == pytest.approx((end + tail - start) * 16_000 / 480, abs=3)
+    expected = (end + tail - start) * 16_000 / 480
+    early = BLOCK_S * 16_000 / 480  # frames read up to one capture block after the window opened
+    assert expected - 3 <= len(gated) <= expected + early + 3, (len(gated), expected)
     # The raw (pre-gate) audio in the window was speech, not silence.
     assert any(report["pcm"][f["start"] : f["start"] + 480].any() for f in gated)
 
