@@ -54,3 +54,16 @@ def test_make_echo_stage_from_settings() -> None:
     assert stage.mode == "gate" and stage.tail_s == pytest.approx(0.45)
     with pytest.raises(ValueError):
         EchoGate(lambda: 0.0, Counters(), tail_s=-1)
+
+
+def test_pcm_history_keeps_the_newest_samples_by_position() -> None:
+    from daemon.echo.history import PcmHistory
+
+    history = PcmHistory(100)
+    history.write(0, np.arange(1, 71, dtype=np.int16))
+    history.write(90, np.arange(1, 51, dtype=np.int16))  # a 20-sample gap, then wraps
+    assert (history.end, history.oldest) == (140, 40)
+    got = history.read(30, 120)  # before the kept span, the gap, past the end: silence
+    assert not got[:10].any() and list(got[10:40]) == list(range(41, 71))
+    assert not got[40:60].any() and list(got[60:110]) == list(range(1, 51))
+    assert not got[110:].any()

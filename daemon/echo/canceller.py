@@ -41,6 +41,7 @@ from daemon.echo.guard import (
     Verdict,
     block_levels,
 )
+from daemon.echo.history import PcmHistory
 from daemon.echo.reference import ReferenceAligner
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -71,8 +72,7 @@ class EchoCanceller:
         self._ledger = EchoLedger()
         self._guard = OwnSpeechGuard(self._ledger)
         self._delay: Pcm = np.zeros(AEC_DELAY_SAMPLES, dtype=np.int16)
-        self._history: Pcm = np.zeros(round(HISTORY_S * SAMPLE_RATE), dtype=np.int16)
-        self._written = 0  # clock position one past the newest cleaned sample kept
+        self._history = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # cleaned, by clock
         self._last_clip_end = 0
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
@@ -101,7 +101,7 @@ class EchoCanceller:
         else:
             out = self._delayed(frame.pcm)
         self._note(frame.start, ref, frame.pcm, out)
-        self._keep(frame.start, out)
+        self._history.write(frame.start, out)
         return Frame(frame.start, out)
 
     def screen(self, utt: Utterance) -> Utterance | Verdict:
@@ -143,17 +143,17 @@ class EchoCanceller:
         edge = round(DT_EDGE_S * SAMPLE_RATE)
         start, end = utt.start, utt.end
         if self._played(utt.start - pre, utt.start + edge):
-            start = max(utt.start - pre, self._written - len(self._history))
+            start = max(utt.start - pre, self._history.oldest)
         if self._played(utt.end - edge, utt.end + post):
-            end = min(utt.end + post, self._written)
+            end = min(utt.end + post, self._history.end)
         start = max(start - start % BLOCK, self._last_clip_end, 0)
         if start == utt.start and end == utt.end:
             return utt
         if start < utt.start:
-            pcm = np.concatenate((self._kept(start, utt.start), utt.pcm))
+            pcm = np.concatenate((self._history.read(start, utt.start - start), utt.pcm))
         else:
             pcm = utt.pcm[start - utt.start :]
-        pcm = np.concatenate((pcm, self._kept(utt.end, end)))
+        pcm = np.concatenate((pcm, self._history.read(utt.end, end - utt.end)))
         self._counters.add("echo_widened_clips")
         return dataclasses.replace(
             utt,
@@ -167,22 +167,6 @@ class EchoCanceller:
     def _played(self, start: int, end: int) -> bool:
         ref_db, _ = self._ledger.levels(max(start, 0), max(end, 0))
         return bool(np.any(ref_db > REF_ACTIVE_DBFS))
-
-    def _keep(self, start: int, pcm: Pcm) -> None:
-        size = len(self._history)
-        for offset in range(0, len(pcm), size):  # one piece unless a frame exceeds the ring
-            piece = pcm[offset : offset + size]
-            slot = (start + offset) % size
-            first = min(len(piece), size - slot)
-            self._history[slot : slot + first] = piece[:first]
-            self._history[: len(piece) - first] = piece[first:]
-        self._written = start + len(pcm)
-
-    def _kept(self, start: int, end: int) -> Pcm:
-        """Cleaned samples [start, end) from the history (callers keep within it)."""
-        size = len(self._history)
-        index = np.arange(start, end) % size
-        return self._history[index]
 
     def _delayed(self, pcm: Pcm) -> Pcm:
         """The input delayed like the canceller's output, so bypassing keeps the clock."""

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from daemon.counters import Counters
+from daemon.echo.history import PcmHistory
 from daemon.ring import Block, RingRead, SampleRing
 from daemon.values import SAMPLE_RATE, Pcm
 
@@ -90,8 +91,7 @@ class ReferenceAligner:
     def __init__(self, played: PlayedAudio, counters: Counters) -> None:
         self._played = played
         self._counters = counters
-        self._history: Pcm = np.zeros(round(HISTORY_S * SAMPLE_RATE), dtype=np.int16)
-        self._end = 0  # time line index one past the newest sample
+        self._history = PcmHistory(round(HISTORY_S * SAMPLE_RATE))
         self._t0: float | None = None  # monotonic time of time line index 0
         self._generation = 0
         self._resampler: Any = None
@@ -121,7 +121,7 @@ class ReferenceAligner:
                 self._counters.add("echo_reference_slips")
                 log.debug("echo reference slips %+d samples", target - self._cursor)
             self._cursor = target
-        out = self._slice(self._cursor, count)
+        out = self._history.read(self._cursor, count)
         self._cursor += count
         if out.any():
             self._last_active = captured_at
@@ -137,8 +137,7 @@ class ReferenceAligner:
             self._new_stretch(chunk)
         if len(chunk.data) == 0:
             return
-        pcm = self._resample(chunk.data)
-        self._append(pcm)
+        self._history.write(self._history.end, self._resample(chunk.data))
         if chunk.stamp is not None:
             self._track(*chunk.stamp)
 
@@ -154,13 +153,12 @@ class ReferenceAligner:
             self._resampler = soxr.ResampleStream(
                 rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
             )
-        index = self._end
+        index = self._history.end
         if self._t0 is not None and chunk.stamp is not None and rate:
             position, at = chunk.stamp
             first_at = at - (position - chunk.start) / rate
-            index = max(self._end, round((first_at - self._t0) * SAMPLE_RATE))
-        self._append(np.zeros(min(index - self._end, len(self._history)), dtype=np.int16))
-        self._end = index
+            index = max(index, round((first_at - self._t0) * SAMPLE_RATE))
+        self._history.write(index, np.zeros(0, dtype=np.int16))  # the gap reads as silence
         self._stretch_device = chunk.start
         self._stretch_index = index
 
@@ -172,17 +170,6 @@ class ReferenceAligner:
         pcm: Pcm = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
         return pcm
 
-    def _append(self, pcm: Pcm) -> None:
-        size = len(self._history)
-        if len(pcm) > size:  # only the newest `size` samples can be kept
-            self._end += len(pcm) - size
-            pcm = pcm[-size:]
-        slot = self._end % size
-        first = min(len(pcm), size - slot)
-        self._history[slot : slot + first] = pcm[:first]
-        self._history[: len(pcm) - first] = pcm[first:]
-        self._end += len(pcm)
-
     def _track(self, position: int, at: float) -> None:
         """Fit `t0` to a stamp: device `position` sounded at `at`."""
         rate = self._played.rate
@@ -192,18 +179,3 @@ class ReferenceAligner:
             self._t0 = estimate
         else:
             self._t0 += TRACK * (estimate - self._t0)
-
-    # -- the microphone side ----------------------------------------------------------------
-
-    def _slice(self, start: int, count: int) -> Pcm:
-        """Time line samples [start, start + count); silence where nothing is kept."""
-        out = np.zeros(count, dtype=np.int16)
-        size = len(self._history)
-        pos = max(start, self._end - size, 0)
-        stop = min(start + count, self._end)
-        while pos < stop:
-            slot = pos % size
-            n = min(stop - pos, size - slot)
-            out[pos - start : pos - start + n] = self._history[slot : slot + n]
-            pos += n
-        return out
