@@ -248,3 +248,20 @@ def test_make_echo_stage_aec_needs_the_played_audio() -> None:
     played = PlayedAudio(Counters())
     stage = make_echo_stage(AudioSettings(), None, lambda: 0.0, Counters(), played)
     assert isinstance(stage, EchoCanceller) and stage.mode == "aec"
+
+
+def test_reference_after_the_output_stream_paused() -> None:
+    """Playback stops its stream while the room is quiet and starts it again: the played
+    audio after the pause is placed at its own DAC time, the pause reads as silence."""
+    counters = Counters()
+    played = PlayedAudio(counters)
+    played.open(24_000)
+    aligner = ReferenceAligner(played, counters)
+    block = np.full((240, 1), 8000, dtype=np.int16)
+    for k in range(100):  # 1 s playing, from t = 10 s
+        played.write(block, 10.0 + (k + 1) / 100)
+    assert aligner.reference_for(10.5, 160).all()
+    for k in range(100):  # 1 s playing again from t = 15 s, same stream (same generation)
+        played.write(block, 15.0 + (k + 1) / 100)
+    assert not aligner.reference_for(14.5, 160).any()  # the pause: silence
+    assert aligner.reference_for(15.5, 160).all()

@@ -18,7 +18,8 @@ USB microphone and speaker whose crystals drift apart stay aligned: `t0` follows
 stamps (smoothed), and the read cursor runs on continuously, jumping to the time line
 only when it is off by more than `SLIP_SAMPLES` (counted, `echo_reference_slips`), which
 at 100 ppm of drift happens about every 10 s and costs the canceller nothing noticeable.
-Nothing played (no stream, or a gap) reads as silence.
+Nothing played (no stream, a gap, or the output stream stopped while the room is quiet)
+reads as silence.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class ReferenceAligner:
         chunk = self._played.read()
         if chunk is None:
             return
-        if self._played.generation != self._generation or chunk.lost:
+        if self._played.generation != self._generation or chunk.lost or self._resumed(chunk):
             self._new_stretch(chunk)
         if len(chunk.data) == 0:
             return
@@ -141,8 +142,18 @@ class ReferenceAligner:
         if chunk.stamp is not None:
             self._track(*chunk.stamp)
 
+    def _resumed(self, chunk: RingRead) -> bool:
+        """The output stream was stopped while idle and plays again: its first sample
+        sounds later than the time line's end (the pause reads as silence)."""
+        if self._t0 is None or chunk.stamp is None or len(chunk.data) == 0:
+            return False
+        position, at = chunk.stamp
+        first_at = at - (position - chunk.start) / self._played.rate
+        ahead = (first_at - self._t0) * SAMPLE_RATE - self._history.end
+        return ahead > REANCHOR_S * SAMPLE_RATE
+
     def _new_stretch(self, chunk: RingRead) -> None:
-        """A new stream (or lost samples): the next data is placed by its own stamp."""
+        """A new stream, lost samples or a resumed one: the data is placed by its stamp."""
         self._generation = self._played.generation
         rate = self._played.rate
         self._resampler = None
