@@ -33,7 +33,7 @@ from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceInfo, list_devices
-from daemon.echo import PlayedAudio, Verdict, make_echo_stage
+from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
@@ -41,6 +41,7 @@ from daemon.playback import Playback, PlaybackDrained, PlaybackEvent, PlaybackSk
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
+from daemon.segmenter.confirm import make_confirmer
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
 from daemon.translator import FATAL_KINDS, Translator, probe_utterance
@@ -232,8 +233,13 @@ class Daemon:
 
     async def _listen(self) -> None:
         """Microphone → echo stage → segmenter → sequencer."""
+        confirm = make_confirmer(self.settings.segmenter)
         segmenter = Segmenter(
-            self.settings.segmenter, self.room, self.counters, self.capture.wall_time
+            self.settings.segmenter,
+            self.room,
+            self.counters,
+            self.capture.wall_time,
+            confirm=DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None,
         )
         async for captured in self.capture.frames():
             self._last_frame = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from daemon.config import AudioSettings
 from daemon.counters import Counters
-from daemon.echo.canceller import EchoCanceller
+from daemon.echo.canceller import DoubleTalkConfirmer, EchoCanceller
 from daemon.echo.gate import EchoGate
 from daemon.echo.guard import Verdict
 from daemon.echo.reference import PlayedAudio, ReferenceAligner
@@ -28,6 +28,7 @@ from daemon.values import Frame, Utterance
 EchoMode = Literal["aec", "gate", "off"]
 
 __all__ = [
+    "DoubleTalkConfirmer",
     "EchoCanceller",
     "EchoGate",
     "EchoMode",
@@ -55,6 +56,8 @@ class EchoStage(Protocol):
     def process(self, frame: Frame, captured_at: float) -> Frame: ...
 
     def screen(self, utt: Utterance) -> Utterance | Verdict: ...
+
+    def double_talk(self) -> bool: ...
 
     def describe(self) -> dict[str, Any]: ...
 

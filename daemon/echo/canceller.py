@@ -15,19 +15,24 @@ Per 10 ms block the stage notes the reference and microphone levels in an `EchoL
 on the capture clock; the own-speech guard (`daemon/echo/guard.py`) judges each clip
 from it before anything is sent (`screen`).
 
-Double talk: while it cancels our speech, AEC3's suppressor also turns down a person
-who talks over it, most at their first and last syllables (measured: 20–30 dB for up
-to ~0.5 s when our playback and the person start together), so the VAD opens late and
+Double talk (`double_talk()` is true while our speech plays): while it cancels our
+speech, AEC3's suppressor also turns down a person who talks over it, most at their
+first and last syllables (measured: 20–30 dB for up to ~0.5 s when our playback and the
+person start together), so the VAD opens late and
 closes early. A clip during which our speech played is therefore widened from the
 cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
 the previous clip) and up to `DT_POST_ROLL_S` later (audio the segmenter's hangover has
 already seen, so no latency is added). The clip keeps its id; its times move with it.
+The same suppression makes the segmenter's Silero clip confirmation doubt a person talking
+over us (measured: a 1.8 s stretch of a turn dropped as "noise"), so frames in double talk
+count as confirmed (`DoubleTalkConfirmer`): the own-speech guard judges those clips.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,7 @@ from daemon.echo.guard import (
 )
 from daemon.echo.history import PcmHistory
 from daemon.echo.reference import ReferenceAligner
+from daemon.segmenter.confirm import Confirmer
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ DT_PRE_ROLL_S = 0.6
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
+DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 
 
 class EchoCanceller:
@@ -80,6 +87,7 @@ class EchoCanceller:
         self._unconverged_from = 0  # clock span in which the canceller was converging
         self._converged_at: int | None = None
         self._active = False
+        self._captured_at = 0.0
         self._removal_db = 0.0
 
     @property
@@ -90,6 +98,7 @@ class EchoCanceller:
         if len(frame.pcm) % BLOCK:
             raise ValueError(f"frames must be a multiple of {BLOCK} samples")
         ref = self._reference.reference_for(captured_at, len(frame.pcm))
+        self._captured_at = captured_at
         self._follow_restarts(frame)
         active = captured_at - self._reference.last_active < IDLE_AFTER_S
         if active != self._active:
@@ -103,6 +112,11 @@ class EchoCanceller:
         self._note(frame.start, ref, frame.pcm, out)
         self._history.write(frame.start, out)
         return Frame(frame.start, out)
+
+    def double_talk(self) -> bool:
+        """Our speech played around the last frame processed (its clip is judged by the
+        own-speech guard: the segmenter's noise confirmation need not doubt it)."""
+        return self._captured_at - self._reference.last_active < DOUBLE_TALK_S
 
     def screen(self, utt: Utterance) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
@@ -186,3 +200,17 @@ class EchoCanceller:
         if self._active and playing.any():
             removal = float(np.mean(mic_db[playing] - block_levels(out)[playing]))
             self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)
+
+
+class DoubleTalkConfirmer:
+    """The segmenter's clip confirmer, with every frame in double talk confirmed."""
+
+    def __init__(self, inner: Confirmer, double_talk: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._double_talk = double_talk
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+    def confirms(self, pcm: Pcm) -> bool:
+        return self._double_talk() or self._inner.confirms(pcm)

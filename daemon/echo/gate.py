@@ -70,6 +70,9 @@ class EchoGate:
         self._counters.add("echo_gated_frames")
         return Frame(frame.start, np.zeros_like(frame.pcm))
 
+    def double_talk(self) -> bool:
+        return False
+
     def screen(self, utt: Utterance) -> Utterance | Verdict:
         """The gate sends whatever it let through."""
         return utt
