@@ -135,7 +135,7 @@ class Daemon:
             else None
         )
         if self.mqtt is not None:
-            self.control.attach(self.mqtt)
+            self.control.attach(self.mqtt, device_id=self.device_id)
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
             self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s

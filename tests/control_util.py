@@ -89,7 +89,7 @@ async def control_plane(
     link = MqttLink(
         settings.mqtt, counters, subscriptions=control.subscriptions, on_message=control.receive
     )
-    control.attach(link)
+    control.attach(link, device_id="d3v1ce")
     if not connect:
         yield Plane(control, live, counters, health, link, state_dir)
         return

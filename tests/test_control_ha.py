@@ -79,6 +79,7 @@ async def test_discovery_document_describes_the_room(tmp_path: Path) -> None:
         async with control_plane(broker, tmp_path / "state") as cp:
             doc = await discovery(broker)
     assert doc["device"]["identifiers"] == ["roomtranslate_room-7"]
+    assert doc["device"]["serial_number"] == "d3v1ce"  # the physical device
     assert doc["origin"]["name"] == "roomtranslate"
     assert doc["availability_topic"] == f"{BASE}/availability"
     components = doc["components"]

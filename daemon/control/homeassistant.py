@@ -34,7 +34,9 @@ def _command(key: str, value: str) -> str:
     return f'{{"{key}": {value}, "transaction": "{TRANSACTION}"}}'
 
 
-def discovery_document(base: str, room_id: str, target_lang: str) -> dict[str, Any]:
+def discovery_document(
+    base: str, room_id: str, target_lang: str, device_id: str = ""
+) -> dict[str, Any]:
     """The device discovery payload for the room whose topics are under `base`."""
     node = node_id(room_id)
     set_topic, config_topic = f"{base}/config/set", f"{base}/config"
@@ -159,6 +161,7 @@ def discovery_document(base: str, room_id: str, target_lang: str) -> dict[str, A
             "manufacturer": "roomtranslate",
             "model": "meeting room translator",
             "sw_version": __version__,
+            **({"serial_number": device_id} if device_id else {}),
         },
         "origin": {"name": "roomtranslate", "sw_version": __version__},
         "availability_topic": f"{base}/availability",

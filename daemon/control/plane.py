@@ -150,6 +150,7 @@ class ControlPlane:
         self._wake = asyncio.Event()
         self._bucket = TokenBucket(self._rate, clock or time.monotonic)
         self._publisher: Publisher | None = None
+        self._device_id = ""
         self._restore()
 
     # -- public ---------------------------------------------------------------------------
@@ -166,9 +167,11 @@ class ControlPlane:
     def stack(self) -> Stack:
         return self._stack
 
-    def attach(self, publisher: Publisher) -> None:
-        """Publish through `publisher` from now on: the retained config and discovery."""
+    def attach(self, publisher: Publisher, *, device_id: str = "") -> None:
+        """Publish through `publisher` from now on: the retained config and discovery
+        (`device_id`, the physical device, becomes the Home Assistant serial number)."""
         self._publisher = publisher
+        self._device_id = device_id
         self._publish_config()
         self._publish_discovery()
 
@@ -365,7 +368,8 @@ class ControlPlane:
     def _publish_discovery(self) -> None:
         if self.topics.ha_discovery is None:
             return
-        doc = discovery_document(self.topics.base, self._room_id, self._room.current.target_lang)
+        target = self._room.current.target_lang
+        doc = discovery_document(self.topics.base, self._room_id, target, self._device_id)
         self._publish(self.topics.ha_discovery, doc, retain=True)
 
     def _publish(self, topic: str, doc: Mapping[str, Any], *, retain: bool) -> None:
