@@ -57,7 +57,10 @@ async def test_set_applies_live_answers_saves_and_publishes_config(tmp_path: Pat
             assert published.retain and published.qos == 1
             answer = op.on(RESPONSE)[-1]
             assert not answer.retain and answer.qos == 1
-        assert json.loads(await retained(broker, CONFIG) or b"{}")["config"]["volume"] == 40
+        assert (
+            json.loads(await retained(broker, CONFIG, wait_s=5.0) or b"{}")["config"]["volume"]
+            == 40
+        )
 
 
 REJECTIONS: list[tuple[str, bytes, str, str]] = [

@@ -78,6 +78,7 @@ async def test_a_room_account_does_its_job_within_its_topics(
                 "homeassistant/device/roomtranslate_room-1/config",
                 username="homeassistant",
                 password=PASSWORD,
+                wait_s=5.0,
             )
             assert discovery and json.loads(discovery)["components"]
             await ha.publish("homeassistant/status", b"online")
@@ -107,7 +108,9 @@ async def test_a_room_cannot_touch_another_room_or_the_fleet(
                 broker, "roomtranslate/_fleet/config", username="fleet", password=PASSWORD
             )
             assert fleet_doc is None
-            config = await retained(broker, f"{BASE2}/config", username="fleet", password=PASSWORD)
+            config = await retained(
+                broker, f"{BASE2}/config", username="fleet", password=PASSWORD, wait_s=5.0
+            )
             assert config is not None and json.loads(config)["version"] == two.control.version
 
 

@@ -95,7 +95,7 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
                 reply = await op.set({"target_lang": "de", "volume": 21}, within_s=10.0)
                 assert reply["status"] == "ok", reply
                 assert daemon.stop() == 0
-            version = config_of(await retained(broker, CONFIG))["version"]
+            version = config_of(await retained(broker, CONFIG, wait_s=5.0))["version"]
         broker.stop()
         with Running(broker, state, tmp_path / "d2.log") as daemon:
             # the broker is down: the saved settings are applied all the same
@@ -106,7 +106,7 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
                 await eventually(lambda: bool(op.on(STATUS)), 30.0)
                 first_status = json.loads(op.on(STATUS)[0].payload)
                 assert first_status["target_lang"] == "de" and first_status["volume"] == 21
-                config = config_of(await retained(broker, CONFIG))
+                config = config_of(await retained(broker, CONFIG, wait_s=5.0))
                 assert config["version"] == version
                 assert config["layers"]["volume"] == "room"
                 assert "config.state" not in first_status["problems"]
