@@ -50,6 +50,7 @@ CORRELATION_RAW = 0.6  # measured: our echo alone 0.74-0.93
 CORRELATION_CLEANED = 0.7  # measured: residual clips 0.62-0.71, people 0-0.55
 FOREIGN_DB = 10.0  # a block this much louder than our echo predicts is someone else
 MAX_FOREIGN_SHARE_RAW = 0.04
+MIN_WITHIN = 0.3  # the envelope follows our syllables too, not only our start and stop
 MIN_BLOCKS = 10
 
 Levels = npt.NDArray[np.float32]
@@ -109,6 +110,7 @@ class Verdict:
     """Why a clip was judged to be our own speech, with the figures."""
 
     correlation: float
+    within: float
     foreign_share: float
     removal_db: float
     playing_share: float
@@ -117,7 +119,8 @@ class Verdict:
     def describe(self) -> str:
         return (
             f"{'cleaned' if self.converged else 'microphone (canceller converging)'} envelope"
-            f" correlation {self.correlation:.2f}, foreign {self.foreign_share:.0%}, canceller"
+            f" correlation {self.correlation:.2f} ({self.within:.2f} while we played), foreign"
+            f" {self.foreign_share:.0%}, canceller"
             f" removed {self.removal_db:.0f} dB, played during {self.playing_share:.0%} of it"
         )
 
@@ -143,14 +146,14 @@ class OwnSpeechGuard:
         if share < MIN_PLAYING_SHARE:
             return None
         if converged:  # the cleaned clip; its residual is not linear: no foreign test
-            correlation, foreign = envelope_match(out_db, ref_db)
+            correlation, within, foreign = envelope_match(out_db, ref_db)
             threshold, limit = CORRELATION_CLEANED, 1.0
         else:
-            correlation, foreign = envelope_match(mic_db, ref_db)
+            correlation, within, foreign = envelope_match(mic_db, ref_db)
             threshold, limit = CORRELATION_RAW, MAX_FOREIGN_SHARE_RAW
         removal = float(np.median(mic_db[playing] - out_db[playing]))
-        verdict = Verdict(correlation, foreign, removal, share, converged)
-        own = correlation >= threshold and foreign <= limit
+        verdict = Verdict(correlation, within, foreign, removal, share, converged)
+        own = correlation >= threshold and within >= MIN_WITHIN and foreign <= limit
         log.info(
             "utterance %d %s: %s",
             utt.id,
@@ -160,15 +163,18 @@ class OwnSpeechGuard:
         return verdict if own else None
 
 
-def envelope_match(out_db: Levels, ref_db: Levels) -> tuple[float, float]:
+def envelope_match(out_db: Levels, ref_db: Levels) -> tuple[float, float, float]:
     """How well the clip's level envelope follows what the speaker played.
 
-    Returns (correlation, foreign): the best Pearson correlation of the two envelopes
-    with `out` lagging `ref` by 0 to MAX_LAG_S (the acoustic path and the canceller's
-    delay), and at that lag the share of the clip's audible blocks that are more than
-    FOREIGN_DB louder than the envelope fit predicts: someone else talking while we
-    paused. Our own voice coming back has a high correlation and almost no foreign
-    blocks; a person talking over our speech, even when our echo is as loud, does not.
+    Returns (correlation, within, foreign): the best Pearson correlation of the two
+    envelopes with `out` lagging `ref` by 0 to MAX_LAG_S (the acoustic path and the
+    canceller's delay); at that lag the correlation over the blocks where we played only
+    (our syllables, not just our starting and stopping: a steady tone starting with a
+    person correlates with them, it does not follow them); and the share of the clip's
+    audible blocks that are more than FOREIGN_DB louder than the envelope fit predicts:
+    someone else talking while we paused. Our own voice coming back has high
+    correlations and almost no foreign blocks; a person talking over our speech, even
+    when our echo is as loud, does not.
     """
     out = np.maximum(out_db, FLOOR_DB).astype(np.float64)
     ref = np.maximum(ref_db, FLOOR_DB).astype(np.float64)
@@ -183,11 +189,15 @@ def envelope_match(out_db: Levels, ref_db: Levels) -> tuple[float, float]:
         if r > best:
             best, best_lag = r, lag
     if best <= 0.0:
-        return 0.0, 1.0
+        return 0.0, 0.0, 1.0
     a, b = out[best_lag:], ref[: len(ref) - best_lag]
+    playing = b > REF_PLAYING_DBFS
+    within = 0.0
+    if playing.sum() >= MIN_BLOCKS and a[playing].std() > 1e-6 and b[playing].std() > 1e-6:
+        within = float(np.corrcoef(a[playing], b[playing])[0, 1])
     slope, offset = np.polyfit(b, a, 1)
     residual = a - (slope * b + offset)
     audible = a > FLOOR_DB + 10.0
     if not audible.any():
-        return best, 0.0
-    return best, float(np.mean(residual[audible] > FOREIGN_DB))
+        return best, within, 0.0
+    return best, within, float(np.mean(residual[audible] > FOREIGN_DB))
