@@ -62,6 +62,7 @@ DT_PRE_ROLL_S = 0.6
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
+GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 
 
@@ -124,7 +125,7 @@ class EchoCanceller:
         converged = self._converged_at is not None and (
             utt.start >= self._converged_at or utt.end <= self._unconverged_from
         )
-        verdict = self._guard.judge(utt, converged=converged)
+        verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
         if verdict is not None:
             self._last_clip_end = max(self._last_clip_end, utt.end)
             return verdict
@@ -150,6 +151,17 @@ class EchoCanceller:
             self._unconverged_from = frame.start
             self._converged_at = None
         self._next_start = frame.end
+
+    def _with_lead_in(self, utt: Utterance) -> Utterance:
+        """The clip with up to GUARD_LEAD_IN_S of the cleaned audio before it (not of the
+        clip before), for the guard: the tail of our echo after our speech ended is judged
+        with the end of our speech it follows."""
+        start = max(utt.start - round(GUARD_LEAD_IN_S * SAMPLE_RATE), self._last_clip_end)
+        start = max(start - start % BLOCK, self._history.oldest)
+        if start >= utt.start or (utt.start - start) % BLOCK:
+            return utt
+        lead_in = self._history.read(start, utt.start - start)
+        return dataclasses.replace(utt, start=start, pcm=np.concatenate((lead_in, utt.pcm)))
 
     def _widen(self, utt: Utterance) -> Utterance:
         """Double-talk edges widened; never overlapping the clip sent before."""
