@@ -19,9 +19,9 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.budget import Budget
 from daemon.captions import Captions
@@ -32,7 +32,7 @@ from daemon.capture import Capture
 from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
-from daemon.devices import DeviceInfo, list_devices
+from daemon.devices import DeviceHost, DeviceInfo, list_devices
 from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
@@ -48,6 +48,7 @@ from daemon.translator import FATAL_KINDS, Translator, probe_utterance
 from daemon.values import (
     SAMPLE_RATE,
     AudioChunk,
+    Frame,
     Outcome,
     Retrying,
     TextDelta,
@@ -86,11 +87,30 @@ def output_spec(
     return None
 
 
+class FrameSource(Protocol):
+    """What the listener reads: the microphone (`Capture`), or a file (scripts/soak.py)."""
+
+    @property
+    def device_name(self) -> str: ...
+
+    def frames(self) -> AsyncIterator[Frame]: ...
+
+    def wall_time(self, sample: int) -> float: ...
+
+    def monotonic_time(self, sample: int) -> float: ...
+
+
 class Daemon:
     """The running room: stages, their tasks and the graceful stop."""
 
     def __init__(
-        self, settings: Settings, api_key: str, profile: Profile | None, output: str | int | None
+        self,
+        settings: Settings,
+        api_key: str,
+        profile: Profile | None,
+        output: str | int | None,
+        *,
+        source: FrameSource | None = None,
     ) -> None:
         self.settings = settings
         self.counters = Counters()
@@ -99,8 +119,15 @@ class Daemon:
         # Room changes saved from earlier runs apply now, before the broker is reached.
         self.control = ControlPlane(settings, self.room, self.counters, self.health.problem)
         self.profile = profile
+        # One PortAudio device list for capture and playback, renewed while one is missing.
+        self.devices = DeviceHost(self.counters)
+        self.devices.subscribe(self._replan)
         frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
-        self.capture = Capture(settings.audio, self.counters, profile=profile, frame_samples=frame)
+        self.capture = Capture(
+            settings.audio, self.counters, profile=profile, frame_samples=frame, host=self.devices
+        )
+        self.capture.may_yield = lambda: not self.health.hearing  # never inside speech
+        self.source: FrameSource = source if source is not None else self.capture
         played = PlayedAudio(self.counters)  # playback → echo stage: what the DAC plays
         self.playback = Playback(
             output,
@@ -109,6 +136,7 @@ class Daemon:
             on_event=self._on_playback,
             latency=profile.output.latency if profile is not None else "high",
             played=played,
+            host=self.devices,
         )
         self.playback.follow(self.room)
         self.echo = make_echo_stage(
@@ -165,7 +193,7 @@ class Daemon:
 
     def _devices(self) -> Mapping[str, str]:
         return {
-            "input": self.capture.device_name,
+            "input": self.source.device_name,
             "output": self.playback.device_name,
             "profile": self.profile.name if self.profile is not None else "",
         }
@@ -205,6 +233,21 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.publish_retained(("captions", lang, "recent"), document)
 
+    def _replan(self, devices: list[DeviceInfo]) -> None:
+        """A fresh device list (a rescan): the profile and the output chosen again, as at
+        start, for the stages' next open. The echo guard stays as chosen at start."""
+        try:
+            profile = choose_profile(self.settings, devices)
+        except ConfigError as exc:
+            log.error("after the device rescan: %s", "; ".join(exc.lines))
+            return
+        output = output_spec(self.settings, profile, devices)
+        if profile != self.profile:
+            log.info("hardware profile now %s", profile.name if profile else "(defaults)")
+        self.profile = profile
+        self.capture.use_profile(profile)
+        self.playback.use_device(output)
+
     def _more_status(self) -> Mapping[str, Any]:
         return {
             "echo": {**self.echo.describe(), "ducking": self.playback.ducked},
@@ -238,12 +281,12 @@ class Daemon:
             self.settings.segmenter,
             self.room,
             self.counters,
-            self.capture.wall_time,
+            self.source.wall_time,
             confirm=DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None,
         )
-        async for captured in self.capture.frames():
+        async for captured in self.source.frames():
             self._last_frame = time.monotonic()
-            frame = self.echo.process(captured, self.capture.monotonic_time(captured.start))
+            frame = self.echo.process(captured, self.source.monotonic_time(captured.start))
             for event in segmenter.push(frame):
                 if isinstance(event, Utterance):
                     self._submit(event)
@@ -351,7 +394,7 @@ class Daemon:
 
     def _systemd_status(self) -> str:
         h = self.health
-        name = self.capture.device_name
+        name = self.source.device_name
         hearing = f"listening on {name}" if self._last_frame else "no input"
         problems = "; ".join(f"{what}: {why}" for what, why in sorted(h.problems.items()))
         return f"{h.state()}: {hearing}" + (f" ({problems})" if problems else "")
@@ -361,7 +404,7 @@ class Daemon:
         h.translating = self.sequencer.in_flight > 0
         h.speaking = self.playback.state == "speaking"
         silent = now - (self._last_frame or now) > NO_AUDIO_S or not self._last_frame
-        mic = "no audio from the input device" if self.capture.device_name else "no input device"
+        mic = "no audio from the input device" if self.source.device_name else "no input device"
         h.problem("microphone", mic if silent and h.started else None)
         h.problem(
             "speaker", "output device unavailable" if self.playback.state == "unavailable" else None

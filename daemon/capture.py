@@ -14,7 +14,12 @@ callbacks' stamps (the least-delayed recent callback wins, which filters out jit
 
 `Capture` owns its reopen loop: a stream that finishes (device unplugged, sound server
 gone), stalls, or cannot be opened is retried with a bounded backoff (1 s doubling to
-10 s) while `frames()` keeps waiting; the consumer never sees an exception for it.
+10 s) while `frames()` keeps waiting; the consumer never sees an exception for it. While
+the device is missing, the shared `DeviceHost` re-enumerates PortAudio's devices before
+an attempt (at most every 5 s, only while no stream is open), so a device that appears
+late or under a new card number is found; the stream gives way (closes and reopens at
+once) for a rescan the speaker needs only while `may_yield()` says so and at most every
+`CAPTURE_YIELD_S`.
 
 sounddevice is imported lazily: PortAudio reads the ALSA configuration when it is
 imported, and the environment may be set just before.
@@ -29,7 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +43,13 @@ import numpy.typing as npt
 
 from daemon.config import AudioSettings
 from daemon.counters import Counters
-from daemon.devices import DeviceInfo, DeviceNotFoundError, default_device, list_devices
+from daemon.devices import (
+    DeviceHost,
+    DeviceInfo,
+    DeviceNotFoundError,
+    default_device,
+    list_devices,
+)
 from daemon.devices import resolve_device as resolve_device_spec
 from daemon.profiles import Latency, Profile
 from daemon.ring import Block, RingRead, SampleRing
@@ -54,6 +65,7 @@ STALL_TIMEOUT_S = 3.0
 # only cost is that frames reach the segmenter (and the echo stage) up to 100 ms late.
 BLOCK_S = 0.1
 TIME_WINDOW = 100  # reads over which the least-delayed callback stamp is kept
+CAPTURE_YIELD_S = 60.0  # the microphone closes for a speaker rescan at most this often
 
 
 class CaptureOpenError(Exception):
@@ -284,9 +296,14 @@ class Capture:
         reopen_min_s: float = REOPEN_MIN_S,
         reopen_max_s: float = REOPEN_MAX_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,
+        host: DeviceHost | None = None,
     ) -> None:
         if frame_samples < 1:
             raise ValueError("frame_samples must be positive")
+        self._host = host if host is not None else DeviceHost.fixed()
+        self.may_yield: Callable[[], bool] = lambda: True  # may close for a rescan now
+        self._last_yield = time.monotonic()
+        self._yielded = False
         self._settings = settings
         self._counters = counters
         self._profile = profile
@@ -316,6 +333,10 @@ class Capture:
     @property
     def frame_samples(self) -> int:
         return self._frame_samples
+
+    def use_profile(self, profile: Profile | None) -> None:
+        """The hardware profile for the next open (after a device rescan)."""
+        self._profile = profile
 
     def monotonic_time(self, sample: int) -> float:
         """time.monotonic() at which clock sample `sample` was captured."""
@@ -361,8 +382,14 @@ class Capture:
                     yield frame
             finally:
                 session.close()
+                self._host.closed("input")
             for frame in self._end_of_stream():
                 yield frame
+            if self._yielded:
+                self._yielded = False
+                self._counters.add("capture_rescan_yields")
+                log.info("input stream closed for a device rescan; reopening")
+                continue
             backoff = self._reopen_min_s if delivered else backoff
             self._counters.add("capture_device_lost")
             log.warning("input device %r lost; reopening in %.1f s", session.info.name, backoff)
@@ -375,7 +402,7 @@ class Capture:
         try:
             session = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_close_abandoned)
+            future.add_done_callback(self._close_abandoned)
             raise
         except CaptureOpenError as exc:
             self._counters.add("capture_open_failures")
@@ -396,8 +423,25 @@ class Capture:
         )
         return session
 
+    def _close_abandoned(self, future: asyncio.Future[_Session]) -> None:
+        with contextlib.suppress(BaseException):
+            future.result().close()
+            self._host.closed("input")
+
     def _open_blocking(self, loop: asyncio.AbstractEventLoop) -> _Session:
-        """Pick the device and rate, open and start the stream (in a worker thread)."""
+        """Rescan if due, then open (under the host's lock, in a worker thread)."""
+        with self._host.lock:
+            self._host.rescan_if_due()
+            try:
+                session = self._open_stream(loop)
+            except CaptureOpenError:
+                self._host.missing("input")
+                raise
+            self._host.opened("input")
+            return session
+
+    def _open_stream(self, loop: asyncio.AbstractEventLoop) -> _Session:
+        """Pick the device and rate, open and start the stream."""
         import sounddevice as sd
 
         session: _Session | None = None
@@ -498,6 +542,9 @@ class Capture:
                 log.info("capture: callback thread %d", session.callback_tid)
             for frame in self._convert(session, session.ring.read()):
                 yield frame
+            if self._should_yield():
+                self._yielded = True
+                return
             if session.overflows != seen_overflows:
                 seen_overflows = session.overflows
                 log.warning("input overflow (%d in this stream)", seen_overflows)
@@ -506,6 +553,16 @@ class Capture:
                 log.error("capture callback error: %r", session.last_error)
         for frame in self._convert(session, session.ring.read()):
             yield frame
+
+    def _should_yield(self) -> bool:
+        """Give way to a rescan for the speaker: rarely, and only when the caller allows."""
+        now = time.monotonic()
+        if now - self._last_yield < CAPTURE_YIELD_S or not self._host.should_yield("input"):
+            return False
+        if not self.may_yield():
+            return False
+        self._last_yield = now
+        return True
 
     def _convert(self, session: _Session, chunk: RingRead) -> list[Frame]:
         if len(chunk.data) == 0 and not chunk.lost:
@@ -567,8 +624,3 @@ def _pick_rate(sd: Any, device: DeviceInfo, channels: int, preferred: int | None
     raise CaptureOpenError(
         f"input device {device.name!r} accepts none of {tried} Hz with {channels} channels"
     )
-
-
-def _close_abandoned(future: asyncio.Future[_Session]) -> None:
-    with contextlib.suppress(BaseException):
-        future.result().close()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from daemon.counters import Counters
 from daemon.profiles import Profile, name_matches
 
 log = logging.getLogger(__name__)
@@ -179,3 +183,118 @@ def format_devices(devices: Sequence[DeviceInfo], profiles: Sequence[Profile]) -
     if not chosen:
         lines.append("  (no profile matches: set audio.profile / audio.input_device)")
     return "\n".join(lines)
+
+
+RESCAN_INTERVAL_S = 5.0  # at most one re-enumeration this often while a device is missing
+Listener = Callable[[list[DeviceInfo]], None]
+
+
+class DeviceHost:
+    """PortAudio's device list for the whole process, and renewing it safely.
+
+    PortAudio enumerates the devices once, in `Pa_Initialize` (when sounddevice is
+    imported): a USB device that appears later, or comes back under another card number,
+    is not in that list. Renewing it means `Pa_Terminate` + `Pa_Initialize` (sounddevice's
+    `_terminate()` / `_initialize()`), and `Pa_Terminate` closes every stream that is
+    still open — under the feet of its owner. So:
+
+    - every PortAudio call that opens a stream or reads the device list runs under
+      `lock`, and the capture and playback stages say when their stream is open
+      (`opened`) and when it is closed for good (`closed`);
+    - a stage that cannot open its device says so (`missing`); a rescan happens (in
+      `rescan_if_due`, called by the stages before they open) only while a device is
+      missing, NO stream is open, and not more often than every `interval_s`;
+    - an open stage gives way (`should_yield`): the speaker closes its stream between
+      utterances when the microphone is missing and a rescan is due, and reopens right
+      after it; the microphone gives way to a missing speaker only while nobody speaks
+      (its caller decides) and at most every `CAPTURE_YIELD_S`.
+
+    After each rescan the listeners get the new list (the daemon re-chooses the profile
+    and the output device, in one place: daemon/app.py).
+    """
+
+    def __init__(self, counters: Counters | None = None, interval_s: float = RESCAN_INTERVAL_S):
+        self.lock = threading.RLock()
+        self._counters = counters
+        self._interval = interval_s
+        self._open: set[Kind] = set()
+        self._missing: set[Kind] = set()
+        self._last = time.monotonic()  # the enumeration at import is fresh
+        self._listeners: list[Listener] = []
+        self.rescans = 0
+
+    @classmethod
+    def fixed(cls) -> DeviceHost:
+        """A host that never re-enumerates (a stage used on its own, e.g. by `check`)."""
+        return cls(None, interval_s=math.inf)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def opened(self, kind: Kind) -> None:
+        with self.lock:
+            self._open.add(kind)
+            self._missing.discard(kind)
+
+    def closed(self, kind: Kind) -> None:
+        with self.lock:
+            self._open.discard(kind)
+
+    def missing(self, kind: Kind) -> None:
+        with self.lock:
+            self._missing.add(kind)
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._last >= self._interval
+
+    def should_yield(self, kind: Kind) -> bool:
+        """The other stage's device is missing and a rescan is due: close `kind`'s stream."""
+        with self.lock:
+            return bool(self._missing - {kind}) and self._due()
+
+    def rescan_if_due(self) -> bool:
+        """Re-enumerate if a device is missing, no stream is open and it is time."""
+        with self.lock:
+            if not self._missing or self._open or not self._due():
+                return False
+            self._last = time.monotonic()
+            if not _reinitialize():
+                self._count("device_rescan_failures")
+                return False
+            self.rescans += 1
+            self._count("device_rescans")
+            devices = list_devices(probe_rates=False)
+            log.info(
+                "devices re-enumerated (for the missing %s): inputs %s; outputs %s",
+                " and ".join(sorted(self._missing)),
+                describe_devices(devices, "input"),
+                describe_devices(devices, "output"),
+            )
+            for listener in self._listeners:
+                try:
+                    listener(devices)
+                except Exception:
+                    log.exception("device list listener failed")
+            return True
+
+    def _count(self, name: str) -> None:
+        if self._counters is not None:
+            self._counters.add(name)
+
+
+def _reinitialize() -> bool:
+    """Pa_Terminate until PortAudio is down, then Pa_Initialize: a fresh device list."""
+    import sounddevice as sd
+
+    with _quiet_stderr():
+        try:
+            for _ in range(sd._initialized):  # sounddevice counts its Pa_Initialize calls
+                sd._terminate()
+        except sd.PortAudioError as exc:
+            log.error("PortAudio did not terminate: %s", exc)
+        try:
+            sd._initialize()
+        except sd.PortAudioError as exc:
+            log.error("PortAudio did not initialise again: %s; retrying later", exc)
+            return False
+    return True

@@ -40,6 +40,9 @@ Device loss (finished callback, inactive stream or no callback for `STALL_S`): `
 counts `playback_reopens`, reopens with a 1 s → 10 s backoff and KEEPS the queued audio
 (the backlog cap bounds it); audio already handed to the lost device is gone. If the
 reopened device runs at another rate, everything queued is skipped (reason "device").
+An open fails → the shared `DeviceHost` hears the output is missing and re-enumerates
+before a later attempt; while the microphone is missing and a rescan is due, an idle
+stream (nothing queued) gives way: it closes, the rescan runs, it reopens at once.
 
 Quiet room: once nothing was queued or sounding for `IDLE_STOP_S`, the output stream is
 STOPPED (not closed): no callbacks, no wake-ups, nothing handed to the DAC, so what the
@@ -64,6 +67,7 @@ import numpy as np
 
 from daemon.config import LiveRoom, RoomSettings
 from daemon.counters import Counters
+from daemon.devices import DeviceHost
 from daemon.echo.reference import PlayedAudio
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
 
@@ -85,6 +89,7 @@ IDLE_STOP_S = 2.0  # nothing queued or sounding for this long: the output stream
 TICK_STOPPED_S = 1.0  # the tick while the stream is stopped (a new utterance wakes it)
 FEED_PIECE_S = 1.0  # a chunk is queued in pieces of at most this much audio
 MAX_LEAD_S = 2.0  # a larger DAC lead from PortAudio is not believed
+RESCAN_YIELD = "closed for a device rescan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +479,9 @@ class Playback:
         on_event: EventCallback | None = None,
         latency: float | str = "high",
         played: PlayedAudio | None = None,
+        host: DeviceHost | None = None,
     ) -> None:
+        self._host = host if host is not None else DeviceHost.fixed()
         self._device = normalize_device(device)
         self._played = played  # what the DAC plays, handed forward to the echo canceller
         self._counters = counters
@@ -569,6 +576,10 @@ class Playback:
     def _apply_room(self, settings: RoomSettings) -> None:
         self.set_volume(settings.volume, settings.mute)
 
+    def use_device(self, device: DeviceSpec) -> None:
+        """The output device for the next open (after a device rescan)."""
+        self._device = normalize_device(device)
+
     # -- the ordered translation stream ---------------------------------------------------
 
     def start_utterance(self, utt_id: int, timeline: Timeline | None = None) -> None:
@@ -650,6 +661,11 @@ class Playback:
                 finally:
                     self._stream = None
                     await self._close(stream)
+                if reason == RESCAN_YIELD:
+                    self._counters.add("playback_rescan_yields")
+                    log.info("playback stream %s; reopening", reason)
+                    attempt = 0  # not a reopen after a loss
+                    continue
                 if time.monotonic() - opened >= HEALTHY_S:
                     backoff = BACKOFF_MIN_S
                 log.warning("playback device lost (%s); reopening in %.0f s", reason, backoff)
@@ -657,6 +673,17 @@ class Playback:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _open(self) -> Any:
+        """Rescan if due, then open (under the host's lock)."""
+        with self._host.lock:
+            self._host.rescan_if_due()
+            stream = self._open_stream()
+            if stream is None:
+                self._host.missing("output")
+            else:
+                self._host.opened("output")
+            return stream
+
+    def _open_stream(self) -> Any:
         import sounddevice as sd
 
         try:
@@ -727,6 +754,8 @@ class Playback:
             problem = self._problem(stream)
             if problem:
                 return problem
+            if not self._queue.busy() and self._host.should_yield("output"):
+                return RESCAN_YIELD
             if not self._stopped and self._idle_for(time.monotonic()) >= IDLE_STOP_S:
                 self._stop_idle(stream)
             if self._stopped:
@@ -790,9 +819,12 @@ class Playback:
 
     async def _close(self, stream: Any) -> None:
         if await _call_in_thread(stream.close, CLOSE_TIMEOUT_S):
+            self._host.closed("output")
             return
         log.error("closing the playback stream hung; aborting it")
-        if not await _call_in_thread(stream.abort, CLOSE_TIMEOUT_S):
+        if await _call_in_thread(stream.abort, CLOSE_TIMEOUT_S):
+            self._host.closed("output")
+        else:  # still open as far as PortAudio knows: no rescan may run now
             log.error("aborting the playback stream hung too; abandoned")
 
     def _tick(self) -> None:

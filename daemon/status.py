@@ -104,6 +104,7 @@ def _figures(counters: Counters) -> dict[str, Any]:
             "partials_dropped": n("mqtt_partials_dropped"),
         },
         "device_reopens": {"input": n("capture_reopens"), "output": n("playback_reopens")},
+        "device_rescans": n("device_rescans"),
         "tokens": {"prompt": n("tokens.prompt"), "completion": n("tokens.completion")},
         "config": {k: round(v) for k, v in counters.group("config").items()},
         "billed_audio_s": {
