@@ -11,7 +11,7 @@ kept if the service produced output (it worked on the clip) and released if it d
 
 The cap is read for every clip from `limits()`, so a cap raised while running (remote
 configuration) applies to the next clip. States: `unlimited`, `ok`, `warning` (80 % of
-the cap used or reserved), `exhausted` (not even a 1 s clip fits): the room pauses — each
+the cap used or reserved), `exhausted` (not even the shortest clip fits): the room pauses — each
 clip ends as dropped(`budget`), the first one's caption says why — until the next local
 day or a higher cap.
 
@@ -108,7 +108,7 @@ class Budget:
         cap = self.cap_s
         if cap <= 0:
             state: BudgetState = "unlimited"
-        elif cap - self._used - self._reserved < MIN_BILLED_S - 1e-9:
+        elif cap - self._used - self._reserved < billed_estimate(0.0) - 1e-9:
             state = "exhausted"
         elif self._used + self._reserved >= WARN_RATIO * cap:
             state = "warning"
@@ -122,9 +122,9 @@ class Budget:
         """The warning the status shows, None when there is nothing to say."""
         state = self.state()
         if state == "warning":
-            return f"over {WARN_RATIO:.0%} of the daily {self.cap_s:.0f} s budget used"
+            return f"over {WARN_RATIO:.0%} of the daily {self.cap_s:g} s budget used"
         if state == "exhausted":
-            return f"daily budget of {self.cap_s:.0f} s used up: paused until tomorrow"
+            return f"daily budget of {self.cap_s:g} s used up: paused until tomorrow"
         return self.save_problem or None
 
     def snapshot(self) -> dict[str, Any]:
@@ -197,16 +197,16 @@ class Budget:
         if self.state() == "exhausted" and not self._noticed:
             self._noticed = True
             text = NOTICE
-        detail = f"daily budget: {self._used:.1f} of {self.cap_s:.0f} s used"
+        detail = f"daily budget: {self._used:.1f} of {self.cap_s:g} s used"
         return Outcome("dropped", "budget", detail, text=text)
 
     def _log_change(self, state: BudgetState, cap: float) -> None:
         if state == "exhausted":
-            log.warning("daily budget of %.0f s used up (%.1f s): not sending", cap, self._used)
+            log.warning("daily budget of %g s used up (%.1f s): not sending", cap, self._used)
         elif state == "warning":
-            log.warning("%.1f s of the daily budget of %.0f s used", self._used, cap)
+            log.warning("%.1f s of the daily budget of %g s used", self._used, cap)
         elif self._last_state == "exhausted":
-            log.info("budget available again (%.1f of %.0f s used): sending", self._used, cap)
+            log.info("budget available again (%.1f of %g s used): sending", self._used, cap)
         if state != "exhausted":
             self._noticed = False
         self._last_state = state
