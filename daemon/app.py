@@ -61,7 +61,9 @@ NO_AUDIO_S = 3.0  # no microphone frame for this long: degraded
 SUPERVISE_S = 0.25
 
 
-def choose_profile(settings: Settings, devices: list[DeviceInfo]) -> Profile | None:
+def choose_profile(
+    settings: Settings, devices: list[DeviceInfo], *, warn: bool = True
+) -> Profile | None:
     """The hardware profile; with "auto" and nothing matching, the system defaults."""
     profiles = load_profiles(profiles_dir(settings.audio))
     try:
@@ -69,7 +71,8 @@ def choose_profile(settings: Settings, devices: list[DeviceInfo]) -> Profile | N
     except ConfigError:
         if settings.audio.profile != "auto":
             raise
-        log.warning("no hardware profile matches the devices present: using the defaults")
+        if warn:
+            log.warning("no hardware profile matches the devices present: using the defaults")
         return None
 
 
@@ -237,7 +240,7 @@ class Daemon:
         """A fresh device list (a rescan): the profile and the output chosen again, as at
         start, for the stages' next open. The echo guard stays as chosen at start."""
         try:
-            profile = choose_profile(self.settings, devices)
+            profile = choose_profile(self.settings, devices, warn=False)
         except ConfigError as exc:
             log.error("after the device rescan: %s", "; ".join(exc.lines))
             return

@@ -232,25 +232,27 @@ class DeviceHost:
         self._listeners.append(listener)
 
     def opened(self, kind: Kind) -> None:
+        """Called with `lock` held, by the code that opened the stream."""
         with self.lock:
             self._open.add(kind)
             self._missing.discard(kind)
 
+    # `closed`, `missing` and `should_yield` do not take the lock (single set operations,
+    # atomic under the GIL): the event loop calls them and must not wait while a worker
+    # thread holds the lock to open the microphone. `closed` can only make a rescan safer.
+
     def closed(self, kind: Kind) -> None:
-        with self.lock:
-            self._open.discard(kind)
+        self._open.discard(kind)
 
     def missing(self, kind: Kind) -> None:
-        with self.lock:
-            self._missing.add(kind)
+        self._missing.add(kind)
 
     def _due(self) -> bool:
         return time.monotonic() - self._last >= self._interval
 
     def should_yield(self, kind: Kind) -> bool:
         """The other stage's device is missing and a rescan is due: close `kind`'s stream."""
-        with self.lock:
-            return bool(self._missing - {kind}) and self._due()
+        return bool(self._missing - {kind}) and self._due()
 
     def rescan_if_due(self) -> bool:
         """Re-enumerate if a device is missing, no stream is open and it is time."""

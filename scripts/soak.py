@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""Accelerated soak: a day of a busy room through the live pipeline in minutes.
+
+The real `daemon.app.Daemon` runs with a file source instead of the microphone: the
+shared recordings (with pauses between them, looped) are fed `--speed` times faster
+than real time through the echo stage, segmenter, sequencer, budget and translator
+(the real `openai` SDK over HTTP) to the service simulator (`daemon.simulator`, its own
+process), and the captions and status go to a real Mosquitto (its own process). While
+it runs, the simulator's faults cycle (429, 500, cuts, stream errors, stalls, garbage,
+401) and the broker is restarted every `--broker-restart-s`. The figures of the daemon
+process — RSS, open files, asyncio tasks, threads — are printed over time; at the end
+every utterance cut must be accounted for: translated + failed + dropped = cut.
+
+    .venv/bin/python scripts/soak.py                  # 24 h of room audio at 100×, ~15 min
+    .venv/bin/python scripts/soak.py --hours 1 --speed 60   # a quick one
+
+There is no playback device here: playback keeps trying its device (and the device
+re-enumeration with it), which is part of what is soaked. Exit status 0 when the
+accounting holds and the figures stayed flat (RSS growth under `--max-rss-growth-mb`
+after the warm-up, open files and threads back to their warm-up level), else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from daemon.app import Daemon  # noqa: E402
+from daemon.config import Settings, apply_overrides  # noqa: E402
+from daemon.filesource import FileSource  # noqa: E402
+from daemon.values import SAMPLE_RATE, Frame, Pcm  # noqa: E402
+
+AUDIO_DIR = Path(os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio"))
+FAULT_CYCLE = ["429", "500", "cut", "cut0", "stream_error", "stall", "garbage", "401"]
+FRAME_MS = 30
+PACE_FRAMES = 32  # frames between pacing sleeps
+
+
+# ------------------------------------------------------------------------------- audio
+
+
+def recordings() -> list[Path]:
+    """The shared speech recordings (not the noise ones)."""
+    return sorted(p for p in AUDIO_DIR.glob("*.wav") if not p.name.startswith("noise_"))
+
+
+async def load_room_audio(paths: list[Path]) -> list[Pcm]:
+    """The recordings as 16 kHz mono int16, each followed by a pause of 1-3 s."""
+    frame = SAMPLE_RATE * FRAME_MS // 1000
+    rng = np.random.default_rng(7)
+    pieces: list[Pcm] = []
+    for path in paths:
+        source = FileSource(path, frame)
+        pcm = np.concatenate([frame.pcm async for frame in source.frames()])
+        pause = (rng.standard_normal(int(rng.uniform(1.0, 3.0) * SAMPLE_RATE)) * 30).astype(
+            np.int16
+        )
+        pieces.append(np.concatenate((pcm, pause)))
+    if not pieces:
+        raise SystemExit(f"soak: no recordings in {AUDIO_DIR}")
+    return pieces
+
+
+class PacedSource:
+    """The room audio looped for `seconds` of room time, `speed` times real time.
+
+    Provides what the daemon's listener reads from a capture: frames on a 16 kHz clock,
+    and the clock's mapping to (room) wall time and monotonic time.
+    """
+
+    device_name = "soak-file"
+
+    def __init__(self, pieces: list[Pcm], seconds: float, speed: float) -> None:
+        self._pieces = pieces
+        self._samples = round(seconds * SAMPLE_RATE)
+        self._speed = speed
+        self._frame = SAMPLE_RATE * FRAME_MS // 1000
+        self._t0 = time.time()
+        self._m0 = time.monotonic()
+        self.position = 0
+        self.done = asyncio.Event()
+
+    def wall_time(self, sample: int) -> float:
+        return self._t0 + sample / SAMPLE_RATE
+
+    def monotonic_time(self, sample: int) -> float:
+        return self._m0 + sample / SAMPLE_RATE / self._speed
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        self._t0, self._m0 = time.time(), time.monotonic()
+        n = self._frame
+        count = 0
+        while self.position < self._samples:
+            for pcm in self._pieces:
+                for offset in range(0, len(pcm) - n + 1, n):
+                    if self.position >= self._samples:
+                        break
+                    yield Frame(self.position, pcm[offset : offset + n])
+                    self.position += n
+                    count += 1
+                    if count % PACE_FRAMES == 0:
+                        due = self._m0 + self.position / SAMPLE_RATE / self._speed
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        self.done.set()
+        await asyncio.Event().wait()  # a microphone never ends; the soak stops the daemon
+
+
+# ----------------------------------------------------------------------- child processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Mosquitto:
+    """Mosquitto on a loopback port, restartable on the same port; stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with socket.socket() as sock, contextlib.suppress(OSError):
+                sock.settimeout(0.2)
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise SystemExit("soak: mosquitto did not start")
+
+    def stop(self) -> None:
+        stop_child(self.proc)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+        self.restarts += 1
+
+
+class SimulatorProcess:
+    """`python -m daemon.simulator` on a free port; stopped by PID."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.simulator", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            stop_child(self.proc)
+            raise SystemExit(f"soak: the simulator did not start: {line!r}")
+        self.base_url = line.removeprefix("READY ").strip()
+        self.root = self.base_url.removesuffix("/compatible-mode/v1")
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.root + "/_sim/control",
+            data=json.dumps(changes).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
+    def requests(self) -> int:
+        with urllib.request.urlopen(self.root + "/_sim/stats", timeout=10) as response:
+            return int(json.loads(response.read())["requests"])
+
+    def stop(self) -> None:
+        stop_child(self.proc)
+
+
+def stop_child(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(5.0)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5.0)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Sample:
+    wall_s: float
+    room_h: float
+    rss_mb: float
+    fds: int
+    tasks: int
+    threads: int
+    cut: int
+    translated: int
+    failed: int
+    dropped: int
+
+    def line(self) -> str:
+        return (
+            f"{self.wall_s:7.0f} s  room {self.room_h:5.2f} h  RSS {self.rss_mb:6.1f} MB  "
+            f"fds {self.fds:3d}  tasks {self.tasks:3d}  threads {self.threads:2d}  "
+            f"cut {self.cut:6d}  translated {self.translated:6d}  failed {self.failed:5d}  "
+            f"dropped {self.dropped:5d}"
+        )
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sample(daemon: Daemon, source: PacedSource, began: float) -> Sample:
+    c = daemon.counters
+    return Sample(
+        wall_s=time.monotonic() - began,
+        room_h=source.position / SAMPLE_RATE / 3600,
+        rss_mb=rss_mb(),
+        fds=len(os.listdir("/proc/self/fd")),
+        tasks=len(asyncio.all_tasks()),
+        threads=threading.active_count(),
+        cut=round(c.get("utterances")),
+        translated=round(c.get("outcomes.translated")),
+        failed=round(c.get("outcomes.failed")),
+        dropped=round(c.get("outcomes.dropped")),
+    )
+
+
+# -------------------------------------------------------------------------------- soak
+
+
+def soak_settings(args: argparse.Namespace, sim: SimulatorProcess, broker: Mosquitto) -> Settings:
+    base = Settings()
+    return apply_overrides(
+        base,
+        {
+            "room": {"target_lang": "zh"},
+            # Silero's clip confirmation costs ~12 ms of CPU per second of audio: a day of
+            # it alone would take longer than the soak. `--confirm silero` keeps it.
+            "segmenter": {"confirm": args.confirm},
+            "api": {
+                "base_url": sim.base_url,
+                "read_timeout_s": 1.0,
+                "fatal_pause_s": 0.2,
+                "retry_after_max_s": 2.0,
+                "backoff_base_s": 0.05,
+                "backoff_max_s": 0.2,
+                "check_key_at_start": True,
+            },
+            "pipeline": {"max_in_flight": 8, "queue_size": 16},
+            "audio": {"echo_guard": "off", "output_device": "soak-no-such-speaker"},
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "room_id": "soak-room",
+                "device_id": "50a550a550a5",
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+                "status_interval_s": 5.0,
+            },
+            "budget": {"daily_audio_s": 0.0},
+        },
+    ).model_copy(update={"state_dir": args.workdir / "state"})
+
+
+async def faults_loop(sim: SimulatorProcess, every_s: float, stop: asyncio.Event) -> int:
+    cycles = 0
+    rng = random.Random(1)
+    while not stop.is_set():
+        faults = FAULT_CYCLE[:]
+        rng.shuffle(faults)
+        await asyncio.to_thread(sim.control, faults=faults)
+        cycles += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+    await asyncio.to_thread(sim.control, faults=[])
+    return cycles
+
+
+async def broker_loop(broker: Mosquitto, every_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if not stop.is_set():
+            await asyncio.to_thread(broker.restart)
+
+
+async def run_soak(args: argparse.Namespace) -> int:
+    pieces = await load_room_audio(recordings())
+    broker = Mosquitto(args.workdir)
+    broker.start()
+    sim = SimulatorProcess(
+        "--first-text-ms", "20", "--first-audio-ms", "20", "--chunk-ms", "1",
+        "--jitter-ms", "30", "--retry-after", "0.2", "--stall-s", "2",
+        "--audio-chunk-ms", "500",
+    )  # fmt: skip
+    try:
+        settings = soak_settings(args, sim, broker)
+        source = PacedSource(pieces, args.hours * 3600, args.speed)
+        daemon = Daemon(settings, "soak", None, settings.audio.output_device, source=source)
+        return await drive(args, daemon, source, sim, broker)
+    finally:
+        sim.stop()
+        broker.stop()
+
+
+async def drive(
+    args: argparse.Namespace,
+    daemon: Daemon,
+    source: PacedSource,
+    sim: SimulatorProcess,
+    broker: Mosquitto,
+) -> int:
+    stop = asyncio.Event()
+    began = time.monotonic()
+    run = asyncio.create_task(daemon.run())
+    faults = asyncio.create_task(faults_loop(sim, args.fault_every_s, stop))
+    restarts = asyncio.create_task(broker_loop(broker, args.broker_restart_s, stop))
+    samples: list[Sample] = []
+    print(f"soak: {args.hours:g} h of room audio at {args.speed:g}× real time")
+    while not source.done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(source.done.wait(), args.report_s)
+        samples.append(sample(daemon, source, began))
+        print(samples[-1].line(), flush=True)
+    # The source is done: let what was cut finish, then stop as systemd would.
+    for _ in range(300):  # at most a minute
+        if settled(daemon):
+            break
+        await asyncio.sleep(0.2)
+    stop.set()
+    cycles = await faults
+    await restarts
+    final = sample(daemon, source, began)
+    daemon.stop()
+    await run
+    after = sample(daemon, source, began)  # shutdown dropped what was left (counted)
+    print(final.line())
+    return report(
+        samples=samples,
+        final=final,
+        after=after,
+        cycles=cycles,
+        restarts=broker.restarts,
+        requests=sim.requests(),
+        daemon=daemon,
+        args=args,
+    )
+
+
+def settled(daemon: Daemon) -> bool:
+    c = daemon.counters
+    ended = c.get("outcomes.translated") + c.get("outcomes.failed") + c.get("outcomes.dropped")
+    return ended >= c.get("utterances") and daemon.sequencer.in_flight == 0
+
+
+def report(
+    *,
+    samples: list[Sample],
+    final: Sample,
+    after: Sample,
+    cycles: int,
+    restarts: int,
+    requests: int,
+    daemon: Daemon,
+    args: argparse.Namespace,
+) -> int:
+    warm = samples[min(len(samples) - 1, max(1, len(samples) // 5))]  # after the warm-up
+    peak_rss = max(s.rss_mb for s in samples)
+    accounted = after.translated + after.failed + after.dropped
+    c = daemon.counters
+    print(
+        f"room audio {final.room_h:.1f} h in {final.wall_s / 60:.1f} min "
+        f"({final.room_h * 3600 / final.wall_s:.0f}× real time); "
+        f"{requests} requests; {cycles} fault cycles ({len(FAULT_CYCLE)} faults each); "
+        f"{restarts} broker restarts; {round(c.get('mqtt_connects'))} MQTT connects; "
+        f"{round(c.get('device_rescans'))} device rescans"
+    )
+    print(
+        f"RSS {samples[0].rss_mb:.1f} MB at the first report, {warm.rss_mb:.1f} MB after "
+        f"warm-up, {final.rss_mb:.1f} MB at the end (peak {peak_rss:.1f}); "
+        f"open files {warm.fds} → {final.fds}; tasks {warm.tasks} → {final.tasks}; "
+        f"threads {warm.threads} → {final.threads}"
+    )
+    dropped = {k: round(v) for k, v in c.group("dropped").items()}
+    failed = {k: round(v) for k, v in c.group("failed").items()}
+    print(
+        f"accounting: cut {after.cut} = translated {after.translated} + failed {after.failed} "
+        f"+ dropped {after.dropped} ({accounted}); failed {failed}; dropped {dropped}; "
+        f"MQTT outbox dropped {round(c.get('mqtt_outbox_dropped'))}, "
+        f"partials dropped {round(c.get('mqtt_partials_dropped'))}"
+    )
+    flat = (
+        final.rss_mb - warm.rss_mb <= args.max_rss_growth_mb
+        and final.fds <= warm.fds + 2
+        and final.threads <= warm.threads + 1
+    )
+    ok = accounted == after.cut and flat
+    print("soak: OK" if ok else "soak: FAILED (accounting or growth)")
+    return 0 if ok else 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hours", type=float, default=24.0, help="room audio to feed")
+    parser.add_argument("--speed", type=float, default=100.0, help="times real time")
+    parser.add_argument("--report-s", type=float, default=30.0, help="seconds between figures")
+    parser.add_argument("--fault-every-s", type=float, default=20.0)
+    parser.add_argument("--broker-restart-s", type=float, default=90.0)
+    parser.add_argument("--max-rss-growth-mb", type=float, default=15.0)
+    parser.add_argument("--confirm", choices=("off", "silero"), default="off")
+    parser.add_argument("--log", type=Path, help="the daemon's log (default: in the workdir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("mosquitto") is None:
+        print("soak: mosquitto is not installed (scripts/setup.sh installs it)", file=sys.stderr)
+        return 2
+    args.workdir = Path(tempfile.mkdtemp(prefix="roomtranslate-soak-"))
+    log_path = args.log or args.workdir / "daemon.log"
+    logging.basicConfig(
+        filename=log_path, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    print(f"soak: daemon log in {log_path}")
+    try:
+        return asyncio.run(run_soak(args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
