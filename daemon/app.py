@@ -148,7 +148,9 @@ class Daemon:
         self.load = ServiceLoad(self.counters, settings.api.requests_per_minute)
         self.translator = Translator(settings.api, api_key, self.counters, load=self.load)
         # The cap is read per clip from the settings the daemon holds now.
-        self.budget = Budget(lambda: self.settings.budget, settings.state_dir, self.counters)
+        self.budget = Budget(
+            lambda: self.room.current.daily_audio_s, settings.state_dir, self.counters
+        )
         self._translate = self.budget.gate(self.translator.translate)
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)

@@ -1,6 +1,6 @@
 """The room's daily budget: billed input audio per local day, capped, persisted.
 
-`budget.daily_audio_s` caps the seconds of input audio the service bills per local day
+`room.daily_audio_s` caps the seconds of input audio the service bills per local day
 (0 = unlimited). Every clip reserves its estimated billed seconds (at least 1 s, as the
 service bills) *before* it is sent: a reservation that would take today's usage past the
 cap is refused, so clips in flight at once (`pipeline.max_in_flight`) can never slip past
@@ -9,11 +9,11 @@ billed (`usage.prompt_tokens_details.audio_tokens` / 12.5); without a usage repo
 kept if the service produced output (it worked on the clip) and released if it did not
 (a refused or unreachable request is not billed).
 
-The cap is read for every clip from `limits()`, so a cap raised while running (remote
-configuration) applies to the next clip. States: `unlimited`, `ok`, `warning` (80 % of
-the cap used or reserved), `exhausted` (not even the shortest clip fits): the room pauses — each
-clip ends as dropped(`budget`), the first one's caption says why — until the next local
-day or a higher cap.
+The cap is read for every clip from `cap()` (the live room settings), so a cap raised
+while running (`config/set {"daily_audio_s": …}`, any layer) applies to the next clip.
+States: `unlimited`, `ok`, `warning` (80 % of the cap used or reserved), `exhausted` (not
+even the shortest clip fits): the room pauses — each clip ends as dropped(`budget`), the
+first one's caption says why — until the next local day or a higher cap.
 
 Usage is kept in `<state_dir>/budget.json` (`{"day", "audio_s", "clips"}`), written
 atomically after every clip (daemon/statefile.py); a usage file of an earlier day starts
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.config import BudgetSettings, RoomSettings
+from daemon.config import RoomSettings
 from daemon.counters import Counters
 from daemon.statefile import read_json, write_json
 from daemon.values import Outcome, TranslationEvent, Usage, Utterance
@@ -72,13 +72,13 @@ class Budget:
 
     def __init__(
         self,
-        limits: Callable[[], BudgetSettings],
+        cap: Callable[[], float],
         state_dir: Path,
         counters: Counters,
         *,
         today: Callable[[], str] = local_day,
     ) -> None:
-        self._limits = limits
+        self._cap = cap
         self._path = state_dir / STATE_FILE
         self._counters = counters
         self._today = today
@@ -96,7 +96,7 @@ class Budget:
 
     @property
     def cap_s(self) -> float:
-        return self._limits().daily_audio_s
+        return self._cap()
 
     @property
     def used_s(self) -> float:

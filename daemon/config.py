@@ -89,6 +89,8 @@ class RoomSettings(_Section):
     vad_mode: int = Field(default=2, ge=0, le=3)
     # Languages captioned (text only) in addition to target_lang, each on its own topic.
     caption_langs: list[str] = Field(default_factory=list, max_length=MAX_CAPTION_LANGS)
+    # Seconds of input audio the service may bill per local day, 0 = unlimited (budget.py).
+    daily_audio_s: float = Field(default=0.0, ge=0.0, le=86400.0)
 
     @model_validator(mode="after")
     def _check_languages(self) -> RoomSettings:
@@ -257,12 +259,6 @@ class MqttSettings(_Section):
         return self
 
 
-class BudgetSettings(_Section):
-    """Daily spending cap of the room (0 = unlimited); see daemon/budget.py."""
-
-    daily_audio_s: float = Field(default=0.0, ge=0.0)
-
-
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -289,7 +285,6 @@ class Settings(BaseSettings):
     audio: AudioSettings = AudioSettings()
     mqtt: MqttSettings = MqttSettings()
     log: LogSettings = LogSettings()
-    budget: BudgetSettings = BudgetSettings()
     state_dir: Path = DEFAULT_STATE_DIR
 
     @classmethod
@@ -390,6 +385,13 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+# Settings an earlier version had elsewhere: the error says where they are now.
+MOVED_SETTINGS = {
+    "budget": "moved: the daily cap is now room.daily_audio_s (settable over MQTT)",
+    "budget.daily_audio_s": "moved to room.daily_audio_s (settable over MQTT)",
+}
+
+
 def _describe(error: Mapping[str, Any], section: str) -> str:
     loc = (
         ".".join(
@@ -401,7 +403,8 @@ def _describe(error: Mapping[str, Any], section: str) -> str:
     )
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
-        return f"{loc}: unknown setting"
+        moved = MOVED_SETTINGS.get(loc)
+        return f"{loc}: {moved}" if moved else f"{loc}: unknown setting"
     if error.get("type") == "missing":
         return f"{loc}: required setting is missing"
     leaf = str(error["loc"][-1]) if error.get("loc") else ""

@@ -284,7 +284,7 @@ def soak_settings(args: argparse.Namespace, sim: SimulatorProcess, broker: Mosqu
     return apply_overrides(
         base,
         {
-            "room": {"target_lang": "zh"},
+            "room": {"target_lang": "zh", "daily_audio_s": 0.0},
             # Silero's clip confirmation costs ~12 ms of CPU per second of audio: a day of
             # it alone would take longer than the soak. `--confirm silero` keeps it.
             "segmenter": {"confirm": args.confirm},
@@ -308,7 +308,6 @@ def soak_settings(args: argparse.Namespace, sim: SimulatorProcess, broker: Mosqu
                 "reconnect_max_s": 1.0,
                 "status_interval_s": 5.0,
             },
-            "budget": {"daily_audio_s": 0.0},
         },
     ).model_copy(update={"state_dir": args.workdir / "state"})
 

@@ -48,6 +48,8 @@ BASE = "roomtranslate/room-1"
 AVAILABILITY = f"{BASE}/availability"
 STATUS = f"{BASE}/status"
 CAPTIONS = f"{BASE}/captions/"
+CONFIG_SET = f"{BASE}/config/set"
+CONFIG_RESPONSE = f"{BASE}/config/response"
 TARGET_LANG = "zh"
 SCENE_RATE = 48_000  # the rig's sink rate: paplay needs no resampling
 FAST_SIM = {"first_text_ms": 5, "first_audio_ms": 5, "chunk_ms": 1, "jitter_ms": 0}
@@ -540,6 +542,31 @@ class Harness:
         self, parts: Sequence[tuple[str, float]], name: str, *, tail_s: float = 1.0
     ) -> Scene:
         return compose_scene(parts, self.workdir / f"{name}.wav", tail_s=tail_s)
+
+    def config_set(self, s: Session, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Publish a config/set with mosquitto_pub (a real client); the daemon's answer on
+        config/response."""
+        transaction = f"e2e-{time.monotonic_ns()}"
+        payload = json.dumps({**changes, "transaction": transaction})
+        broker = ["-h", self.broker.host, "-p", str(self.broker.port)]
+        subprocess.run(
+            ["mosquitto_pub", *broker, "-q", "1", "-t", CONFIG_SET, "-m", payload],
+            check=True,
+            timeout=10,
+        )
+
+        def reply() -> dict[str, Any] | None:
+            for message in s.messages():
+                if message.topic == CONFIG_RESPONSE and message.json()["transaction"] == (
+                    transaction
+                ):
+                    return message.json()
+            return None
+
+        assert s.wait_for(lambda: reply() is not None, 10.0), s.daemon.log_tail()
+        answer = reply()
+        assert answer is not None
+        return answer
 
     def play(self, scene: Scene) -> Playing:
         """Start playing `scene` into the microphone (returns at once)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.budget import NOTICE, Budget, billed_estimate
-from daemon.config import ApiSettings, BudgetSettings, LiveRoom, PipelineSettings, RoomSettings
+from daemon.config import ApiSettings, LiveRoom, PipelineSettings, RoomSettings
 from daemon.counters import Counters
 from daemon.sequencer import Sequencer
 from daemon.translator import Translator
@@ -43,10 +43,10 @@ class Limits:
     """The live cap, changeable while running (what remote configuration does)."""
 
     def __init__(self, cap: float) -> None:
-        self.settings = BudgetSettings(daily_audio_s=cap)
+        self.cap = cap
 
-    def __call__(self) -> BudgetSettings:
-        return self.settings
+    def __call__(self) -> float:
+        return self.cap
 
 
 async def run_clips(sequencer: Sequencer, clips: list[Utterance]) -> dict[int, Outcome]:
@@ -95,7 +95,7 @@ async def test_the_cap_holds_under_concurrent_clips(tmp_path: Path) -> None:
             sequencer = Sequencer(
                 pipeline, budget.gate(translator.translate), LiveRoom(ROOM), counters
             )
-            limits.settings = BudgetSettings(daily_audio_s=cap + 10.0)
+            limits.cap = cap + 10.0
             more = await run_clips(sequencer, [clip(100, 3.0)])
             assert more[100].kind == "translated"
             assert budget.used_s <= cap + 10.0

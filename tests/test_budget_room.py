@@ -1,5 +1,6 @@
 """The budget in a running room (the rig): used up → status `paused`, clips dropped with
-reason `budget`, the first caption says why, and nothing more reaches the service.
+reason `budget`, the first caption says why, and nothing more reaches the service; the
+cap raised remotely (`config/set`) resumes the room at once.
 
 The cap is 1.5 s and the start check (a 1 s clip, reserved as 1.04 s, billed 0.96 s by the
 simulator) leaves less than the shortest clip, so the room is paused before
@@ -33,7 +34,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 def test_a_used_up_budget_pauses_the_room_and_says_why_once(harness: Harness) -> None:
     h = harness
-    settings = {"BUDGET__DAILY_AUDIO_S": "1.5", "API__CHECK_KEY_AT_START": "true"}
+    settings = {"ROOM__DAILY_AUDIO_S": "1.5", "API__CHECK_KEY_AT_START": "true"}
     with Tap(h.broker, "roomtranslate/#") as tap:
         time.sleep(0.2)  # retained messages of earlier daemons first
         daemon = Daemon(h.daemon_env(settings), h.workdir / "budget-daemon.log")
@@ -41,10 +42,12 @@ def test_a_used_up_budget_pauses_the_room_and_says_why_once(harness: Harness) ->
         daemon.start()
         try:
             check_paused_room(h, session)
+            check_raised_cap_resumes(h, session)
         finally:
             assert daemon.stop() == 0
     saved = json.loads((h.workdir / "state" / "budget.json").read_text())
-    assert saved["audio_s"] == 0.96 and saved["clips"] == 1
+    assert saved["clips"] == 1 + len(SPEECH)  # the start check and the speech after the raise
+    assert saved["audio_s"] > 0.96
 
 
 def check_paused_room(h: Harness, session: Session) -> None:
@@ -66,3 +69,16 @@ def check_paused_room(h: Harness, session: Session) -> None:
         lambda s: s["counters"]["dropped"].get("budget") == len(SPEECH), 10.0
     ), session.status()
     assert h.sim.stats()["requests"] == 1  # nothing sent past the cap
+
+
+def check_raised_cap_resumes(h: Harness, session: Session) -> None:
+    answer = h.config_set(session, {"daily_audio_s": 600})
+    assert answer["status"] == "ok", answer
+    assert session.wait_status(lambda s: s["state"] == "listening", 10.0), session.status()
+    assert session.status()["budget"]["daily_audio_s"] == 600
+    dropped = len(session.finals())
+    h.play(h.compose(SPEECH, "budget-speech-raised"))
+    assert session.wait_finals(dropped + len(SPEECH), 40.0), session.daemon.log_tail()
+    resumed = session.finals()[dropped:]
+    assert [c.outcome for c in resumed] == ["translated"] * len(SPEECH), resumed
+    assert h.sim.stats()["requests"] == 1 + len(SPEECH)

@@ -151,6 +151,12 @@ def test_known_variables_pass() -> None:
     assert check_environment(environ) == []
 
 
+def test_a_moved_setting_says_where_it_is_now(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[budget]\ndaily_audio_s = 3600\n")
+    assert_config_error(roomtranslate("run", config=config), "budget", "room.daily_audio_s")
+
+
 def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[log]\nlevel = "debug"\n')

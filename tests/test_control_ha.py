@@ -35,6 +35,7 @@ ENTITIES = {
     "speech": "switch",
     "mute": "switch",
     "volume": "number",
+    "daily_audio_s": "number",
     "state": "sensor",
     "last_caption": "sensor",
     "utterances": "sensor",
@@ -85,7 +86,7 @@ async def test_discovery_document_describes_the_room(tmp_path: Path) -> None:
     components = doc["components"]
     assert {key: c["platform"] for key, c in components.items()} == ENTITIES
     assert len({c["unique_id"] for c in components.values()}) == len(ENTITIES)
-    for key in ("target_lang", "source_lang", "voice", "speech", "mute", "volume"):
+    for key in ("target_lang", "source_lang", "voice", "speech", "mute", "volume", "daily_audio_s"):
         assert components[key]["command_topic"] == SET, key
         assert components[key]["state_topic"] == CONFIG, key
     assert components["target_lang"]["options"] == sorted(LANGUAGES)
@@ -116,6 +117,7 @@ async def test_entity_states_render_from_what_the_daemon_publishes(tmp_path: Pat
         "speech": "ON",
         "mute": "ON",
         "volume": "35",
+        "daily_audio_s": "0.0",
     }
     assert render(components["state"]["value_template"], value_json=status) == status["state"]
     attributes = render(components["state"]["json_attributes_template"], value_json=status)
@@ -143,6 +145,8 @@ async def test_commands_from_home_assistant_go_through_config_set(tmp_path: Path
             reply = await command(op, components["voice"], "Kiki")  # not for fr
             assert reply["status"] == "error" and reply["errors"][0]["field"] == "room.voice"
             assert (await command(op, components["speech"], False))["config"]["speech"] is False
+            reply = await command(op, components["daily_audio_s"], 3600)
+            assert reply["config"]["daily_audio_s"] == 3600.0
             config = await op.latest_config(lambda c: c["config"]["target_lang"] == "fr")
             assert config["layers"]["mute"] == "room"
             assert json.loads((tmp_path / "state" / "room-config.json").read_text())["room"] == {
@@ -150,6 +154,7 @@ async def test_commands_from_home_assistant_go_through_config_set(tmp_path: Path
                 "mute": True,
                 "target_lang": "fr",
                 "speech": False,
+                "daily_audio_s": 3600.0,
             }
             # the caption sensors follow the new target language
             await eventually(

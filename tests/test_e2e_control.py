@@ -7,22 +7,16 @@ request it receives (`GET /_sim/stats`: target, source, voice, modalities per cl
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from daemon.control.state import FILE_NAME
-from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Harness, Session, missing_programs
+from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, missing_programs
 
 pytestmark = pytest.mark.e2e
-
-SET = f"{BASE}/config/set"
-RESPONSE = f"{BASE}/config/response"
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +36,6 @@ def room(harness: Harness) -> Harness:
     return harness
 
 
-def config_set(harness: Harness, s: Session, changes: dict[str, Any]) -> dict[str, Any]:
-    """Publish a config/set with mosquitto_pub; the daemon's config/response."""
-    transaction = f"e2e-{time.monotonic_ns()}"
-    payload = json.dumps({**changes, "transaction": transaction})
-    broker = ["-h", harness.broker.host, "-p", str(harness.broker.port)]
-    subprocess.run(
-        ["mosquitto_pub", *broker, "-q", "1", "-t", SET, "-m", payload],
-        check=True,
-        timeout=10,
-    )
-
-    def reply() -> dict[str, Any] | None:
-        for message in s.messages():
-            if message.topic == RESPONSE and json.loads(message.payload)["transaction"] == (
-                transaction
-            ):
-                found: dict[str, Any] = json.loads(message.payload)
-                return found
-        return None
-
-    assert s.wait_for(lambda: reply() is not None, 10.0), s.daemon.log_tail()
-    answer = reply()
-    assert answer is not None
-    return answer
-
-
 def test_target_language_changed_over_mqtt_applies_to_the_next_utterance(room: Harness) -> None:
     first = room.compose([("en_sr_english", 0.5)], "before-change", tail_s=1.0)
     second = room.compose([("fr_sr_french", 0.5)], "after-change", tail_s=1.0)
@@ -75,7 +43,7 @@ def test_target_language_changed_over_mqtt_applies_to_the_next_utterance(room: H
         room.play(first).wait()
         assert s.wait_finals(1, 10.0), s.daemon.log_tail()
 
-        reply = config_set(room, s, {"target_lang": "de"})
+        reply = room.config_set(s, {"target_lang": "de"})
         assert reply["status"] == "ok", reply
         assert reply["config"]["target_lang"] == "de"
 
@@ -98,7 +66,7 @@ def test_mute_over_mqtt_silences_the_speech_that_is_playing(room: Harness) -> No
         room.play(scene).wait()
         # the simulator answers at once: the final is out while the speech still plays
         assert s.wait_finals(1, 10.0), s.daemon.log_tail()
-        reply = config_set(room, s, {"mute": True})
+        reply = room.config_set(s, {"mute": True})
         assert reply["status"] == "ok" and reply["config"]["mute"] is True
         spoken = s.finals()[0].duration_s
         time.sleep(spoken + 1.0)  # past the end the unmuted speech would have had
