@@ -184,7 +184,7 @@ class Daemon:
             refresh=lambda: self._check_health(time.monotonic()),
             extra=self._more_status,
         )
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.counters)
         self._stop = asyncio.Event()
         self._started_at = time.monotonic()
         self._last_frame = 0.0
@@ -503,6 +503,7 @@ class Daemon:
                 await self._shutdown(listen, dispatch, deliver, others)
         finally:
             await self.translator.aclose()
+            self.notifier.close()
         return 0
 
     async def _shutdown(
