@@ -37,7 +37,7 @@ from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_sta
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
-from daemon.playback import Playback, PlaybackDrained, PlaybackEvent, PlaybackSkipped
+from daemon.playback import Playback, PlaybackEvent, PlaybackFinished
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
@@ -52,6 +52,7 @@ from daemon.values import (
     Outcome,
     Retrying,
     TextDelta,
+    Timeline,
     TranslationEvent,
     Utterance,
 )
@@ -190,9 +191,6 @@ class Daemon:
         self._last_frame = 0.0
         self._service_problem: str | None = None  # the start check could not reach it
         self._unhealthy = ""  # why the watchdog is not fed
-        self._playing: set[int] = set()
-        self._pending_timeline: dict[int, Utterance] = {}  # ended, waiting to drain
-        self._skipped: set[int] = set()  # skipped by playback before they ended
 
     # -- wiring helpers --------------------------------------------------------------------
 
@@ -322,8 +320,7 @@ class Daemon:
         if isinstance(event, TextDelta):
             self.captions.partial(utt, event.text)
         elif isinstance(event, AudioChunk):
-            if utt.id not in self._playing:
-                self._playing.add(utt.id)
+            if not self.playback.is_open(utt.id):
                 self.playback.start_utterance(utt.id, utt.timeline)
             self.playback.feed(utt.id, event.pcm)
         elif isinstance(event, Retrying):
@@ -333,16 +330,10 @@ class Daemon:
 
     def _finish(self, utt: Utterance, outcome: Outcome) -> None:
         self.captions.final(utt, outcome)
-        if utt.id in self._playing:
-            self._playing.discard(utt.id)
-            self.playback.end_utterance(utt.id)
-            if utt.id in self._skipped:
-                self._skipped.discard(utt.id)
-                self._log_timeline(utt)
-            else:
-                self._pending_timeline[utt.id] = utt
+        if self.playback.is_open(utt.id):
+            self.playback.end_utterance(utt.id)  # its timeline is logged when playback is done
         else:
-            self._log_timeline(utt)
+            self._log_timeline(utt.id, utt.timeline)
         if outcome.kind == "translated":
             self._service_problem = None
             log.info("utterance %d translated: %s", utt.id, outcome.text)
@@ -353,16 +344,11 @@ class Daemon:
             )
 
     def _on_playback(self, event: PlaybackEvent) -> None:
-        if isinstance(event, PlaybackDrained | PlaybackSkipped):
-            utt = self._pending_timeline.pop(event.utt_id, None)
-            if utt is not None:
-                self._log_timeline(utt)
-            elif isinstance(event, PlaybackSkipped) and event.utt_id in self._playing:
-                self._skipped.add(event.utt_id)
+        if isinstance(event, PlaybackFinished) and event.timeline is not None:
+            self._log_timeline(event.utt_id, event.timeline)
 
     @staticmethod
-    def _log_timeline(utt: Utterance) -> None:
-        t = utt.timeline
+    def _log_timeline(utt_id: int, t: Timeline) -> None:
         base = t.speech_end_detected
         stamps = {
             "request_sent": t.request_sent,
@@ -371,7 +357,7 @@ class Daemon:
             "first_sample_to_device": t.first_sample_to_device,
             "last_sample_drained": t.last_sample_drained,
         }
-        record = {"id": utt.id, "speech_end_detected": base}
+        record = {"id": utt_id, "speech_end_detected": base}
         record |= {k: v for k, v in stamps.items() if v}
         log.info("timeline %s", json.dumps(record))
 

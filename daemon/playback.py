@@ -24,8 +24,11 @@ latency), so an utterance's first and last samples get DAC times. `PlaybackDrain
 emitted (from `run()`, on the event loop) once that time has passed.
 
 Events per utterance: `PlaybackStarted` when its first sample went to the device, then
-exactly one of `PlaybackDrained` or `PlaybackSkipped`. An utterance that never had any
-audio gets no event at all (unless `drain(skip_waiting=True)` skips it: 0 s skipped).
+exactly one of `PlaybackDrained` or `PlaybackSkipped` (none for an utterance that never had
+any audio, unless `drain(skip_waiting=True)` skips it: 0 s skipped), and last, once it
+is ended and playback is done with it, exactly one `PlaybackFinished` carrying its
+Timeline. Playback owns this state: callers ask `is_open()` and wait for
+`PlaybackFinished` instead of keeping their own sets.
 With a Timeline, `first_sample_to_device` = when the callback handed the first sample
 (`PlaybackStarted.t`; it sounds at `.audible_at`), `last_sample_drained` = the DAC time
 of the last sample (`PlaybackDrained.t`).
@@ -118,7 +121,16 @@ class PlaybackSkipped:
     reason: SkipReason
 
 
-PlaybackEvent = PlaybackStarted | PlaybackDrained | PlaybackSkipped
+@dataclass(frozen=True, slots=True)
+class PlaybackFinished:
+    """Playback is done with the utterance: it was ended and has drained, been skipped or
+    had no audio. Exactly one per started utterance, after its other events."""
+
+    utt_id: int
+    timeline: Timeline | None
+
+
+PlaybackEvent = PlaybackStarted | PlaybackDrained | PlaybackSkipped | PlaybackFinished
 EventCallback = Callable[[PlaybackEvent], None]
 
 
@@ -158,6 +170,7 @@ class _Utt:
     audible_at: float = 0.0  # set by the callback
     drain_at: float = 0.0  # set by the callback (or by end())
     announced: bool = False
+    finished: bool = False  # PlaybackFinished was reported
 
     @property
     def in_ring(self) -> bool:
@@ -223,16 +236,18 @@ class PlayQueue:
 
     # -- producer side --------------------------------------------------------------------
 
-    def start(self, utt_id: int, timeline: Timeline | None) -> None:
+    def start(self, utt_id: int, timeline: Timeline | None) -> list[PlaybackEvent]:
+        events: list[PlaybackEvent] = []
         with self._lock:
             if utt_id in self._open:
                 log.warning("utterance %d started twice; ignored", utt_id)
-                return
+                return events
             utt = _Utt(utt_id, timeline)
             self._open[utt_id] = utt
             self._queue.append(utt)
             if self._writer is None:
-                self._promote()
+                self._promote(events)
+        return events
 
     def feed(self, utt_id: int, pcm: Pcm) -> list[PlaybackEvent]:
         """Queue audio (at `rate`) of an open utterance; may skip older audio."""
@@ -248,20 +263,22 @@ class PlayQueue:
                 self._feed_piece(utt, pcm[offset : offset + piece], events)
         return events
 
-    def end(self, utt_id: int) -> None:
+    def end(self, utt_id: int) -> list[PlaybackEvent]:
+        events: list[PlaybackEvent] = []
         with self._lock:
             utt = self._open.pop(utt_id, None)
             if utt is None:
                 log.warning("utterance %d ended but not open; ignored", utt_id)
-                return
+                return events
             utt.ended = True
             if utt.skipped:
-                return
-            if not utt.in_ring:
+                self._finished(utt, events)
+            elif not utt.in_ring:
                 if utt.pending_len == 0:
-                    self._queue.remove(utt)
-                return
-            self._end_writer(utt)
+                    self._remove(utt, events)
+            else:
+                self._end_writer(utt, events)
+        return events
 
     def skip_waiting(self, reason: SkipReason) -> list[PlaybackEvent]:
         """Skip every utterance that has not started playing (e.g. at shutdown)."""
@@ -298,6 +315,7 @@ class PlayQueue:
                 if utt.timeline is not None:
                     utt.timeline.last_sample_drained = utt.drain_at
                 events.append(PlaybackDrained(utt.id, utt.drain_at))
+                self._finished(utt, events)
         return events
 
     # -- consumer side (audio callback) ---------------------------------------------------
@@ -376,13 +394,14 @@ class PlayQueue:
         utt.skipped = True
         self._announce(utt, events)
         self._queue.remove(utt)
-        if utt is self._writer:
-            self._writer = None
-            self._promote()
         self._counters.add("playback_skipped_utterances")
         self._count_skipped(dropped)
         events.append(PlaybackSkipped(utt.id, dropped / self._rate, reason))
         log.info("utterance %d: %.2f s of audio skipped (%s)", utt.id, dropped / self._rate, reason)
+        self._finished(utt, events)
+        if utt is self._writer:
+            self._writer = None
+            self._promote(events)
 
     def _count_skipped(self, samples: int) -> None:
         if samples:
@@ -396,16 +415,28 @@ class PlayQueue:
             utt.timeline.first_sample_to_device = utt.handed_at
         events.append(PlaybackStarted(utt.id, utt.handed_at, utt.audible_at))
 
-    def _end_writer(self, utt: _Utt) -> None:
+    def _end_writer(self, utt: _Utt, events: list[PlaybackEvent]) -> None:
         if utt.end == utt.start:
-            self._queue.remove(utt)
+            self._remove(utt, events)
         elif utt.end <= self._read:  # everything already went to the device
             utt.drain_at = self._last_dac_end
         if utt is self._writer:
             self._writer = None
-            self._promote()
+            self._promote(events)
 
-    def _promote(self) -> None:
+    def _remove(self, utt: _Utt, events: list[PlaybackEvent]) -> None:
+        """An ended utterance without audio leaves the queue."""
+        self._queue.remove(utt)
+        self._finished(utt, events)
+
+    @staticmethod
+    def _finished(utt: _Utt, events: list[PlaybackEvent]) -> None:
+        """Report the end of an utterance that is ended and out of the queue, once."""
+        if utt.ended and not utt.finished:
+            utt.finished = True
+            events.append(PlaybackFinished(utt.id, utt.timeline))
+
+    def _promote(self, events: list[PlaybackEvent]) -> None:
         """Move waiting utterances into the ring, in order, up to the next open one."""
         for utt in list(self._queue):
             if utt.in_ring:
@@ -420,7 +451,7 @@ class PlayQueue:
                 self._writer = utt
                 return
             if utt.end == utt.start:
-                self._queue.remove(utt)
+                self._remove(utt, events)
 
     def _mark(self, start: int, count: int, now: float, dac: float) -> None:
         stop = start + count
@@ -586,8 +617,12 @@ class Playback:
         """A new utterance, played after every utterance started before it."""
         self._open_ids.add(utt_id)
         self._resamplers[utt_id] = self._new_resampler()
-        self._queue.start(utt_id, timeline)
+        self._emit(self._queue.start(utt_id, timeline))
         self._resume()
+
+    def is_open(self, utt_id: int) -> bool:
+        """Started and not yet ended (its audio may still come)."""
+        return utt_id in self._open_ids
 
     def feed(self, utt_id: int, pcm: Pcm) -> None:
         """Queue 24 kHz mono int16 audio of an utterance (resampled here if needed)."""
@@ -608,7 +643,7 @@ class Playback:
             )
             if len(tail):
                 self._emit(self._queue.feed(utt_id, tail))
-        self._queue.end(utt_id)
+        self._emit(self._queue.end(utt_id))
 
     def _new_resampler(self) -> Any:
         """A 24 kHz → device rate resampler for one utterance, None at 24 kHz."""

@@ -33,6 +33,8 @@ from daemon.playback import (
     TICK_STOPPED_S,
     Playback,
     PlaybackDrained,
+    PlaybackEvent,
+    PlaybackFinished,
     PlaybackSkipped,
     PlaybackStarted,
     PlayQueue,
@@ -137,7 +139,10 @@ def test_events_started_and_drained_carry_dac_times() -> None:
     assert events == [PlaybackStarted(7, first_handed, first_handed + 0.05)]
     drain_at = first_handed + 0.05 + 0.035
     assert queue.poll(drain_at - 0.001) == []
-    assert queue.poll(drain_at + 1e-9) == [PlaybackDrained(7, pytest.approx(drain_at))]
+    assert queue.poll(drain_at + 1e-9) == [
+        PlaybackDrained(7, pytest.approx(drain_at)),
+        PlaybackFinished(7, timeline),
+    ]
     assert timeline.first_sample_to_device == first_handed
     assert timeline.last_sample_drained == pytest.approx(drain_at)
     assert queue.finished_at() == pytest.approx(drain_at)
@@ -152,21 +157,25 @@ def test_end_after_everything_was_played_still_drains_at_the_last_sample() -> No
     clock.render(3)  # starved after the first block
     queue.end(1)
     events = queue.poll(t0 + 1)
-    assert [type(e) for e in events] == [PlaybackStarted, PlaybackDrained]
+    assert [type(e) for e in events] == [PlaybackStarted, PlaybackDrained, PlaybackFinished]
     assert events[1] == PlaybackDrained(1, pytest.approx(t0 + 0.05 + 0.010))
 
 
-def test_utterance_without_audio_gets_no_event_and_does_not_block() -> None:
+def test_utterance_without_audio_is_only_finished_and_does_not_block() -> None:
     queue, _ = make_queue()
     clock = Clock(queue)
     queue.start(1, None)
     queue.start(2, None)
     queue.feed(2, marked(2, 10))
-    queue.end(1)  # no audio at all
+    assert queue.end(1) == [PlaybackFinished(1, None)]  # no audio at all
     queue.end(2)
     clock.render(2)
     events = queue.poll(clock.now + 1)
-    assert [(type(e), e.utt_id) for e in events] == [(PlaybackStarted, 2), (PlaybackDrained, 2)]
+    assert [(type(e), e.utt_id) for e in events] == [
+        (PlaybackStarted, 2),
+        (PlaybackDrained, 2),
+        (PlaybackFinished, 2),
+    ]
     np.testing.assert_array_equal(clock.played(), marked(2, 10))
 
 
@@ -182,7 +191,7 @@ def test_backlog_skips_the_oldest_waiting_utterance() -> None:
     queue.end(2)
     assert queue.feed(3, marked(3, 150)) == []  # 500 + 300 + 150 fits
     events = queue.feed(3, marked(3, 100))  # 1050 would not: 2 (waiting) goes
-    assert events == [PlaybackSkipped(2, 0.3, "backlog")]
+    assert events == [PlaybackSkipped(2, 0.3, "backlog"), PlaybackFinished(2, None)]
     queue.end(3)
     clock.render(100)
     expected = np.concatenate([marked(1, 600), marked(3, 150), marked(3, 100)])
@@ -221,13 +230,65 @@ def test_backlog_skips_the_rest_of_the_playing_one_when_nothing_else_waits() -> 
     assert [type(e) for e in events] == [PlaybackStarted, PlaybackSkipped]
     assert events[1] == PlaybackSkipped(1, pytest.approx(0.8), "backlog")
     assert queue.feed(1, marked(1, 50)) == []  # dropped: it was skipped
-    queue.end(1)
+    assert queue.end(1) == [PlaybackFinished(1, None)]  # skipped while open: done at its end
     queue.start(2, None)
     queue.feed(2, marked(2, 20))
     queue.end(2)
     clock.render(20)
     np.testing.assert_array_equal(clock.played(), np.concatenate([marked(1, 100), marked(2, 20)]))
     assert counters.get("playback_skipped_seconds") == pytest.approx(0.8 + 0.4 + 0.05)
+
+
+Op = tuple[str, int, int]  # (what, utterance, samples or blocks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["start", "feed", "end", "render", "skip", "rate"]),
+            st.integers(1, 6),
+            st.integers(0, 400),
+        ),
+        max_size=60,
+    )
+)
+def test_every_started_utterance_finishes_exactly_once_and_last(ops: list[Op]) -> None:
+    """Whatever happens (backlog skips, shutdown skips, a device at another rate, empty
+    utterances), each started utterance gets one PlaybackFinished once it is ended and
+    playback is done with it, and no event of it follows."""
+    queue, _ = make_queue(backlog_s=1.0)
+    clock = Clock(queue)
+    events: list[PlaybackEvent] = []
+    started: set[int] = set()
+    ended: set[int] = set()
+    for what, utt, n in ops:
+        match what:
+            case "start" if utt not in started:
+                started.add(utt)
+                events += queue.start(utt, None)
+            case "feed" if utt in started - ended and n:
+                events += queue.feed(utt, marked(utt, n))
+            case "end" if utt in started - ended:
+                ended.add(utt)
+                events += queue.end(utt)
+            case "render":
+                clock.render(1 + n // 40)
+                events += queue.poll(clock.now)
+            case "skip":
+                events += queue.skip_waiting("shutdown")
+            case "rate":
+                events += queue.set_rate(RATE if n % 2 else RATE * 2)
+    for utt in sorted(started - ended):
+        events += queue.end(utt)
+    clock.render(2000 // clock.block + 10)
+    events += queue.poll(clock.now + 100)
+    finished = [e.utt_id for e in events if isinstance(e, PlaybackFinished)]
+    assert sorted(finished) == sorted(started)
+    for utt in started:
+        mine = [e for e in events if e.utt_id == utt]
+        assert isinstance(mine[-1], PlaybackFinished), mine
+    assert not queue.busy()
 
 
 def test_audible_until_covers_handed_and_queued_audio() -> None:
