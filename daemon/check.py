@@ -175,18 +175,14 @@ async def check_devices(settings: Settings) -> list[Result]:
 
 
 def _broker_client(settings: Settings) -> aiomqtt.Client:
-    from daemon.mqtt import tls_parameters
+    from daemon.mqtt import broker_client
 
     mqtt = settings.mqtt
-    return aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        username=mqtt.username or None,
-        password=mqtt.password.get_secret_value() or None,
-        identifier=f"roomtranslate-check-{os.getpid()}-{mqtt.room_id}",
+    return broker_client(
+        mqtt,
+        f"roomtranslate-check-{os.getpid()}-{mqtt.room_id}",
         keepalive=max(5, mqtt.keepalive_s),
         timeout=BROKER_TIMEOUT_S,
-        tls_params=tls_parameters(mqtt),
     )
 
 

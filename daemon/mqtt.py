@@ -78,8 +78,31 @@ def check_topic_level(value: str, name: str) -> str:
     return value
 
 
+def broker_client(
+    settings: MqttSettings,
+    identifier: str | None,
+    *,
+    keepalive: int,
+    timeout: float,
+    **options: Any,
+) -> aiomqtt.Client:
+    """An aiomqtt client for `[mqtt]`: host, port, credentials and TLS; the daemon's link
+    and `check` both connect through it."""
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username or None,
+        password=settings.password.get_secret_value() or None,
+        identifier=identifier,
+        keepalive=keepalive,
+        timeout=timeout,
+        tls_params=tls_parameters(settings),
+        **options,
+    )
+
+
 def tls_parameters(settings: MqttSettings) -> aiomqtt.TLSParameters | None:
-    """aiomqtt's TLS settings for `[mqtt]` (None without TLS); also used by `check`."""
+    """aiomqtt's TLS settings for `[mqtt]` (None without TLS)."""
     if not settings.tls:
         return None
     return aiomqtt.TLSParameters(
@@ -333,22 +356,14 @@ class MqttLink:
     # -- connection -------------------------------------------------------------------
 
     def _new_client(self) -> aiomqtt.Client:
-        settings = self._settings
-        return aiomqtt.Client(
-            settings.host,
-            settings.port,
-            username=settings.username or None,
-            password=settings.password.get_secret_value() or None,
-            identifier=self._client_id,
-            will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
-            keepalive=settings.keepalive_s,
+        return broker_client(
+            self._settings,
+            self._client_id,
+            keepalive=self._settings.keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
-            tls_params=self._tls_params(),
+            will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
             max_queued_incoming_messages=INCOMING_LIMIT,
         )
-
-    def _tls_params(self) -> aiomqtt.TLSParameters | None:
-        return tls_parameters(self._settings)
 
     async def _reconnect_loop(self) -> None:
         """aiomqtt's reconnect loop: one session after another, backing off between."""

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -28,3 +29,23 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float, *, resume: bool = 
     with contextlib.suppress(ValueError, OSError):
         proc.communicate(timeout=1.0)  # close pipes
     return int(proc.returncode)
+
+
+def soundless_daemon_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a daemon process without sound devices and outside systemd: a
+    test key, no configuration file, its state in `tmp_path`, MQTT off unless `settings`
+    (`SECTION__KEY=value`, as `ROOMTRANSLATE_SECTION__KEY`) say otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMTRANSLATE_")}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "INVOCATION_ID"):
+        env.pop(name, None)
+    env |= {
+        "HOME": str(tmp_path),  # no .asoundrc: no sound devices
+        "PULSE_SERVER": f"unix:{tmp_path}/none",
+        "DASHSCOPE_API_KEY": "test",
+        "ROOMTRANSLATE_CONFIG": os.devnull,
+        "ROOMTRANSLATE_STATE_DIR": str(tmp_path / "state"),
+        "ROOMTRANSLATE_MQTT__ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env |= {f"ROOMTRANSLATE_{k.upper()}": v for k, v in settings.items()}
+    return env

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from daemon.counters import Counters
 from daemon.translator import Translator
 from tests.broker import Broker, retained
 from tests.conftest import PROJECT_ROOT
-from tests.procs import stop_process
+from tests.procs import soundless_daemon_env, stop_process
 from tests.simproc import Simulator
 from tests.test_budget import ROOM, clip
 
@@ -32,21 +31,7 @@ DEAD_URL = "http://127.0.0.1:9/compatible-mode/v1"  # nothing listens: connectio
 
 
 def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMTRANSLATE_")}
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "INVOCATION_ID"):
-        env.pop(name, None)
-    env |= {
-        "HOME": str(tmp_path),  # no .asoundrc: no sound devices
-        "PULSE_SERVER": f"unix:{tmp_path}/none",
-        "DASHSCOPE_API_KEY": "test",
-        "ROOMTRANSLATE_CONFIG": os.devnull,
-        "ROOMTRANSLATE_STATE_DIR": str(tmp_path / "state"),
-        "ROOMTRANSLATE_MQTT__ENABLED": "false",
-        "ROOMTRANSLATE_AUDIO__READY_TIMEOUT_S": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env |= {f"ROOMTRANSLATE_{k.upper()}": v for k, v in settings.items()}
-    return env
+    return soundless_daemon_env(tmp_path, AUDIO__READY_TIMEOUT_S="1", **settings)
 
 
 @contextmanager

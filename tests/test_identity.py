@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from daemon.identity import default_room_id, device_id
 from daemon.mqtt import MqttLink
 from tests.broker import Broker, Recorder, eventually, retained
 from tests.conftest import PROJECT_ROOT
-from tests.procs import stop_process
+from tests.procs import soundless_daemon_env, stop_process
 
 ROOM = "shared-room"
 
@@ -131,26 +130,18 @@ async def test_an_old_retained_claim_is_not_a_second_device() -> None:
 
 
 def daemon_env(tmp_path: Path, broker: Broker, device: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMTRANSLATE_")}
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "INVOCATION_ID"):
-        env.pop(name, None)
-    env |= {
-        "HOME": str(tmp_path),  # no .asoundrc: no sound devices
-        "PULSE_SERVER": f"unix:{tmp_path}/none",
-        "DASHSCOPE_API_KEY": "test",
-        "ROOMTRANSLATE_CONFIG": os.devnull,
-        "ROOMTRANSLATE_STATE_DIR": str(tmp_path / "state"),
-        "ROOMTRANSLATE_API__BASE_URL": "http://127.0.0.1:9/compatible-mode/v1",
-        "ROOMTRANSLATE_API__CHECK_KEY_AT_START": "false",
-        "ROOMTRANSLATE_AUDIO__READY_TIMEOUT_S": "0",
-        "ROOMTRANSLATE_MQTT__HOST": broker.host,
-        "ROOMTRANSLATE_MQTT__PORT": str(broker.port),
-        "ROOMTRANSLATE_MQTT__ROOM_ID": ROOM,
-        "ROOMTRANSLATE_MQTT__DEVICE_ID": device,
-        "ROOMTRANSLATE_MQTT__STATUS_INTERVAL_S": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    return env
+    return soundless_daemon_env(
+        tmp_path,
+        API__BASE_URL="http://127.0.0.1:9/compatible-mode/v1",
+        API__CHECK_KEY_AT_START="false",
+        AUDIO__READY_TIMEOUT_S="0",
+        MQTT__ENABLED="true",
+        MQTT__HOST=broker.host,
+        MQTT__PORT=str(broker.port),
+        MQTT__ROOM_ID=ROOM,
+        MQTT__DEVICE_ID=device,
+        MQTT__STATUS_INTERVAL_S="1",
+    )
 
 
 def statuses(rec: Recorder) -> list[dict[str, Any]]:
