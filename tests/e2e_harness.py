@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import soundfile as sf
 
 from tests.broker import Broker, Received, Recorder
@@ -70,9 +71,26 @@ from tests.rigutil import audio_rig  # noqa: E402
 def missing_programs() -> list[str]:
     """The PulseAudio and Mosquitto programs the harness needs that are not on PATH."""
     missing: list[str] = list(audio_rig.missing_programs())
-    if shutil.which("mosquitto") is None:
-        missing.append("mosquitto")
+    missing += [p for p in ("mosquitto", "mosquitto_pub") if shutil.which(p) is None]
     return missing
+
+
+def require_programs() -> None:
+    """Skip the module when the rig's programs are missing, except in CI (`CI` set), which
+    installs them (scripts/setup.sh): a skip there would hide a broken install."""
+    if missing := missing_programs():
+        why = f"not installed: {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def module_harness(factory: pytest.TempPathFactory, name: str, **options: Any) -> Iterator[Harness]:
+    """A module's harness (rig, broker, simulator) in a fresh work directory."""
+    require_programs()
+    with Harness(factory.mktemp(name), **options) as harness:
+        harness.reset_simulator()
+        yield harness
 
 
 # ------------------------------------------------------------------------------ scenes

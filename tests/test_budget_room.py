@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from daemon.budget import NOTICE
-from tests.e2e_harness import Daemon, Harness, Session, Tap, missing_programs
+from tests.e2e_harness import Daemon, Harness, Session, Tap, module_harness
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,7 @@ SPEECH = [("en_sr_english", 0.5), ("fr_sr_french", 1.5)]
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with Harness(tmp_path_factory.mktemp("budget")) as h:
-        h.reset_simulator()
-        yield h
+    yield from module_harness(tmp_path_factory, "budget")
 
 
 def test_a_used_up_budget_pauses_the_room_and_says_why_once(harness: Harness) -> None:

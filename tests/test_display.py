@@ -34,7 +34,7 @@ from daemon.mqtt import MqttLink
 from daemon.values import Outcome, Timeline, Utterance, UtteranceStats
 from tests.broker import Broker, Recorder, eventually, free_port
 from tests.browser import PHONE, TV, artifact_dir, chromium, missing
-from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session, missing_programs
+from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session, require_programs
 from tests.paths import PROJECT_ROOT
 from tests.procs import stop_process
 
@@ -74,8 +74,7 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CI"):  # CI installs Chromium (scripts/setup.sh): never skip there
             pytest.fail(why)
         pytest.skip(why)
-    if absent := missing_programs():
-        pytest.skip(f"not installed: {', '.join(absent)}")
+    require_programs()
     with chromium() as context:
         yield context
 

@@ -41,7 +41,7 @@ import soundfile as sf
 import soxr
 from scipy.signal import correlate
 
-from tests.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session, missing_programs
+from tests.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session, require_programs
 from tests.paths import AUDIO_DIR
 from tests.procs import stop_process
 from tests.rigutil import load_script
@@ -95,8 +95,7 @@ class Figures:
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    require_programs()
     workdir = tmp_path_factory.mktemp("duplex")
     voices = workdir / "voices"
     voices.mkdir()

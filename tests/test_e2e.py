@@ -31,7 +31,7 @@ from tests.e2e_harness import (
     Harness,
     Scene,
     Tone,
-    missing_programs,
+    module_harness,
     tones_in_wav,
 )
 
@@ -52,10 +52,7 @@ SLOW_FIRST_TEXT_MS = 4500
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with Harness(tmp_path_factory.mktemp("e2e")) as h:
-        yield h
+    yield from module_harness(tmp_path_factory, "e2e")
 
 
 @pytest.fixture

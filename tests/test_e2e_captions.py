@@ -17,7 +17,7 @@ import pytest
 
 from daemon.simulator import tone_hz
 from tests.broker import retained
-from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness, missing_programs
+from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness, module_harness
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +30,7 @@ TONE_HZ_TOLERANCE = 10.0
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with Harness(tmp_path_factory.mktemp("e2e-langs")) as h:
-        yield h
+    yield from module_harness(tmp_path_factory, "e2e-langs")
 
 
 def collapse(values: list[int]) -> list[int]:

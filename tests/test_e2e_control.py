@@ -7,25 +7,20 @@ request it receives (`GET /_sim/stats`: target, source, voice, modalities per cl
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from daemon.control.state import FILE_NAME
-from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, missing_programs
+from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, module_harness
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    missing = missing_programs() + ([] if shutil.which("mosquitto_pub") else ["mosquitto_pub"])
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with Harness(tmp_path_factory.mktemp("e2e-control")) as h:
-        yield h
+    yield from module_harness(tmp_path_factory, "e2e-control")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_harness import Daemon, Harness, Session, Tap, audio_rig, missing_programs
+from tests.e2e_harness import Daemon, Harness, Session, Tap, audio_rig, module_harness
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +31,7 @@ SPEECH = [("en_sr_english", 0.5), ("fr_sr_french", 1.5)]
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    if missing := missing_programs():
-        pytest.skip(f"not installed: {', '.join(missing)}")
-    with Harness(tmp_path_factory.mktemp("late")) as h:
-        h.reset_simulator()
-        yield h
+    yield from module_harness(tmp_path_factory, "late")
 
 
 def start_daemon(h: Harness, tap: Tap, env: dict[str, str], name: str) -> Session:
