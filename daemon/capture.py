@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from daemon.backoff import Backoff
 from daemon.config import AudioSettings
 from daemon.counters import Counters
 from daemon.devices import (
@@ -364,13 +365,12 @@ class Capture:
     # -- reopen loop ---------------------------------------------------------------------
 
     async def _reopen_loop(self) -> AsyncIterator[Frame]:
-        backoff = self._reopen_min_s
+        backoff = Backoff(self._reopen_min_s, self._reopen_max_s)
         opened_before = False
         while True:
             session = await self._open()
             if session is None:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._reopen_max_s)
+                await asyncio.sleep(backoff.next())
                 continue
             if opened_before:
                 self._counters.add("capture_reopens")
@@ -390,11 +390,12 @@ class Capture:
                 self._counters.add("capture_rescan_yields")
                 log.info("input stream closed for a device rescan; reopening")
                 continue
-            backoff = self._reopen_min_s if delivered else backoff
+            if delivered:
+                backoff.reset()
+            delay = backoff.next()
             self._counters.add("capture_device_lost")
-            log.warning("input device %r lost; reopening in %.1f s", session.info.name, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._reopen_max_s)
+            log.warning("input device %r lost; reopening in %.1f s", session.info.name, delay)
+            await asyncio.sleep(delay)
 
     async def _open(self) -> _Session | None:
         loop = asyncio.get_running_loop()

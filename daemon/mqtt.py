@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import aiomqtt
 
+from daemon.backoff import Backoff
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 
@@ -127,24 +128,6 @@ class _Job:
     @property
     def retain(self) -> bool:
         return self.kind in ("status", "retained", "claim")
-
-
-class _Backoff:
-    """Reconnect delays: `low` doubling up to `high`, each drawn from [d/2, d]."""
-
-    def __init__(self, low: float, high: float, rng: random.Random) -> None:
-        self._low = low
-        self._high = max(low, high)
-        self._rng = rng
-        self._next = low
-
-    def reset(self) -> None:
-        self._next = self._low
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self._high)
-        return delay * (0.5 + 0.5 * self._rng.random())
 
 
 class MqttLink:
@@ -367,15 +350,18 @@ class MqttLink:
 
     async def _reconnect_loop(self) -> None:
         """aiomqtt's reconnect loop: one session after another, backing off between."""
-        backoff = _Backoff(
-            self._settings.reconnect_min_s, self._settings.reconnect_max_s, self._rng
+        backoff = Backoff(
+            self._settings.reconnect_min_s,
+            self._settings.reconnect_max_s,
+            jitter=0.5,
+            rng=self._rng,
         )
         while not self._stop.is_set():
             if await self._session(backoff):
                 return
             await self._pause(backoff.next())
 
-    async def _session(self, backoff: _Backoff) -> bool:
+    async def _session(self, backoff: Backoff) -> bool:
         """One connection: True once closed on request, False when it failed."""
         reached = False
         try:

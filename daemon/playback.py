@@ -68,6 +68,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from daemon.backoff import Backoff
 from daemon.config import LiveRoom, RoomSettings
 from daemon.counters import Counters
 from daemon.devices import DeviceHost
@@ -682,7 +683,7 @@ class Playback:
 
     async def run(self) -> None:
         """Open the device and keep it open, reopening it when lost; cancel to close."""
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         attempt = 0
         while True:
             if attempt:
@@ -702,10 +703,11 @@ class Playback:
                     attempt = 0  # not a reopen after a loss
                     continue
                 if time.monotonic() - opened >= HEALTHY_S:
-                    backoff = BACKOFF_MIN_S
-                log.warning("playback device lost (%s); reopening in %.0f s", reason, backoff)
-            await self._wait_ticking(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    backoff.reset()
+            delay = backoff.next()
+            if stream is not None:
+                log.warning("playback device lost (%s); reopening in %.0f s", reason, delay)
+            await self._wait_ticking(delay)
 
     def _open(self) -> Any:
         """Rescan if due, then open (under the host's lock)."""
