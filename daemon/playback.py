@@ -91,6 +91,7 @@ TICK_BUSY_S = 0.01
 TICK_IDLE_S = 0.05
 IDLE_STOP_S = 2.0  # nothing queued or sounding for this long: the output stream is stopped
 TICK_STOPPED_S = 1.0  # the tick while the stream is stopped (a new utterance wakes it)
+HEALTH_TICK_S = 0.5  # the longest sleep of a running stream's loop (stall check, rescans)
 FEED_PIECE_S = 1.0  # a chunk is queued in pieces of at most this much audio
 MAX_LEAD_S = 2.0  # a larger DAC lead from PortAudio is not believed
 RESCAN_YIELD = "closed for a device rescan"
@@ -200,6 +201,7 @@ class PlayQueue:
         self._last_dac_end = 0.0
         self._starved = False
         self.underflows = 0  # starvation episodes of a playing utterance (callback side)
+        self.marked = False  # render() stamped a first or last sample (callback side)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -230,6 +232,12 @@ class PlayQueue:
             if self._queue or self._write > self._read:
                 return None
             return self._last_dac_end
+
+    def next_drain(self) -> float | None:
+        """The DAC time of the next utterance's last sample, once the device has it."""
+        with self._lock:
+            times = [u.drain_at for u in self._queue if u.drain_at > 0]
+        return min(times) if times else None
 
     def speaking(self) -> bool:
         with self._lock:
@@ -273,7 +281,7 @@ class PlayQueue:
                 return events
             utt.ended = True
             if utt.skipped:
-                self._finished(utt, events)
+                self._report_finished(utt, events)
             elif not utt.in_ring:
                 if utt.pending_len == 0:
                     self._remove(utt, events)
@@ -316,7 +324,7 @@ class PlayQueue:
                 if utt.timeline is not None:
                     utt.timeline.last_sample_drained = utt.drain_at
                 events.append(PlaybackDrained(utt.id, utt.drain_at))
-                self._finished(utt, events)
+                self._report_finished(utt, events)
         return events
 
     # -- consumer side (audio callback) ---------------------------------------------------
@@ -399,7 +407,7 @@ class PlayQueue:
         self._count_skipped(dropped)
         events.append(PlaybackSkipped(utt.id, dropped / self._rate, reason))
         log.info("utterance %d: %.2f s of audio skipped (%s)", utt.id, dropped / self._rate, reason)
-        self._finished(utt, events)
+        self._report_finished(utt, events)
         if utt is self._writer:
             self._writer = None
             self._promote(events)
@@ -428,10 +436,10 @@ class PlayQueue:
     def _remove(self, utt: _Utt, events: list[PlaybackEvent]) -> None:
         """An ended utterance without audio leaves the queue."""
         self._queue.remove(utt)
-        self._finished(utt, events)
+        self._report_finished(utt, events)
 
     @staticmethod
-    def _finished(utt: _Utt, events: list[PlaybackEvent]) -> None:
+    def _report_finished(utt: _Utt, events: list[PlaybackEvent]) -> None:
         """Report the end of an utterance that is ended and out of the queue, once."""
         if utt.ended and not utt.finished:
             utt.finished = True
@@ -462,8 +470,10 @@ class PlayQueue:
             if utt.handed_at == 0 and utt.start >= start and utt.end > utt.start:
                 utt.handed_at = now
                 utt.audible_at = dac + (utt.start - start) / self._rate
+                self.marked = True
             if utt.ended and utt.drain_at == 0 and start < utt.end <= stop:
                 utt.drain_at = dac + (utt.end - start) / self._rate
+                self.marked = True
 
     def _ring_write(self, pcm: Pcm) -> None:
         size = len(self._ring)
@@ -534,7 +544,8 @@ class Playback:
         self._callback_tid = 0  # the PortAudio thread's native id (for per-thread figures)
         self._stopped = False  # the stream is stopped while idle (see the module docstring)
         self._start_error = ""  # why starting a stopped stream failed (the device is lost)
-        self._wake = asyncio.Event()  # cuts the stopped stream's slow tick short
+        self._wake = asyncio.Event()  # set by the callback (via the loop) and by _resume
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the callback
         self._finished = threading.Event()
         self._mono: Pcm = np.zeros(8192, dtype=np.int16)
         self._scratch = np.zeros(8192, dtype=np.float32)
@@ -683,6 +694,7 @@ class Playback:
 
     async def run(self) -> None:
         """Open the device and keep it open, reopening it when lost; cancel to close."""
+        self._loop = asyncio.get_running_loop()
         backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         attempt = 0
         while True:
@@ -736,7 +748,7 @@ class Playback:
                 dtype="int16",
                 latency=self._latency,
                 callback=self._callback,
-                finished_callback=self._finished.set,
+                finished_callback=self._stream_finished,
             )
             self._last_callback = self._opened_at = time.monotonic()
             self._stopped = False
@@ -781,9 +793,15 @@ class Playback:
         raise ValueError(f"{info['name']!r} takes no int16 output format: {problem}")
 
     async def _serve(self, stream: Any) -> str:
-        """Tick until the stream is lost; returns why."""
+        """Serve the stream until it is lost; returns why.
+
+        The loop does not poll the callback: it sleeps until the callback signals that it
+        stamped a first or last sample (`call_soon_threadsafe`), until the next known
+        moment (an utterance's last sample reaching the DAC, the idle stop) or for at most
+        `HEALTH_TICK_S` (stall detection, a device rescan waiting)."""
         named = False
         while True:
+            self._wake.clear()  # before the work: a signal from now on is not lost
             if not named and self._callback_tid:
                 named = True
                 log.info("playback: callback thread %d", self._callback_tid)
@@ -795,12 +813,33 @@ class Playback:
                 return RESCAN_YIELD
             if not self._stopped and self._idle_for(time.monotonic()) >= IDLE_STOP_S:
                 self._stop_idle(stream)
-            if self._stopped:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_STOPPED_S)
-            else:
-                await asyncio.sleep(TICK_BUSY_S if self._queue.busy() else TICK_IDLE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_wake(time.monotonic()))
+
+    def _next_wake(self, now: float) -> float:
+        """Seconds until the loop has something to do without being signalled."""
+        if self._stopped:
+            return TICK_STOPPED_S
+        waits = [HEALTH_TICK_S]
+        drain_at = self._queue.next_drain()
+        if drain_at is not None:
+            waits.append(drain_at - now)
+        done_at = self._queue.finished_at()
+        if done_at is not None:
+            waits.append(max(done_at, self._opened_at) + IDLE_STOP_S - now)
+        return max(0.0, min(waits))
+
+    def _signal(self) -> None:
+        """From the PortAudio thread: wake the loop (the stream ended, or samples got
+        their DAC times)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def _stream_finished(self) -> None:
+        self._finished.set()
+        self._signal()
 
     def _idle_for(self, now: float) -> float:
         """Seconds since the last sample left the device, 0 while anything is queued."""
@@ -902,6 +941,9 @@ class Playback:
                 self._played.write(outdata, now + lead + frames / self._queue.rate)
             if status.output_underflow and self._queue.busy():
                 self._device_underflows += 1
+            if self._queue.marked:  # a first or last sample got its DAC time
+                self._queue.marked = False
+                self._signal()
         except Exception:
             self._callback_errors += 1
             try:
