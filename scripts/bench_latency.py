@@ -134,16 +134,27 @@ def _task_figures(task: Path) -> tuple[str, float, int]:
     return comm, int(schedstat[0]) / 1e9, switches
 
 
+Snapshot = tuple[float, dict[int, tuple[str, float, int]]]
+
+
+def thread_snapshot(session: Session) -> Snapshot:
+    tasks = Path(f"/proc/{session.daemon.pid}/task")
+    return time.monotonic(), {int(t.name): _task_figures(t) for t in tasks.iterdir()}
+
+
 def thread_use(session: Session, seconds: float) -> list[ThreadUse]:
     """Per-thread CPU share and wake-ups per second over `seconds` of wall time."""
-    pid = session.daemon.pid
-    tasks = Path(f"/proc/{pid}/task")
-    before = {int(t.name): _task_figures(t) for t in tasks.iterdir()}
-    began = time.monotonic()
+    start = thread_snapshot(session)
     time.sleep(seconds)
-    after = {int(t.name): _task_figures(t) for t in tasks.iterdir()}
-    wall = time.monotonic() - began
-    names = _thread_names(session, pid)
+    return threads_since(session, start)
+
+
+def threads_since(session: Session, start: Snapshot) -> list[ThreadUse]:
+    """Per-thread CPU share and wake-ups per second since the `start` snapshot."""
+    began, before = start
+    ended, after = thread_snapshot(session)
+    wall = ended - began
+    names = _thread_names(session, session.daemon.pid)
     use = []
     for tid, (comm, cpu, switches) in after.items():
         _, cpu0, switches0 = before.get(tid, (comm, 0.0, 0))
@@ -163,17 +174,20 @@ def billed_input_s(session: Session) -> float:
     return float(session.status()["counters"]["billed_audio_s"]["input"])
 
 
-def run_scenario(h: Harness, s: Session, scene: Scene) -> tuple[float, float]:
-    """Play the scene, wait for every final and drain; (CPU share, billed input s)."""
+def run_scenario(h: Harness, s: Session, scene: Scene) -> tuple[float, float, list[ThreadUse]]:
+    """Play the scene, wait for every final and drain; (CPU share, billed input s, the
+    threads over the scenario)."""
     count = len(scene.truth)
     billed = billed_input_s(s)
     cpu, began = s.daemon.cpu_seconds(), time.monotonic()
+    start = thread_snapshot(s)
     h.play(scene).wait()
     s.wait_finals(count, 15.0)
     s.wait_timelines(count, 15.0)
     share = (s.daemon.cpu_seconds() - cpu) / (time.monotonic() - began)
+    threads = threads_since(s, start)
     s.wait_status(lambda st: st["counters"]["translated"] >= count, 3.0)
-    return share, billed_input_s(s) - billed
+    return share, billed_input_s(s) - billed, threads
 
 
 def latencies(s: Session) -> list[Latency]:
@@ -235,8 +249,8 @@ def print_report(args: argparse.Namespace, scene: Scene, lat: list[Latency], use
     print(f"{'billed input audio s per s of speech':<46}{use.billed_per_speech_s:>8.2f}")
 
 
-def print_threads(threads: list[ThreadUse]) -> None:
-    print(f"{'  per thread, listening to silence':<46}{'% core':>8}{'wake-ups/s':>12}")
+def print_threads(threads: list[ThreadUse], what: str) -> None:
+    print(f"{'  per thread, ' + what:<46}{'% core':>8}{'wake-ups/s':>12}")
     for t in threads:
         if t.cpu < 0.0005 and t.wakeups < 0.5:
             continue
@@ -258,12 +272,13 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
             time.sleep(2.0)  # start-up work (model loading, first status) is over
             cpu_idle = cpu_share(s, args.idle_s)
             threads = thread_use(s, args.idle_s)
-            cpu_busy, billed = run_scenario(h, s, scene)
+            cpu_busy, billed, busy_threads = run_scenario(h, s, scene)
             lat = latencies(s)
             rss_start, rss_end, soak_utts = soak(h, s, scene, soak_s)
     use = Usage(cpu_idle, cpu_busy, rss_start, rss_end, soak_s, soak_utts, billed / scene.speech_s)
     print_report(args, scene, lat, use)
-    print_threads(threads)
+    print_threads(threads, "listening to silence")
+    print_threads(busy_threads, "translating the scenario")
     return 0
 
 
