@@ -138,7 +138,7 @@ class Daemon:
             self.counters,
             max_backlog_s=settings.audio.max_playback_backlog_s,
             on_event=self._on_playback,
-            latency=profile.output.latency if profile is not None else "high",
+            fmt=profile.output if profile is not None else None,
             played=played,
             host=self.devices,
         )
@@ -249,7 +249,7 @@ class Daemon:
             log.info("hardware profile now %s", profile.name if profile else "(defaults)")
         self.profile = profile
         self.capture.use_profile(profile)
-        self.playback.use_device(output)
+        self.playback.use_device(output, profile.output if profile is not None else None)
 
     def _more_status(self) -> Mapping[str, Any]:
         return {

@@ -134,8 +134,8 @@ async def _check_output(settings: Settings, output: str | int | None, profile: o
     from daemon.playback import Playback
     from daemon.profiles import Profile
 
-    latency = profile.output.latency if isinstance(profile, Profile) else "high"
-    playback = Playback(output, Counters(), latency=latency)
+    fmt = profile.output if isinstance(profile, Profile) else None
+    playback = Playback(output, Counters(), fmt=fmt)
     with _collected("daemon.playback") as problems:
         task = asyncio.create_task(playback.run())
         deadline = time.monotonic() + DEVICE_WAIT_S

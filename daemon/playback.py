@@ -73,6 +73,7 @@ from daemon.config import LiveRoom, RoomSettings
 from daemon.counters import Counters
 from daemon.devices import DeviceHost
 from daemon.echo.reference import PlayedAudio
+from daemon.profiles import OutputProfile
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
 
 log = logging.getLogger(__name__)
@@ -519,7 +520,7 @@ class Playback:
         *,
         max_backlog_s: float = 20.0,
         on_event: EventCallback | None = None,
-        latency: float | str = "high",
+        fmt: OutputProfile | None = None,
         played: PlayedAudio | None = None,
         host: DeviceHost | None = None,
     ) -> None:
@@ -528,7 +529,7 @@ class Playback:
         self._played = played  # what the DAC plays, handed forward to the echo canceller
         self._counters = counters
         self._on_event = on_event
-        self._latency = latency
+        self._format = fmt if fmt is not None else OutputProfile()
         self._queue = PlayQueue(OUTPUT_RATE, max_backlog_s, counters)
         self._resamplers: dict[int, Any] = {}  # utt_id -> soxr.ResampleStream or None
         self._open_ids: set[int] = set()
@@ -619,9 +620,10 @@ class Playback:
     def _apply_room(self, settings: RoomSettings) -> None:
         self.set_volume(settings.volume, settings.mute)
 
-    def use_device(self, device: DeviceSpec) -> None:
-        """The output device for the next open (after a device rescan)."""
+    def use_device(self, device: DeviceSpec, fmt: OutputProfile | None = None) -> None:
+        """The output device and its profile's format for the next open (a rescan)."""
         self._device = normalize_device(device)
+        self._format = fmt if fmt is not None else OutputProfile()
 
     # -- the ordered translation stream ---------------------------------------------------
 
@@ -746,7 +748,7 @@ class Playback:
                 samplerate=rate,
                 channels=channels,
                 dtype="int16",
-                latency=self._latency,
+                latency=self._format.latency,
                 callback=self._callback,
                 finished_callback=self._stream_finished,
             )
@@ -774,11 +776,12 @@ class Playback:
         return stream
 
     def _choose_format(self, sd: Any) -> tuple[int, int]:
-        """24 kHz mono if the device takes it, else its default rate; mono, else stereo,
-        else all its channels."""
+        """The profile's rate and channels if the device takes them; else 24 kHz, else its
+        default rate; mono, else stereo, else all its channels."""
         info = sd.query_devices(self._device, "output")
-        rates = [OUTPUT_RATE, round(float(info["default_samplerate"]))]
-        counts = sorted({1, 2, int(info["max_output_channels"])})
+        fmt = self._format
+        rates = _in_order(fmt.rate, OUTPUT_RATE, round(float(info["default_samplerate"])))
+        counts = _in_order(fmt.channels, *sorted({1, 2, int(info["max_output_channels"])}))
         problem: Exception | None = None
         for rate in rates:
             for channels in counts:
@@ -976,6 +979,11 @@ class Playback:
             np.copyto(scaled, mono)
             scaled *= np.float32(gain)
             outdata[:] = scaled[:, None]
+
+
+def _in_order(*choices: int | None) -> list[int]:
+    """The choices given, first ones first, without None or repeats."""
+    return list(dict.fromkeys(c for c in choices if c is not None))
 
 
 async def _call_in_thread(fn: Callable[[], object], limit_s: float) -> bool:

@@ -13,6 +13,7 @@ lines (audible_until and state), and at the end {"ev": "done", "drained": ..., "
 ...}. All times are time.monotonic(), comparable across processes.
 
 Scenario: {"device": "rig_spk", "max_backlog_s": 20, "drain_timeout": 10,
+           "format": {"rate": 48000, "channels": 2} (a profile's [output]; optional),
            "steps": [step, ...]}. Steps run in order:
   {"op": "start", "utt": 1}                 start_utterance
   {"op": "feed", "utt": 1, "freq": 500, "seconds": 0.8, "amp": 0.3,
@@ -49,6 +50,7 @@ from daemon.playback import (
     PlaybackSkipped,
     PlaybackStarted,
 )
+from daemon.profiles import OutputProfile
 from daemon.values import OUTPUT_RATE, Pcm
 
 
@@ -74,6 +76,7 @@ class Driver:
             self.counters,
             max_backlog_s=float(scenario.get("max_backlog_s", 20.0)),
             on_event=self.on_event,
+            fmt=OutputProfile(**scenario["format"]) if "format" in scenario else None,
         )
 
     def on_event(self, event: PlaybackEvent) -> None:

@@ -644,6 +644,22 @@ def test_a_quiet_room_stops_the_output_stream_and_the_next_utterance_plays_in_fu
 
 
 @needs_pulseaudio
+def test_the_profiles_output_format_is_opened_when_the_device_takes_it(
+    rig: AudioRig, tmp_path: Path
+) -> None:
+    """A profile's [output] rate and channels come first (a device that wants stereo at
+    48 kHz); the 24 kHz speech is resampled to it and still plays."""
+    steps = [{"op": "start", "utt": 1}, feed(1, 700, 0.5, 1237), {"op": "wait_drained", "utt": 1}]
+    result = play(rig, {"format": {"rate": 48000, "channels": 2}, "steps": steps}, tmp_path)
+    ready = result.events("ready")[0]
+    assert (ready["rate"], ready["channels"]) == (48000, 2)
+    (run,) = result.runs([700])
+    assert run.duration == pytest.approx(0.5, abs=0.05)
+    default = play(rig, {"steps": steps}, tmp_path).events("ready")[0]
+    assert (default["rate"], default["channels"]) == (OUTPUT_RATE, 1)
+
+
+@needs_pulseaudio
 def test_volume_50_is_18_db_below_100_and_mute_is_silent(rig: AudioRig, tmp_path: Path) -> None:
     scenario = {
         "steps": [
