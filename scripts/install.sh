@@ -19,7 +19,8 @@
 # this package; no dev tools), /etc/roomtranslate/config.toml from the documented
 # template (only when absent), /etc/roomtranslate/api-key (0640 root:roomtranslate),
 # /var/lib/roomtranslate (the unit's StateDirectory), and the unit
-# /etc/systemd/system/roomtranslate.service, enabled and started when systemd runs.
+# /etc/systemd/system/roomtranslate.service, enabled (also where systemd is installed but
+# not running: a chroot, an image being built) and started when systemd runs.
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,7 +31,7 @@ BROKER=0
 LISTEN=loopback
 BROKER_PORT=1883
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install: $*" >&2; exit 1; }
 say() { echo "install: $*"; }
 
@@ -70,6 +71,9 @@ DEVICE_PACKAGES=(python3 python3-venv libportaudio2 python3-systemd ca-certifica
 BROKER_PACKAGES=(mosquitto)
 
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+# systemd installed but not running (a chroot, a container, an image being built):
+# systemctl enables and disables offline (the symlinks only), it cannot start or stop.
+systemd_offline() { [ -z "$ROOT" ] && ! systemd_running && command -v systemctl >/dev/null; }
 
 ensure_packages() {
   local missing=() pkg
@@ -272,6 +276,13 @@ EOF
 
 install_unit() {
   install -D -m 0644 "$SRC/systemd/roomtranslate.service" "$UNIT"
+  if systemd_offline; then
+    systemctl enable -q roomtranslate || die "systemctl enable roomtranslate failed"
+    say "systemd is not running here (a chroot or a container): the unit is installed at" \
+      "$UNIT and enabled, not started; it starts at the next boot"
+    [ "${KEY_MISSING:-0}" = 0 ] || say "put the API key in /etc/roomtranslate/api-key before then"
+    return 0
+  fi
   if ! systemd_running; then
     say "systemd is not running here: the unit is installed at $UNIT but not enabled or" \
       "started (on the device: systemctl enable --now roomtranslate)"
@@ -293,6 +304,8 @@ install_unit() {
 uninstall() {
   if systemd_running; then
     systemctl disable -q --now roomtranslate 2>/dev/null || true
+  elif systemd_offline; then
+    systemctl disable -q roomtranslate 2>/dev/null || true
   fi
   rm -f "$UNIT"
   if systemd_running; then systemctl daemon-reload; fi
