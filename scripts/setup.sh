@@ -14,6 +14,7 @@ APT_PACKAGES=(
   python3-systemd  # what scripts/install.sh links into the device's venv (tests/test_install.py)
   python3-seccomp  # tests/sandbox_exec.py: the unit's system call filter without systemd
   chromium fonts-droid-fallback  # the caption display's tests: headless Chromium, CJK glyphs
+  debootstrap  # tests/test_install_fresh.py: scripts/install.sh on a fresh Debian 12 (chroot)
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
