@@ -106,6 +106,8 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
                 await eventually(lambda: bool(op.on(STATUS)), 30.0)
                 first_status = json.loads(op.on(STATUS)[0].payload)
                 assert first_status["target_lang"] == "de" and first_status["volume"] == 21
+                # the config document follows the status after a connect (a loaded machine)
+                await eventually(lambda: bool(op.on(CONFIG)), 30.0)
                 config = config_of(await retained(broker, CONFIG, wait_s=5.0))
                 assert config["version"] == version
                 assert config["layers"]["volume"] == "room"
