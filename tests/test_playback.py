@@ -653,8 +653,9 @@ def test_the_profiles_output_format_is_opened_when_the_device_takes_it(
     result = play(rig, {"format": {"rate": 48000, "channels": 2}, "steps": steps}, tmp_path)
     ready = result.events("ready")[0]
     assert (ready["rate"], ready["channels"]) == (48000, 2)
-    (run,) = result.runs([700])
-    assert run.duration == pytest.approx(0.5, abs=0.05)
+    runs = result.runs([700])  # one run; a loaded machine may split it with an underflow
+    assert len(runs) <= 1 + result.counters.get("output_underflows", 0), runs
+    assert sum(run.duration for run in runs) == pytest.approx(0.5, abs=0.05), runs
     default = play(rig, {"steps": steps}, tmp_path).events("ready")[0]
     assert (default["rate"], default["channels"]) == (OUTPUT_RATE, 1)
 
