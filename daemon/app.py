@@ -34,6 +34,7 @@ from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
 from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
+from daemon.heap import fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
@@ -458,6 +459,7 @@ class Daemon:
     # -- run and stop ----------------------------------------------------------------------
 
     async def run(self) -> int:
+        fix_mmap_threshold()  # clip-sized buffers back to the system when freed (heap.py)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)

@@ -25,6 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
 import logging
 import os
@@ -37,7 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.app import Daemon  # noqa: E402
 from daemon.config import Settings, apply_overrides  # noqa: E402
 from daemon.filesource import FileSource  # noqa: E402
+from daemon.heap import heap_figures  # noqa: E402
 from daemon.values import SAMPLE_RATE, Frame, Pcm  # noqa: E402
 
 AUDIO_DIR = Path(os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio"))
@@ -276,6 +282,116 @@ def sample(daemon: Daemon, source: PacedSource, began: float) -> Sample:
     )
 
 
+class HeapTrace:
+    """`--trace-malloc N`: where the Python heap grows, and which object types multiply.
+
+    A tracemalloc snapshot and a count of the gc-tracked objects by type are taken at the
+    warm-up report; every later report prints the N allocation sites and the N types that
+    grew most since then. tracemalloc sees what Python and numpy allocate and still hold:
+    growth in RSS that it does not show is elsewhere (holes in glibc's heap, pymalloc's
+    arenas, PortAudio, onnxruntime): see `--memory-detail`.
+    """
+
+    def __init__(self, top: int, frames: int) -> None:
+        self._top = top
+        self._base: tracemalloc.Snapshot | None = None
+        self._types: Counter[str] = Counter()
+        tracemalloc.start(frames)
+
+    @staticmethod
+    def _snapshot() -> tracemalloc.Snapshot:
+        return tracemalloc.take_snapshot().filter_traces(
+            (tracemalloc.Filter(False, tracemalloc.__file__),)
+        )
+
+    @staticmethod
+    def _count_types() -> Counter[str]:
+        gc.collect()
+        return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    def mark(self) -> None:
+        self._base = self._snapshot()
+        self._types = self._count_types()
+        traced, _ = tracemalloc.get_traced_memory()
+        print(f"  trace-malloc: baseline, {traced / 1e6:.2f} MB traced", flush=True)
+
+    def report(self) -> None:
+        if self._base is None:
+            return
+        now = self._snapshot()
+        traced, _ = tracemalloc.get_traced_memory()
+        base_size = sum(s.size for s in self._base.statistics("filename"))
+        print(
+            f"  trace-malloc: {traced / 1e6:.2f} MB traced "
+            f"({(traced - base_size) / 1e6:+.3f} MB since the baseline)"
+        )
+        key = "traceback" if self._frames() > 1 else "lineno"
+        for stat in now.compare_to(self._base, key)[: self._top]:
+            where = stat.traceback.format(limit=self._frames())
+            print(f"    {stat.size_diff / 1e3:+9.1f} kB {stat.count_diff:+7d} blocks  {where[0]}")
+            for line in where[1:]:
+                print(f"        {line}")
+        types = self._count_types()
+        grown = sorted(((types[k] - self._types[k], k) for k in types), reverse=True)
+        print(
+            "    objects: "
+            + ", ".join(f"{name} {diff:+d} ({types[name]})" for diff, name in grown[: self._top]),
+            flush=True,
+        )
+
+    @staticmethod
+    def _frames() -> int:
+        return tracemalloc.get_traceback_limit()
+
+
+def memory_detail() -> str:
+    """`--memory-detail`: where the RSS is. Anonymous vs file-backed pages (libraries'
+    code paged in), glibc's heap (in use, free but kept, mmapped), pymalloc's arenas
+    (the Python objects' allocator, which frees an arena only when it is empty)."""
+    rollup = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        rollup[name.rstrip(":")] = int(value) / 1024
+    heap = heap_figures()
+    mb = 1024 * 1024
+    glibc = (
+        f"malloc in use {heap['in_use'] / mb:.1f} MB, free {heap['free'] / mb:.1f} MB, "
+        f"mmapped {heap['mmapped'] / mb:.1f} MB ({heap['mmaps']})"
+        if heap
+        else "not glibc"
+    )
+    return (
+        f"  memory: anon {rollup['Anonymous']:.1f} MB, "
+        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB; {glibc}; "
+        f"pymalloc {pymalloc_arenas()} arenas; {len(gc.get_objects())} gc objects"
+    )
+
+
+def pymalloc_arenas() -> str:
+    """pymalloc's current arena count (1 MiB each), from sys._debugmallocstats (which
+    writes to the C stderr)."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        for line in out.read().decode(errors="replace").splitlines():
+            if line.startswith("# arenas allocated current"):
+                return line.split("=")[-1].strip()
+    return "?"
+
+
+def malloc_trim() -> None:
+    """`--malloc-trim`: glibc gives freed heap back to the system before each figure, so
+    fragmentation of its arenas shows as the difference from a run without it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc_trim(0)
+
+
 # -------------------------------------------------------------------------------- soak
 
 
@@ -366,12 +482,22 @@ async def drive(
     faults = asyncio.create_task(faults_loop(sim, args.fault_every_s, stop))
     restarts = asyncio.create_task(broker_loop(broker, args.broker_restart_s, stop))
     samples: list[Sample] = []
+    trace = HeapTrace(args.trace_malloc, args.trace_frames) if args.trace_malloc else None
     print(f"soak: {args.hours:g} h of room audio at {args.speed:g}× real time")
     while not source.done.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(source.done.wait(), args.report_s)
+        if args.malloc_trim:
+            malloc_trim()
         samples.append(sample(daemon, source, began))
         print(samples[-1].line(), flush=True)
+        if args.memory_detail:
+            print(memory_detail(), flush=True)
+        if trace is not None:
+            if len(samples) == args.trace_after:
+                trace.mark()
+            else:
+                trace.report()
     # The source is done: let what was cut finish, then stop as systemd would.
     for _ in range(300):  # at most a minute
         if settled(daemon):
@@ -418,9 +544,11 @@ def report(
     peak_rss = max(s.rss_mb for s in samples)
     accounted = after.translated + after.failed + after.dropped
     c = daemon.counters
+    cpu = os.times()
     print(
         f"room audio {final.room_h:.1f} h in {final.wall_s / 60:.1f} min "
-        f"({final.room_h * 3600 / final.wall_s:.0f}× real time); "
+        f"({final.room_h * 3600 / final.wall_s:.0f}× real time, "
+        f"CPU {cpu.user + cpu.system:.0f} s in the daemon's process); "
         f"{requests} requests; {cycles} fault cycles ({len(FAULT_CYCLE)} faults each); "
         f"{restarts} broker restarts; {round(c.get('mqtt_connects'))} MQTT connects; "
         f"{round(c.get('device_rescans'))} device rescans"
@@ -460,6 +588,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--confirm", choices=("off", "silero"), default="off")
     parser.add_argument("--log", type=Path, help="the daemon's log (default: in the workdir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    diagnose = parser.add_argument_group("diagnosis (slower)")
+    diagnose.add_argument(
+        "--trace-malloc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N allocation sites and object types grown most since --trace-after",
+    )
+    diagnose.add_argument(
+        "--trace-frames", type=int, default=1, help="traceback depth kept per allocation"
+    )
+    diagnose.add_argument(
+        "--trace-after", type=int, default=3, help="the report taken as the baseline"
+    )
+    diagnose.add_argument(
+        "--memory-detail", action="store_true", help="where the RSS is, at each figure"
+    )
+    diagnose.add_argument(
+        "--malloc-trim", action="store_true", help="malloc_trim(0) before each figure"
+    )
     return parser.parse_args(argv)
 
 

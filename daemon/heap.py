@@ -1,0 +1,82 @@
+"""glibc's heap in a daemon that runs for months: large buffers go back to the system.
+
+Every clip makes a few short-lived buffers of 0.1–1 MB: the clip's PCM, its WAV and
+base64 data URL, the JSON request body, the reply's audio. glibc serves an allocation at
+or above its mmap threshold with its own mmap, returned to the system when freed; but
+the threshold is dynamic: the first such buffer freed raises it to that buffer's size
+(up to 32 MiB), and from then on these buffers come from the heap, between long-lived
+small objects, and the holes they leave stay resident. scripts/soak.py --memory-detail
+measured it: glibc's free-but-kept memory 7.0 → 11.6 MB over 6 room hours (RSS +10 MB
+over a day, the Python objects flat); with the threshold fixed, ~2 MB throughout.
+
+`fix_mmap_threshold()` puts the threshold back to glibc's starting 128 KiB and keeps it
+there (mallopt(M_MMAP_THRESHOLD) turns the adjustment off), and the trim threshold (free
+memory at the top of the heap kept rather than returned), which the adjustment doubles
+along, back to its 128 KiB. `Daemon.run()` calls it. A large buffer still comes from the
+heap when a free hole there fits it; the heap no longer grows for one. Without glibc
+(musl, macOS) there is nothing to do. `heap_figures()` reads mallinfo2 for the soak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+
+log = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting values, kept from then on
+TRIM_THRESHOLD = 128 * 1024
+_MALLINFO2 = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2.split()]
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.mallopt.restype = ctypes.c_int
+        libc.mallinfo2.argtypes = ()
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    return libc
+
+
+def fix_mmap_threshold() -> bool:
+    """The heap grows no more for allocations of 128 KiB and more (each gets its own
+    mmap), for good; True if glibc took it."""
+    libc = _glibc()
+    if libc is None:
+        log.debug("not glibc: the mmap threshold is left as it is")
+        return False
+    done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    done = bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and done
+    if not done:
+        log.warning("glibc refused its mmap or trim threshold")
+    return done
+
+
+def heap_figures() -> dict[str, int]:
+    """glibc's heap in bytes: in use, free but kept, mmapped (and how many mmaps); {}
+    without glibc."""
+    libc = _glibc()
+    if libc is None:
+        return {}
+    info = libc.mallinfo2()
+    return {
+        "in_use": info.uordblks,
+        "free": info.fordblks,
+        "mmapped": info.hblkhd,
+        "mmaps": info.hblks,
+    }
