@@ -6,8 +6,8 @@ or above its mmap threshold with its own mmap, returned to the system when freed
 the threshold is dynamic: the first such buffer freed raises it to that buffer's size
 (up to 32 MiB), and from then on these buffers come from the heap, between long-lived
 small objects, and the holes they leave stay resident. scripts/soak.py --memory-detail
-measured it: glibc's free-but-kept memory 7.0 → 11.6 MB over 6 room hours (RSS +10 MB
-over a day, the Python objects flat); with the threshold fixed, ~2 MB throughout.
+measured it: glibc's free-but-kept memory 7.0 → 11.6 MB over 6 room hours, the RSS ~7 MB
+higher over a day; with the threshold fixed, 1.6–4.2 MB over 24 room hours.
 
 `fix_mmap_threshold()` puts the threshold back to glibc's starting 128 KiB and keeps it
 there (mallopt(M_MMAP_THRESHOLD) turns the adjustment off), and the trim threshold (free

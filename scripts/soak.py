@@ -331,6 +331,11 @@ class HeapTrace:
             print(f"    {stat.size_diff / 1e3:+9.1f} kB {stat.count_diff:+7d} blocks  {where[0]}")
             for line in where[1:]:
                 print(f"        {line}")
+        small = small_blocks(now) - small_blocks(self._base)
+        print(
+            "    small blocks (pymalloc's, ≤ 512 B) grown most: "
+            + ", ".join(f"{where} {n:+d}" for where, n in small.most_common(self._top))
+        )
         types = self._count_types()
         grown = sorted(((types[k] - self._types[k], k) for k in types), reverse=True)
         print(
@@ -342,6 +347,16 @@ class HeapTrace:
     @staticmethod
     def _frames() -> int:
         return tracemalloc.get_traceback_limit()
+
+
+def small_blocks(snapshot: tracemalloc.Snapshot) -> Counter[str]:
+    """Blocks of at most 512 bytes (pymalloc's) held, by the line that allocated them."""
+    held: Counter[str] = Counter()
+    for trace in snapshot.traces:
+        if trace.size <= 512:
+            frame = trace.traceback[0]
+            held[f"{Path(frame.filename).name}:{frame.lineno}"] += 1
+    return held
 
 
 def memory_detail() -> str:
@@ -363,7 +378,8 @@ def memory_detail() -> str:
     return (
         f"  memory: anon {rollup['Anonymous']:.1f} MB, "
         f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB; {glibc}; "
-        f"pymalloc {pymalloc_arenas()} arenas; {len(gc.get_objects())} gc objects"
+        f"pymalloc {pymalloc_arenas()} arenas, {sys.getallocatedblocks()} blocks; "
+        f"{len(gc.get_objects())} gc objects"
     )
 
 
