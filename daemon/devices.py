@@ -10,13 +10,16 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from daemon.backoff import Backoff
 from daemon.counters import Counters
 from daemon.profiles import Profile, name_matches
 
@@ -186,6 +189,54 @@ def format_devices(devices: Sequence[DeviceInfo], profiles: Sequence[Profile]) -
 
 
 RESCAN_INTERVAL_S = 5.0  # at most one re-enumeration this often while a device is missing
+RESCAN_MAX_S = 1800.0  # with no change seen in the sound system, rescans back off to this
+_ASOUND_SERVER = re.compile(r'\bserver\s+(?:"(?:unix:)?(/[^"]+)"|(?:unix:)?(/[^\s}"]+))')
+
+
+def sound_system_signature(environ: Mapping[str, str] | None = None) -> tuple[object, ...]:
+    """What PortAudio's device list depends on, read cheaply (a few stat calls): the ALSA
+    cards and device nodes, the ALSA configuration files, and the sound servers' sockets
+    (PulseAudio/PipeWire, and any `server` a pulse PCM in ~/.asoundrc names). A device
+    that is plugged in, or a sound server that comes up, changes it."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("HOME", "/nonexistent"))
+    configs = [home / ".asoundrc", Path("/etc/asound.conf")]
+    sockets = [Path(p.removeprefix("unix:")) for p in [env.get("PULSE_SERVER", "")] if p]
+    if runtime := env.get("XDG_RUNTIME_DIR"):
+        sockets += [Path(runtime) / "pulse" / "native", Path(runtime) / "pipewire-0"]
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        found = _ASOUND_SERVER.findall(configs[0].read_text())
+        sockets += [Path(quoted or bare) for quoted, bare in found]
+    return (
+        _text(Path("/proc/asound/cards")),
+        tuple(sorted(_names(Path("/dev/snd")))),
+        tuple(_stamp(path) for path in configs + sockets),
+    )
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """(path, inode, mtime) — (path, 0, 0) when it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path), 0, 0
+    return str(path), st.st_ino, st.st_mtime_ns
+
+
 Listener = Callable[[list[DeviceInfo]], None]
 
 
@@ -203,7 +254,12 @@ class DeviceHost:
       (`opened`) and when it is closed for good (`closed`);
     - a stage that cannot open its device says so (`missing`); a rescan happens (in
       `rescan_if_due`, called by the stages before they open) only while a device is
-      missing, NO stream is open, and not more often than every `interval_s`;
+      missing, NO stream is open, and not more often than every `interval_s`: at once
+      (after `interval_s`) when the sound system changed (`sound_system_signature`: a
+      card or device node, the ALSA configuration, a sound server's socket), otherwise
+      backing off from `interval_s` doubling to `RESCAN_MAX_S` — every Pa_Initialize
+      keeps ~12.6 KB inside libasound, so a device missing all day must not mean a
+      rescan every few seconds (scripts/soak.py measured it);
     - an open stage gives way (`should_yield`): the speaker closes its stream between
       utterances when the microphone is missing and a rescan is due, and reopens right
       after it; the microphone gives way to a missing speaker only while nobody speaks
@@ -213,13 +269,25 @@ class DeviceHost:
     and the output device, in one place: daemon/app.py).
     """
 
-    def __init__(self, counters: Counters | None = None, interval_s: float = RESCAN_INTERVAL_S):
+    def __init__(
+        self,
+        counters: Counters | None = None,
+        interval_s: float = RESCAN_INTERVAL_S,
+        *,
+        signature: Callable[[], object] = sound_system_signature,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.lock = threading.RLock()
         self._counters = counters
         self._interval = interval_s
+        self._signature = signature
+        self._clock = clock
+        self._seen = signature()  # the sound system as the last enumeration saw it
+        self._backoff = Backoff(interval_s, max(interval_s, RESCAN_MAX_S))
+        self._wait = self._backoff.next()
         self._open: set[Kind] = set()
         self._missing: set[Kind] = set()
-        self._last = time.monotonic()  # the enumeration at import is fresh
+        self._last = clock()  # the enumeration at import is fresh
         self._listeners: list[Listener] = []
         self.rescans = 0
 
@@ -236,6 +304,9 @@ class DeviceHost:
         with self.lock:
             self._open.add(kind)
             self._missing.discard(kind)
+            if not self._missing:  # everything found: the next loss rescans promptly
+                self._backoff.reset()
+                self._wait = self._backoff.next()
 
     # `closed`, `missing` and `should_yield` do not take the lock (single set operations,
     # atomic under the GIL): the event loop calls them and must not wait while a worker
@@ -248,7 +319,10 @@ class DeviceHost:
         self._missing.add(kind)
 
     def _due(self) -> bool:
-        return time.monotonic() - self._last >= self._interval
+        elapsed = self._clock() - self._last
+        if elapsed < self._interval:
+            return False
+        return elapsed >= self._wait or self._signature() != self._seen
 
     def should_yield(self, kind: Kind) -> bool:
         """The other stage's device is missing and a rescan is due: close `kind`'s stream."""
@@ -259,7 +333,9 @@ class DeviceHost:
         with self.lock:
             if not self._missing or self._open or not self._due():
                 return False
-            self._last = time.monotonic()
+            self._last = self._clock()
+            self._seen = self._signature()
+            self._wait = self._backoff.next()
             if not _reinitialize():
                 self._count("device_rescan_failures")
                 return False

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.devices import DeviceInfo, DeviceNotFoundError, format_devices, resolve_device
+from daemon.counters import Counters
+from daemon.devices import (
+    DeviceHost,
+    DeviceInfo,
+    DeviceNotFoundError,
+    format_devices,
+    resolve_device,
+    sound_system_signature,
+)
 from daemon.profiles import PROFILES_DIR, load_profiles
 from tests.rigutil import PYTHON, client_env, started_rig
 
@@ -92,3 +102,70 @@ def test_format_devices_marks_the_auto_profile() -> None:
     assert "* jabra_speak: input 'Jabra SPEAK 510 USB: Audio (hw:1,0)'" in text
     assert "echo guard off" in text
     assert "- respeaker_array: not present" in text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rescans_back_off_while_nothing_changes_and_come_at_once_when_it_does() -> None:
+    """While a device stays missing, rescans double their spacing (each Pa_Initialize keeps
+    memory inside libasound); a change in the sound system (a card, a server's socket)
+    brings the next one as soon as the minimum interval allows. Real PortAudio rescans."""
+    clock, world = Clock(), ["cards: 0"]
+    counters = Counters()
+    host = DeviceHost(counters, interval_s=5.0, signature=lambda: tuple(world), clock=clock)
+    host.missing("output")
+    rescans = []
+    for _ in range(2000):  # 2000 s of a missing speaker, checked every second
+        clock.now += 1.0
+        if host.rescan_if_due():
+            rescans.append(clock.now - 1000.0)
+    assert rescans == [5.0, 15.0, 35.0, 75.0, 155.0, 315.0, 635.0, 1275.0]
+    world[0] = "cards: 0 1 (a USB speakerphone)"
+    clock.now += 1.0
+    assert host.rescan_if_due()  # the change: at once, not 640 s after the last rescan
+    world[0] = "cards: 0 1 2"
+    clock.now += 2.0
+    assert not host.rescan_if_due()  # never more often than every interval_s
+    clock.now += 3.0
+    assert host.rescan_if_due()
+    assert not host.should_yield("output")
+    host.missing("input")
+    assert not host.should_yield("input") and not host.should_yield("output")
+    world[0] = "cards: 0 1 2 3"
+    clock.now += 5.0
+    assert host.should_yield("output")  # the microphone is missing: the speaker gives way
+    assert counters.get("device_rescans") == 10
+
+
+def test_found_devices_reset_the_backoff() -> None:
+    clock = Clock()
+    host = DeviceHost(None, interval_s=5.0, signature=lambda: "same", clock=clock)
+    host.missing("output")
+    for _ in range(100):
+        clock.now += 1.0
+        host.rescan_if_due()
+    with host.lock:
+        host.opened("output")  # found
+    host.closed("output")
+    host.missing("output")  # lost again later
+    clock.now += 5.0
+    assert host.rescan_if_due()
+
+
+def test_the_signature_sees_a_sound_server_come_up(tmp_path: Path) -> None:
+    socket_path = tmp_path / "pulse" / "native"
+    asoundrc = f'pcm.rig_mic {{\n type pulse\n server "unix:{socket_path}"\n}}\n'
+    (tmp_path / ".asoundrc").write_text(asoundrc)
+    env = {"HOME": str(tmp_path)}
+    before = sound_system_signature(env)
+    assert sound_system_signature(env) == before
+    socket_path.parent.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(socket_path))
+        assert sound_system_signature(env) != before
