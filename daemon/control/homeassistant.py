@@ -73,6 +73,19 @@ def discovery_document(
             state_off="OFF",
         )
 
+    def number(key: str, name: str, cast: str, icon: str, **more: Any) -> dict[str, Any]:
+        return entity(
+            key,
+            "number",
+            name,
+            icon=icon,
+            command_topic=set_topic,
+            command_template=_command(key, f"{{{{ value | {cast} }}}}"),
+            state_topic=config_topic,
+            value_template=f"{{{{ value_json.config.{key} }}}}",
+            **more,
+        )
+
     def diagnostic(key: str, name: str, topic: str, template: str, **more: Any) -> dict[str, Any]:
         return entity(
             key,
@@ -93,29 +106,14 @@ def discovery_document(
         "voice": select("voice", "Voice", list(VOICES), "mdi:account-tie-voice"),
         "speech": switch("speech", "Speech", "mdi:speaker-message"),
         "mute": switch("mute", "Mute", "mdi:volume-off"),
-        "volume": entity(
-            "volume",
-            "number",
-            "Volume",
-            icon="mdi:volume-high",
-            command_topic=set_topic,
-            command_template=_command("volume", "{{ value | int }}"),
-            state_topic=config_topic,
-            value_template="{{ value_json.config.volume }}",
-            min=0,
-            max=100,
-            step=1,
-            mode="slider",
+        "volume": number(
+            "volume", "Volume", "int", "mdi:volume-high", min=0, max=100, step=1, mode="slider"
         ),
-        "daily_audio_s": entity(
+        "daily_audio_s": number(
             "daily_audio_s",
-            "number",
             "Daily budget",
-            icon="mdi:cash-clock",
-            command_topic=set_topic,
-            command_template=_command("daily_audio_s", "{{ value | float }}"),
-            state_topic=config_topic,
-            value_template="{{ value_json.config.daily_audio_s }}",
+            "float",
+            "mdi:cash-clock",
             min=0,
             max=86400,
             step=60,
