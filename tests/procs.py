@@ -6,8 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from tests.paths import PROJECT_ROOT
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float, *, resume: bool = False) -> int:
@@ -49,3 +53,18 @@ def soundless_daemon_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     }
     env |= {f"ROOMTRANSLATE_{k.upper()}": v for k, v in settings.items()}
     return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m daemon ARGS` from the checkout, output captured; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        env=None if env is None else dict(env),
+    )

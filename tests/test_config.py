@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -20,20 +19,13 @@ from daemon.config import (
     resolve_api_key,
 )
 from tests.conftest import PROJECT_ROOT
+from tests.procs import run_cli
 
 
 def roomtranslate(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
+    return run_cli(*args, env=env)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from daemon.config import ConfigError, check_environment, load_settings
-from tests.conftest import PROJECT_ROOT
+from tests.procs import run_cli
 
 SECRET = "sk-hunter2-secret"
 
@@ -23,15 +22,7 @@ def roomtranslate(
     base.pop("DASHSCOPE_API_KEY", None)
     if config is not None:
         base["ROOMTRANSLATE_CONFIG"] = str(config)
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=PROJECT_ROOT,
-        env={**base, **(env or {})},
-    )
+    return run_cli(*args, env={**base, **(env or {})})
 
 
 def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

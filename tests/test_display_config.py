@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -23,8 +22,7 @@ import pytest
 
 from daemon.display import PAGE_DIR, page_files
 from tests.broker import free_port, port_open
-from tests.paths import PROJECT_ROOT
-from tests.procs import stop_process
+from tests.procs import run_cli, stop_process
 
 HOST = "127.0.0.1"
 
@@ -35,15 +33,7 @@ def display_config(*args: str) -> subprocess.CompletedProcess[str]:
         "ROOMTRANSLATE_CONFIG": os.devnull,
         "ROOMTRANSLATE_MQTT__ROOM_ID": "room-1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "display-config", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("display-config", *args, env=env)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ from daemon.config import Settings
 from daemon.filemode import utterances_of
 from daemon.simulator import caption_text, clip_digest, tone_samples
 from daemon.values import Utterance
-from tests.conftest import AUDIO_DIR, PROJECT_ROOT
+from tests.conftest import AUDIO_DIR
+from tests.procs import run_cli
 from tests.simproc import Simulator
 
 MEETING = AUDIO_DIR / "en_ami_EN2002a_30s.wav"
@@ -30,15 +30,7 @@ def translate_file(sim: Simulator, *args: str) -> subprocess.CompletedProcess[st
         "ROOMTRANSLATE_API__BASE_URL": sim.base_url,
         "ROOMTRANSLATE_API__BACKOFF_BASE_S": "0.05",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "translate-file", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
+    return run_cli("translate-file", *args, env=env, timeout=120)
 
 
 def expected_utterances(path: Path) -> list[Utterance]:
