@@ -173,6 +173,21 @@ def test_double_talk_keeps_the_person(ser_db: float) -> None:
 # ------------------------------------------------------------------------------ guard
 
 
+Screened = list[tuple[tuple[float, float], Utterance | Verdict]]
+
+
+def screened(room: Room, out: Floats, stage: EchoCanceller) -> tuple[Screened, Screened]:
+    """The clips the segmenter (Silero confirmation off) cuts from the canceller's output,
+    each screened by the guard: (ours alone, with a person), as (span, verdict or clip)."""
+    own: Screened = []
+    people: Screened = []
+    for utt in segment_pcm(to_pcm(out), SegmenterSettings(confirm="off")).utterances:
+        span = (utt.start / RATE, utt.end / RATE)
+        heard = sum(max(0.0, min(e, span[1]) - max(s, span[0])) for s, e in room.spans)
+        (own if heard < 0.2 else people).append((span, stage.screen(utt)))
+    return own, people
+
+
 @pytest.mark.parametrize(("seed", "people_dbfs"), [(3, -23.0), (5, -29.0)])
 def test_guard_drops_our_own_speech_and_sends_every_person(seed: int, people_dbfs: float) -> None:
     """Our first translation meets a fresh canceller: its first second comes through and
@@ -186,11 +201,7 @@ def test_guard_drops_our_own_speech_and_sends_every_person(seed: int, people_dbf
     room.talk(speech("fr_pv_leopard"), 14.5, dbfs=people_dbfs)
     room.talk(speech("it_pv_leopard"), 24.0, dbfs=people_dbfs)
     out, stage = room_echo.run_canceller(room.mic(), room.played24())
-    own, people = [], []
-    for utt in segment_pcm(to_pcm(out), SegmenterSettings(confirm="off")).utterances:
-        span = (utt.start / RATE, utt.end / RATE)
-        heard = sum(max(0.0, min(e, span[1]) - max(s, span[0])) for s, e in room.spans)
-        (own if heard < 0.2 else people).append((span, stage.screen(utt)))
+    own, people = screened(room, out, stage)
     assert own, "our speech alone must have been cut, or this tests nothing"
     assert all(isinstance(v, Verdict) for _, v in own), own
     assert len(people) >= 2 and all(isinstance(v, Utterance) for _, v in people), people
@@ -215,12 +226,7 @@ def test_guard_drops_our_residual_when_the_echo_path_shifts(people_dbfs: float) 
     noise = np.random.default_rng(0).standard_normal(room.n) * 10 ** (NOISE_DBFS / 20)
     mic = np.concatenate((room.echo[:shift], later[shift:])) + room.people + noise
     out, stage = room_echo.run_canceller(mic, room.played24())
-    own: list[tuple[tuple[float, float], Utterance | Verdict]] = []
-    people: list[tuple[tuple[float, float], Utterance | Verdict]] = []
-    for utt in segment_pcm(to_pcm(out), SegmenterSettings(confirm="off")).utterances:
-        span = (utt.start / RATE, utt.end / RATE)
-        heard = sum(max(0.0, min(e, span[1]) - max(s, span[0])) for s, e in room.spans)
-        (own if heard < 0.2 else people).append((span, stage.screen(utt)))
+    own, people = screened(room, out, stage)
     residual = [v for _, v in own if isinstance(v, Verdict) and v.signal == "residual"]
     assert residual, own
     assert len(people) >= 2 and all(isinstance(v, Utterance) for _, v in people), people
