@@ -230,6 +230,9 @@ def test_guard_drops_our_residual_when_the_echo_path_shifts(people_dbfs: float) 
     residual = [v for _, v in own if isinstance(v, Verdict) and v.signal == "residual"]
     assert residual, own
     assert len(people) >= 2 and all(isinstance(v, Utterance) for _, v in people), people
+    sent = [(v.start / RATE, v.end / RATE) for _, v in people if isinstance(v, Utterance)]
+    for start, _ in room.spans:  # each person from their first word
+        assert any(a <= start + 0.05 < b for a, b in sent), (start, sent)
 
 
 def test_guard_does_not_judge_a_clip_while_nothing_played() -> None:

@@ -81,7 +81,8 @@ class EchoCanceller:
         self._guard = OwnSpeechGuard(self._ledger)
         self._delay: Pcm = np.zeros(AEC_DELAY_SAMPLES, dtype=np.int16)
         self._history = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # cleaned, by clock
-        self._last_clip_end = 0
+        self._last_clip_end = 0  # of the last clip screened (the guard's lead-in stops there)
+        self._last_sent_end = 0  # of the last clip sent (widening stops there)
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
         self._learnt_blocks = 0  # blocks of our speech processed since the last restart
@@ -126,11 +127,12 @@ class EchoCanceller:
             utt.start >= self._converged_at or utt.end <= self._unconverged_from
         )
         verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
-        if verdict is not None:
-            self._last_clip_end = max(self._last_clip_end, utt.end)
-            return verdict
+        self._last_clip_end = max(self._last_clip_end, utt.end)
+        if verdict is not None:  # not sent: the next clip may widen into it (a person's
+            return verdict  # first word at the end of our residual)
         widened = self._widen(utt)
         self._last_clip_end = max(self._last_clip_end, widened.end)
+        self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
 
     def describe(self) -> dict[str, Any]:
@@ -172,7 +174,8 @@ class EchoCanceller:
             start = max(utt.start - pre, self._history.oldest)
         if self._played(utt.end - edge, utt.end + post):
             end = min(utt.end + post, self._history.end)
-        start = max(start - start % BLOCK, self._last_clip_end, 0)
+        start = min(max(start - start % BLOCK, self._last_sent_end, 0), utt.start)
+        end = max(end, utt.end)  # (the history no longer holds the audio: not widened)
         if start == utt.start and end == utt.end:
             return utt
         if start < utt.start:

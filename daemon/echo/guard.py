@@ -21,18 +21,35 @@ turns a person who talks over us down by 15–20 dB too, so it cannot tell them 
 
 After convergence a third signal catches **our residual**: when the echo path shifts
 (seen on the rig under load, whose room streams stall: the echo arrives tens of ms
-later, in steps), AEC3 leaks bursts of our voice while it re-adapts. Their envelope no
-longer follows ours, but the microphone's does, and the canceller kept almost nothing of
-what the microphone heard: the share of the mic's audible blocks the output keeps
-within `KEPT_DB` (`kept`) is 0–1% for our residual on the rig (2–15% in composed rooms
-whose echo path jumps by 150 ms), 5–30% for a person 10 dB under our echo and 30–90%
-for one as loud. A clip whose microphone envelope passes the raw test and whose output
-kept at most `MAX_KEPT_SHARE` is ours: only the clearest residual; no person was lost to
-it in 129 composed clips. The other way round, a clip of which the canceller kept most
-(`KEPT_AS_MICROPHONE`: it is not cancelling, e.g. while it re-adapts) is judged like one
-while it converges: on the microphone, with the foreign test. Measured on the rig under
-load, a person's whole turn over our uncancelled echo has a cleaned envelope correlation
-of 0.82; only the foreign blocks tell them apart.
+later, in steps), AEC3 leaks bursts of our voice while it re-adapts, and even a
+converged canceller leaves a residual 35–60 dB down that the VAD can cut while our
+speech plays. Its envelope no longer follows ours, but the microphone's does, and the
+canceller kept almost nothing of what the microphone heard. Two figures measure that:
+
+- `kept`: the share of the mic's audible blocks the output keeps within `KEPT_DB`:
+  0–1% for our residual on the rig (2–15% in composed rooms whose echo path jumps by
+  150 ms), 5–30% for a person 10 dB under our echo, 30–90% for one as loud;
+- `drop`: how far the output's loudest blocks lie under the microphone's (95th
+  percentiles): our residual 30–60 dB on the rig, a person 1–5 dB there and at most
+  21 dB in composed rooms when 10 dB under our echo.
+
+A clip whose loudest blocks came through at least `RESIDUAL_DROP_DB` under the
+microphone's is ours (nobody spoke over us, or 25 dB under our echo). So is one whose
+microphone envelope passes the raw test and whose output kept at most `MAX_KEPT_SHARE`,
+or whose microphone envelope is our echo's almost exactly (`ECHO_ONLY_CORRELATION`: a
+person 10 dB under our echo reaches 0.90, our partly cancelled echo on the rig 0.98).
+So is a cleaned clip that follows our envelope fairly well
+(`CORRELATION_CLEANED_LOW_KEPT`) of which the canceller kept little
+(`MAX_KEPT_SHARE_CLEANED`): on the rig our residual fed back after a meeting at 0.69 with
+14% kept; people reach 0.51 in composed rooms, 0.62 on the rig with 32% kept. A clip
+judged ours does not stop the next clip's double-talk widening: a person's first word
+at the end of our residual is sent with the person.
+
+The other way round, a clip of which the canceller kept most (`KEPT_AS_MICROPHONE`: it
+is not cancelling, e.g. while it re-adapts) is judged like one while it converges: on
+the microphone, with the foreign test. Measured on the rig under load, a person's whole
+turn over our uncancelled echo has a cleaned envelope correlation of 0.82; only the
+foreign blocks tell them apart.
 
 While the canceller converges (its first `CONVERGE_S` of our speech after a start or a
 device reopen) its output is close to the raw microphone, and what is judged is the
@@ -68,6 +85,11 @@ MAX_FOREIGN_SHARE_RAW = 0.04
 MIN_WITHIN = 0.3  # the envelope follows our syllables too, not only our start and stop
 KEPT_DB = 10.0  # an output block within this of the microphone's: the canceller kept it
 MAX_KEPT_SHARE = 0.03  # measured: our residual 0-15% (rig 0-1%), people 5-90%
+CORRELATION_CLEANED_LOW_KEPT = 0.6  # measured: people <= 0.51 (composed), 0.62 kept 32% (rig)
+MAX_KEPT_SHARE_CLEANED = 0.2  # ... with at most this kept (rig residual: 0.69, kept 14%)
+RESIDUAL_DROP_DB = 25.0  # measured: people <= 21 dB (composed), 1-5 dB (rig); residual 30-60
+ECHO_ONLY_CORRELATION = 0.95  # measured: people <= 0.90 (10 dB under our echo), rig
+ECHO_ONLY_WITHIN = 0.8  # residual 0.95-0.99 (0.83-0.95 while we played)
 KEPT_AS_MICROPHONE = 0.5  # the canceller kept this much: judged like the microphone
 MIC_AUDIBLE_DBFS = -60.0
 MIN_BLOCKS = 10
@@ -135,6 +157,7 @@ class Verdict:
     playing_share: float
     converged: bool
     kept_share: float
+    drop_db: float  # the output's loudest blocks under the microphone's (95th percentiles)
     signal: str  # the envelope judged: "cleaned", "microphone" (converging) or "residual"
 
     def describe(self) -> str:
@@ -146,7 +169,8 @@ class Verdict:
         return (
             f"{what} envelope correlation {self.correlation:.2f} ({self.within:.2f} while we"
             f" played), foreign {self.foreign_share:.0%}, canceller removed"
-            f" {self.removal_db:.0f} dB and kept {self.kept_share:.0%},"
+            f" {self.removal_db:.0f} dB and kept {self.kept_share:.0%} (loudest"
+            f" {self.drop_db:.0f} dB under the microphone's),"
             f" played during {self.playing_share:.0%} of it"
         )
 
@@ -173,8 +197,9 @@ class OwnSpeechGuard:
             return None
         removal = float(np.median(mic_db[playing] - out_db[playing]))
         kept = kept_share(mic_db, out_db)
-        own, signal, figures = _judged(mic_db, ref_db, out_db, kept, converged=converged)
-        verdict = Verdict(*figures, removal, share, converged, kept, signal)
+        drop = loudest_drop(mic_db, out_db)
+        own, signal, figures = _judged(mic_db, ref_db, out_db, (kept, drop), converged=converged)
+        verdict = Verdict(*figures, removal, share, converged, kept, drop, signal)
         log.info(
             "utterance %d %s: %s",
             utt.id,
@@ -185,9 +210,16 @@ class OwnSpeechGuard:
 
 
 def _judged(
-    mic_db: Levels, ref_db: Levels, out_db: Levels, kept: float, *, converged: bool
+    mic_db: Levels,
+    ref_db: Levels,
+    out_db: Levels,
+    removed: tuple[float, float],
+    *,
+    converged: bool,
 ) -> tuple[bool, str, tuple[float, float, float]]:
-    """(own speech?, the signal judged, its envelope figures)."""
+    """(own speech?, the signal judged, its envelope figures); `removed` is what the
+    canceller did: (kept share, drop of the loudest blocks in dB)."""
+    kept, drop = removed
     raw = envelope_match(mic_db, ref_db)
     raw_own = _follows(raw, CORRELATION_RAW, MAX_FOREIGN_SHARE_RAW)
     if not converged or kept >= KEPT_AS_MICROPHONE:  # the output is close to the mic's
@@ -195,9 +227,18 @@ def _judged(
     cleaned = envelope_match(out_db, ref_db)  # its residual is not linear: no foreign test
     if _follows(cleaned, CORRELATION_CLEANED, 1.0):
         return True, "cleaned", cleaned
-    if raw_own and kept <= MAX_KEPT_SHARE:  # the mic heard us, and nothing of it was kept
+    if _follows(cleaned, CORRELATION_CLEANED_LOW_KEPT, 1.0) and kept <= MAX_KEPT_SHARE_CLEANED:
+        return True, "cleaned", cleaned  # follows us fairly well, and little of it was kept
+    if drop >= RESIDUAL_DROP_DB:  # nothing loud came through: nobody spoke over us
         return True, "residual", raw
+    if _echo_only(raw) or (raw_own and kept <= MAX_KEPT_SHARE):  # nobody added to what
+        return True, "residual", raw  # the mic heard of us, or nothing of it was kept
     return False, "cleaned", cleaned
+
+
+def _echo_only(raw: tuple[float, float, float]) -> bool:
+    """The microphone's envelope is our echo's almost exactly: no person adds to it."""
+    return raw[0] >= ECHO_ONLY_CORRELATION and raw[1] >= ECHO_ONLY_WITHIN
 
 
 def _follows(figures: tuple[float, float, float], threshold: float, limit: float) -> bool:
@@ -213,6 +254,13 @@ def kept_share(mic_db: Levels, out_db: Levels) -> float:
     if not audible.any():
         return 0.0
     return float(np.mean(out_db[audible] >= mic_db[audible] - KEPT_DB))
+
+
+def loudest_drop(mic_db: Levels, out_db: Levels) -> float:
+    """How far the output's loudest blocks lie under the microphone's (dB, 95th
+    percentiles): a person's loudest syllables come through the canceller; of our
+    residual nothing loud does."""
+    return float(np.percentile(mic_db, 95) - np.percentile(out_db, 95))
 
 
 def envelope_match(out_db: Levels, ref_db: Levels) -> tuple[float, float, float]:
