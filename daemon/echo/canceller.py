@@ -21,8 +21,9 @@ first and last syllables (measured: 20–30 dB for up to ~0.5 s when our playbac
 person start together, up to ~0.75 s on a loaded machine), so the VAD opens late and
 closes early. A clip during which our speech played is therefore widened from the
 cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
-the previous clip) and up to `DT_POST_ROLL_S` later (audio the segmenter's hangover has
-already seen, so no latency is added). The clip keeps its id; its times move with it.
+the clip sent before; a clip judged our own speech was not sent) and up to
+`DT_POST_ROLL_S` later (audio the segmenter's hangover has already seen, so no latency is
+added). The clip keeps its id; its times move with it.
 The same suppression makes the segmenter's Silero clip confirmation doubt a person talking
 over us (measured: a 1.8 s stretch of a turn dropped as "noise"), so frames in double talk
 count as confirmed (`DoubleTalkConfirmer`): the own-speech guard judges those clips.

@@ -225,15 +225,16 @@ def _judged(
     if not converged or kept >= KEPT_AS_MICROPHONE:  # the output is close to the mic's
         return raw_own, "microphone", raw
     cleaned = envelope_match(out_db, ref_db)  # its residual is not linear: no foreign test
-    if _follows(cleaned, CORRELATION_CLEANED, 1.0):
+    little_kept = kept <= MAX_KEPT_SHARE_CLEANED  # then following us fairly well is enough
+    threshold = CORRELATION_CLEANED_LOW_KEPT if little_kept else CORRELATION_CLEANED
+    if _follows(cleaned, threshold, 1.0):
         return True, "cleaned", cleaned
-    if _follows(cleaned, CORRELATION_CLEANED_LOW_KEPT, 1.0) and kept <= MAX_KEPT_SHARE_CLEANED:
-        return True, "cleaned", cleaned  # follows us fairly well, and little of it was kept
-    if drop >= RESIDUAL_DROP_DB:  # nothing loud came through: nobody spoke over us
-        return True, "residual", raw
-    if _echo_only(raw) or (raw_own and kept <= MAX_KEPT_SHARE):  # nobody added to what
-        return True, "residual", raw  # the mic heard of us, or nothing of it was kept
-    return False, "cleaned", cleaned
+    residual = (
+        drop >= RESIDUAL_DROP_DB  # nothing loud came through: nobody spoke over us
+        or _echo_only(raw)  # nobody added to what the microphone heard of us
+        or (raw_own and kept <= MAX_KEPT_SHARE)  # it heard us, and nothing of it was kept
+    )
+    return (True, "residual", raw) if residual else (False, "cleaned", cleaned)
 
 
 def _echo_only(raw: tuple[float, float, float]) -> bool:
