@@ -4,7 +4,9 @@
 over the target and fsyncs the directory, so after a power cut the file is either the
 old or the new version, never a torn one. `read_json()` returns None for a missing file
 and moves an unreadable one aside (`<name>.corrupt-<UTC stamp>`) so it can be looked at,
-saying where it went.
+saying where it went. Unreadable includes nested deeper than `MAX_DEPTH`: the daemon's
+state files are a few levels deep, and a deeper one (however it was built) must not reach
+code that walks it recursively.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MAX_DEPTH = 32  # containers inside containers; the deepest state file the daemon writes is 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,8 @@ def read_json(path: Path) -> Loaded:
         data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        _check_depth(data)
+    except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError, JSONDecodeError
         aside = path.with_name(
             f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         )
@@ -74,3 +79,14 @@ def read_json(path: Path) -> Loaded:
             return Loaded(None, f"{path}: corrupt ({exc}); cannot set it aside: {move.strerror}")
         return Loaded(None, f"{path}: corrupt ({type(exc).__name__}); set aside as {aside.name}")
     return Loaded(data)
+
+
+def _check_depth(data: Any) -> None:
+    """ValueError when containers nest deeper than MAX_DEPTH (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH}")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))

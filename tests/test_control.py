@@ -281,6 +281,8 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
         (b'{"format": 1, "version": -1, "room": {}}', "version"),
         (b'[{"volume": 4}]', "corrupt"),
         (b'{"format": 2, "version": 3, "room": {}}', "format"),
+        (b"[" * 1500 + b"]" * 1500, "corrupt"),  # json's own recursion limit
+        (b'{"room": ' + b"[" * 100 + b"]" * 100 + b"}", "corrupt"),  # parses, too deep
     ],
 )
 async def test_an_unusable_state_file_is_set_aside_and_reported(
