@@ -128,7 +128,9 @@ class Loop:
         self.busy_until = 0  # sample where our current translation ends
         self.stage: Any
         if mode == "aec":
-            self.stage = EchoCanceller(ReferenceAligner(self.played, self.counters), self.counters)
+            self.stage = EchoCanceller(
+                ReferenceAligner(self.played, self.counters), self.counters, self.audible_until
+            )
         else:
             self.stage = EchoGate(self.audible_until, self.counters, mode=mode, tail_s=0.3)  # type: ignore[arg-type]
         self.segmenter = Segmenter(

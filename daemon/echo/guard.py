@@ -124,6 +124,13 @@ class EchoLedger:
         self._mic[slots] = mic_db
         self._next = max(self._next, first + len(ref_db))
 
+    def realign(self, start: int, ref_db: Levels) -> None:
+        """Replace the reference levels of blocks noted from `start` on (a new shift)."""
+        first = start // BLOCK
+        known = np.arange(first, first + len(ref_db))
+        keep = (known < self._next) & (known >= self._next - len(self._ref))
+        self._ref[known[keep] % len(self._ref)] = ref_db[keep]
+
     def levels(self, start: int, end: int) -> tuple[Levels, Levels]:
         """(reference, microphone) levels of the blocks of samples [start, end)."""
         first, last = start // BLOCK, end // BLOCK
