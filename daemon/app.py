@@ -129,9 +129,13 @@ class Daemon:
         self.devices.subscribe(self._replan)
         frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
         self.capture = Capture(
-            settings.audio, self.counters, profile=profile, frame_samples=frame, host=self.devices
+            settings.audio,
+            self.counters,
+            profile=profile,
+            frame_samples=frame,
+            host=self.devices,
+            may_yield=lambda: not self.health.hearing,  # never inside speech
         )
-        self.capture.may_yield = lambda: not self.health.hearing  # never inside speech
         self.source: FrameSource = source if source is not None else self.capture
         played = PlayedAudio(self.counters)  # playback → echo stage: what the DAC plays
         self.playback = Playback(
