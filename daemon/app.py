@@ -38,7 +38,7 @@ from daemon.heap import fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
-from daemon.playback import Playback, PlaybackEvent, PlaybackFinished
+from daemon.playback import Playback, PlaybackEvent, PlaybackFinished, PlaybackState
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
@@ -398,13 +398,12 @@ class Daemon:
     def _check_health(self, now: float) -> None:
         h = self.health
         h.translating = self.sequencer.in_flight > 0
-        h.speaking = self.playback.state == "speaking"
+        h.speaking = self.playback.state is PlaybackState.SPEAKING
         silent = now - (self._last_frame or now) > NO_AUDIO_S or not self._last_frame
         mic = "no audio from the input device" if self.source.device_name else "no input device"
         h.problem("microphone", mic if silent and h.started else None)
-        h.problem(
-            "speaker", "output device unavailable" if self.playback.state == "unavailable" else None
-        )
+        unavailable = self.playback.state is PlaybackState.UNAVAILABLE
+        h.problem("speaker", "output device unavailable" if unavailable else None)
         refusal = self.translator.refusal
         if refusal != h.fatal:
             h.fatal = refusal

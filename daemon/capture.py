@@ -98,13 +98,12 @@ class _Session:
         ring: SampleRing,
         loop: asyncio.AbstractEventLoop,
         counters: Counters,
-        heartbeat: Callable[[], None],
     ) -> None:
         self.info = info
         self.ring = ring
         self.loop = loop
         self.counters = counters
-        self.heartbeat = heartbeat
+        self.last_callback = time.monotonic()  # stamped by every callback (stall check)
         self.event = asyncio.Event()
         self.stream: Any = None
         self.finished = False
@@ -125,7 +124,7 @@ class _Session:
         """Copy into the ring, stamp, note flags, wake the loop; never raises."""
         try:
             now = time.monotonic()
-            self.heartbeat()
+            self.last_callback = now
             if not self.callback_tid:
                 self.callback_tid = threading.get_native_id()
             if status and status.input_overflow:
@@ -321,6 +320,7 @@ class Capture:
             host if host is not None else DeviceHost.fixed(),
             counters,
             may_yield=may_yield,
+            logger=log,
         )
         self._loop: asyncio.AbstractEventLoop | None = None  # frames()'s, for the callback
         self._settings = settings
@@ -408,7 +408,7 @@ class Capture:
             ring = SampleRing.for_duration(
                 self._settings.ring_seconds, info.rate, self._counters, len(info.use_channels)
             )
-            session = _Session(info, ring, loop, self._counters, self._device.heartbeat)
+            session = _Session(info, ring, loop, self._counters)
             session.stream = sd.InputStream(
                 device=info.index,
                 samplerate=info.rate,
@@ -507,7 +507,7 @@ class Capture:
                 async with asyncio.timeout(self._device.policy.stall_s):
                     await session.event.wait()
             except TimeoutError:
-                if self._device.stalled(time.monotonic()):
+                if self._device.stalled(session.last_callback, time.monotonic()):
                     session.why = "stalled"
                     return
                 continue

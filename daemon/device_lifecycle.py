@@ -15,7 +15,7 @@ speaker (`daemon/playback/`).
   session that worked resets the policy) or `YIELDED` (closed for a rescan the other
   device needs: `<stage>_rescan_yields`, reopened at once). A successful open after a loss
   is a reopen (`<stage>_reopens`).
-- Stall check: the callback stamps `heartbeat()`; no callback for `stall_s` = lost
+- Stall check: no callback for `stall_s` (the callback stamps the time) = lost
   (`<stage>_stalls`).
 - Rescan yield: an open stage gives way (`should_yield()`) when the host needs a rescan
   for the other device, the stage's `may_yield()` allows it (the microphone: nobody
@@ -117,7 +117,9 @@ class DeviceLifecycle(Generic[S]):
         counters: Counters,
         *,
         may_yield: Callable[[], bool] = always,
+        logger: logging.Logger = log,
     ) -> None:
+        self._log = logger  # the stage's own (`check` collects its warnings)
         self._device = device
         self._policy = policy
         self._host = host
@@ -128,7 +130,6 @@ class DeviceLifecycle(Generic[S]):
         self._last_yield = time.monotonic()
         self.state = DeviceState.CLOSED
         self.opened_at = 0.0  # monotonic time of the current session's open
-        self.last_callback = 0.0  # stamped by the callback (`heartbeat`)
 
     @property
     def policy(self) -> LifecyclePolicy:
@@ -148,7 +149,7 @@ class DeviceLifecycle(Generic[S]):
                     self._count("reopens")
                 self._lost = False
                 self.state = DeviceState.OPEN
-                self.opened_at = self.last_callback = time.monotonic()
+                self.opened_at = time.monotonic()
                 return session
             await self.pause(self._backoff.next(), tick)
 
@@ -176,7 +177,7 @@ class DeviceLifecycle(Generic[S]):
 
     def _failed(self, exc: DeviceOpenError) -> None:
         self._count("open_failures")
-        log.warning("%s: cannot open the %s device: %s", self._policy.stage, self._policy.kind, exc)
+        self._log.warning("cannot open the %s device: %s", self._policy.kind, exc)
         self.state = DeviceState.BACKING_OFF
 
     def _open_blocking(self) -> S:
@@ -198,21 +199,14 @@ class DeviceLifecycle(Generic[S]):
 
     # -- serving ------------------------------------------------------------------------
 
-    def heartbeat(self) -> None:
-        """The callback ran (PortAudio thread): one float stored."""
-        self.last_callback = time.monotonic()
-
-    def stalled(self, now: float) -> bool:
-        """No callback for `stall_s`: counted and logged once per call that says so."""
-        silent = now - self.last_callback
+    def stalled(self, last_callback: float, now: float) -> bool:
+        """No callback since `last_callback` for `stall_s`: counted and logged."""
+        silent = now - last_callback
         if silent <= self._policy.stall_s:
             return False
         self._count("stalls")
-        log.warning(
-            "%s: no audio callback from the %s device for %.0f s",
-            self._policy.stage,
-            self._policy.kind,
-            silent,
+        self._log.warning(
+            "no audio callback from the %s device for %.0f s", self._policy.kind, silent
         )
         return True
 
@@ -239,11 +233,11 @@ class DeviceLifecycle(Generic[S]):
         if await _call_in_thread(lambda: self._device.close_session(session), CLOSE_TIMEOUT_S):
             self._host.closed(kind)
             return
-        log.error("%s: closing the %s stream hung; aborting it", self._policy.stage, kind)
+        self._log.error("closing the %s stream hung; aborting it", kind)
         if await _call_in_thread(lambda: self._device.abort_session(session), CLOSE_TIMEOUT_S):
             self._host.closed(kind)
         else:  # still open as far as PortAudio knows: no rescan may run now
-            log.error("%s: aborting the %s stream hung too; abandoned", self._policy.stage, kind)
+            self._log.error("aborting the %s stream hung too; abandoned", kind)
 
     async def ended(
         self,
@@ -257,14 +251,14 @@ class DeviceLifecycle(Generic[S]):
         stage, kind = self._policy.stage, self._policy.kind
         if end is SessionEnd.YIELDED:
             self._count("rescan_yields")
-            log.info("%s stream closed for a device rescan; reopening", stage)
+            self._log.info("%s stream closed for a device rescan; reopening", stage)
             return
         self._lost = True
         self._count("device_lost")
         if worked:
             self._backoff.reset()
         delay = self._backoff.next()
-        log.warning("%s: %s device lost (%s); reopening in %.1f s", stage, kind, why, delay)
+        self._log.warning("%s device lost (%s); reopening in %.1f s", kind, why, delay)
         await self.pause(delay, tick)
 
     async def pause(self, seconds: float, tick: Callable[[], None] | None = None) -> None:
