@@ -29,7 +29,7 @@ from daemon.captions.events import usage_figures
 from daemon.captions.lanes import CaptionLane, CaptionLanes
 from daemon.captions.recent import RecentCaptions
 from daemon.capture import Capture
-from daemon.config import ConfigError, LiveRoom, Settings
+from daemon.config import ConfigError, LiveRoom, SegmenterSettings, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
@@ -42,7 +42,7 @@ from daemon.playback import Playback, PlaybackEvent, PlaybackFinished, PlaybackS
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
-from daemon.segmenter.confirm import make_confirmer
+from daemon.segmenter.confirm import Confirmer, make_confirmer
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
 from daemon.translator import FATAL_KINDS, Translator, probe_utterance
@@ -284,13 +284,12 @@ class Daemon:
 
     async def _listen(self) -> None:
         """Microphone → echo stage → segmenter → sequencer."""
-        confirm = make_confirmer(self.settings.segmenter)
         segmenter = Segmenter(
             self.settings.segmenter,
             self.room,
             self.counters,
             self.source.wall_time,
-            confirm=DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None,
+            confirmer=self._confirmer,
         )
         async for captured in self.source.frames():
             self._last_frame = time.monotonic()
@@ -302,6 +301,11 @@ class Daemon:
                 self.health.hearing = segmenter.speaking
                 # Barge-in: people talk while our translation plays; it steps back.
                 self.playback.duck(self.settings.audio.duck_db if segmenter.speaking else 0.0)
+
+    def _confirmer(self, settings: SegmenterSettings) -> Confirmer | None:
+        """The clip confirmer, with every frame in double talk confirmed (echo stage)."""
+        confirm = make_confirmer(settings)
+        return DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None
 
     def _submit(self, utt: Utterance) -> None:
         """A clip for the service, unless it is our own speech coming back (echo guard)."""

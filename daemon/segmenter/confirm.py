@@ -10,6 +10,7 @@ is noise: dropped and counted (`noise_dropped`, `noise_unconfirmed`), never bill
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from daemon.config import SegmenterSettings
@@ -33,6 +34,9 @@ class SileroConfirmer:
 
     def confirms(self, pcm: Pcm) -> bool:
         return self._scorer.score(pcm) >= self._threshold
+
+
+ConfirmerFactory = Callable[[SegmenterSettings], Confirmer | None]
 
 
 def make_confirmer(settings: SegmenterSettings) -> Confirmer | None:
