@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from daemon.config import SegmenterSettings
-from daemon.segmenter.detectors import SileroScorer
+from daemon.segmenter.detectors import SileroScorer, ThresholdDetector
 from daemon.values import Pcm
 
 
@@ -26,14 +26,13 @@ class Confirmer(Protocol):
 
 class SileroConfirmer:
     def __init__(self, threshold: float) -> None:
-        self._scorer = SileroScorer()
-        self._threshold = threshold
+        self._detector = ThresholdDetector(SileroScorer(), threshold)
 
     def reset(self) -> None:
-        self._scorer.reset()
+        self._detector.reset()
 
     def confirms(self, pcm: Pcm) -> bool:
-        return self._scorer.score(pcm) >= self._threshold
+        return self._detector.is_speech(pcm)
 
 
 ConfirmerFactory = Callable[[SegmenterSettings], Confirmer | None]
