@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import aclosing
 from typing import Any, Protocol
 
-from daemon.budget import Budget
+from daemon.budget import Budget, BudgetState
 from daemon.captions import Captions
 from daemon.captions.events import usage_figures
 from daemon.captions.lanes import CaptionLane, CaptionLanes
@@ -397,7 +397,7 @@ class Daemon:
         name = self.source.device_name
         hearing = f"listening on {name}" if self._last_frame else "no input"
         problems = "; ".join(f"{what}: {why}" for what, why in sorted(h.problems.items()))
-        return f"{h.state()}: {hearing}" + (f" ({problems})" if problems else "")
+        return f"{h.state().value}: {hearing}" + (f" ({problems})" if problems else "")
 
     def _check_health(self, now: float) -> None:
         h = self.health
@@ -414,7 +414,7 @@ class Daemon:
             if refusal:
                 h.error(f"service: {refusal}")
         h.problem("service", refusal or self._service_problem)
-        h.paused = self.budget.state() == "exhausted"
+        h.paused = self.budget.state() is BudgetState.EXHAUSTED
         h.problem("budget", self.budget.problem())
         if self.mqtt is not None and h.started:
             h.problem("mqtt", None if self.mqtt.connected else "broker unreachable")
