@@ -127,27 +127,10 @@ class Daemon:
         # One PortAudio device list for capture and playback, renewed while one is missing.
         self.devices = DeviceHost(self.counters)
         self.devices.subscribe(self._replan)
-        frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
-        self.capture = Capture(
-            settings.audio,
-            self.counters,
-            profile=profile,
-            frame_samples=frame,
-            host=self.devices,
-            may_yield=lambda: not self.health.hearing,  # never inside speech
-        )
+        self.capture = self._make_capture()
         self.source: FrameSource = source if source is not None else self.capture
         played = PlayedAudio(self.counters)  # playback → echo stage: what the DAC plays
-        self.playback = Playback(
-            output,
-            self.counters,
-            max_backlog_s=settings.audio.max_playback_backlog_s,
-            on_event=self._on_playback,
-            fmt=profile.output if profile is not None else None,
-            played=played,
-            host=self.devices,
-        )
-        self.playback.follow(self.room)
+        self.playback = self._make_playback(output, played)
         self.echo = make_echo_stage(
             settings.audio, profile, self.playback.audible_until, self.counters, played
         )
@@ -160,28 +143,63 @@ class Daemon:
         self._translate = self.budget.gate(self.translator.translate)
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
-        room_id = settings.mqtt.room_id
-        self.mqtt = (
-            MqttLink(
-                settings.mqtt,
-                self.counters,
-                client_id=settings.mqtt.client_id or f"roomtranslate-{room_id}-{self.device_id}",
-                device_id=self.device_id,
-                subscriptions=self.control.subscriptions,
-                on_message=self.control.receive,
-            )
-            if settings.mqtt.enabled
-            else None
-        )
-        if self.mqtt is not None:
-            self.control.attach(self.mqtt, device_id=self.device_id)
+        self.mqtt = self._make_mqtt()
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
             self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
         )
         self.captions = self._captions_for(None)
         self.lanes = CaptionLanes(self._make_lane, self.room)
-        self.status = StatusSource(
+        self.status = self._make_status()
+        self.notifier = Notifier(self.counters)
+        self._stop = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._last_frame = 0.0
+        self._service_problem: str | None = None  # the start check could not reach it
+        self._unhealthy = ""  # why the watchdog is not fed
+
+    # -- the stages' factories -----------------------------------------------------------------
+
+    def _make_capture(self) -> Capture:
+        return Capture(
+            self.settings.audio,
+            self.counters,
+            profile=self.profile,
+            frame_samples=SAMPLE_RATE * self.settings.segmenter.frame_ms // 1000,
+            host=self.devices,
+            may_yield=lambda: not self.health.hearing,  # never inside speech
+        )
+
+    def _make_playback(self, output: str | int | None, played: PlayedAudio) -> Playback:
+        playback = Playback(
+            output,
+            self.counters,
+            max_backlog_s=self.settings.audio.max_playback_backlog_s,
+            on_event=self._on_playback,
+            fmt=self.profile.output if self.profile is not None else None,
+            played=played,
+            host=self.devices,
+        )
+        playback.follow(self.room)
+        return playback
+
+    def _make_mqtt(self) -> MqttLink | None:
+        mqtt = self.settings.mqtt
+        if not mqtt.enabled:
+            return None
+        link = MqttLink(
+            mqtt,
+            self.counters,
+            client_id=mqtt.client_id or f"roomtranslate-{mqtt.room_id}-{self.device_id}",
+            device_id=self.device_id,
+            subscriptions=self.control.subscriptions,
+            on_message=self.control.receive,
+        )
+        self.control.attach(link, device_id=self.device_id)
+        return link
+
+    def _make_status(self) -> StatusSource:
+        return StatusSource(
             self.counters,
             self.room,
             self.health,
@@ -190,12 +208,6 @@ class Daemon:
             refresh=lambda: self._check_health(time.monotonic()),
             extra=self._more_status,
         )
-        self.notifier = Notifier(self.counters)
-        self._stop = asyncio.Event()
-        self._started_at = time.monotonic()
-        self._last_frame = 0.0
-        self._service_problem: str | None = None  # the start check could not reach it
-        self._unhealthy = ""  # why the watchdog is not fed
 
     # -- wiring helpers --------------------------------------------------------------------
 
