@@ -22,7 +22,7 @@ import numpy as np
 
 from daemon.config import LiveRoom, RoomSettings
 from daemon.counters import Counters
-from daemon.device_lifecycle import DeviceLifecycle, LifecyclePolicy, SessionEnd
+from daemon.device_lifecycle import DeviceLifecycle, DeviceState, LifecyclePolicy, SessionEnd
 from daemon.devices import DeviceHost
 from daemon.echo.reference import PlayedAudio
 from daemon.playback.events import EventCallback, PlaybackEvent
@@ -88,7 +88,7 @@ class Playback:
 
     @property
     def state(self) -> PlaybackState:
-        if self._output.stream is None:
+        if self._device.state is not DeviceState.OPEN:
             return PlaybackState.UNAVAILABLE
         if self._queue.speaking() or time.monotonic() < self.audible_until():
             return PlaybackState.SPEAKING
