@@ -11,23 +11,28 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from daemon import __version__
 from daemon.config import LiveRoom
 from daemon.counters import Counters
 
-State = Literal[
-    "starting",
-    "listening",
-    "hearing",
-    "translating",
-    "speaking",
-    "degraded",
-    "paused",
-    "error",
-    "stopping",
-]
+
+class DaemonState(StrEnum):
+    """The room's state in the status, derived from `Health` (first match wins)."""
+
+    ERROR = "error"  # the service refused the key: nothing can be translated
+    STOPPING = "stopping"
+    STARTING = "starting"
+    PAUSED = "paused"  # the daily budget is used up
+    DEGRADED = "degraded"  # a problem is reported
+    SPEAKING = "speaking"  # our translation plays
+    TRANSLATING = "translating"
+    HEARING = "hearing"  # someone speaks
+    LISTENING = "listening"
+
+
 MIN_INTERVAL_S = 0.5
 
 
@@ -58,22 +63,22 @@ class Health:
         self.last_error = message
         self.last_error_at = time.time()
 
-    def state(self) -> State:
+    def state(self) -> DaemonState:
         if self.fatal:
-            return "error"
+            return DaemonState.ERROR
         if self.stopping:
-            return "stopping"
+            return DaemonState.STOPPING
         if not self.started:
-            return "starting"
+            return DaemonState.STARTING
         if self.paused:
-            return "paused"
+            return DaemonState.PAUSED
         if self.problems:
-            return "degraded"
+            return DaemonState.DEGRADED
         if self.speaking:
-            return "speaking"
+            return DaemonState.SPEAKING
         if self.translating:
-            return "translating"
-        return "hearing" if self.hearing else "listening"
+            return DaemonState.TRANSLATING
+        return DaemonState.HEARING if self.hearing else DaemonState.LISTENING
 
 
 def _figures(counters: Counters) -> dict[str, Any]:
@@ -134,7 +139,7 @@ class StatusSource:
         self.refresh()
         room = self.room.current
         return {
-            "state": self.health.state(),
+            "state": self.health.state().value,
             "problems": dict(self.health.problems),
             "source_lang": room.source_lang,
             "target_lang": room.target_lang,
