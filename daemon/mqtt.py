@@ -22,7 +22,8 @@ doubling back-off. A broker that is down or goes away never raises out of `run()
 never blocks the callers: `publish_caption()` and `publish_status()` only touch memory.
 One sender task per connection drains a bounded outbox in order; while disconnected,
 finals wait in the outbox (oldest dropped when full) and partials are dropped. Every
-drop is counted.
+drop is counted. Incoming messages go to `on_message` as they are read, so nothing waits
+in (or is discarded by) aiomqtt's queue; `on_message` bounds and counts.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ OFFLINE = b"offline"
 OPERATION_TIMEOUT_S = 10.0
 # Seconds to publish `offline` when run() is cancelled rather than closed.
 CANCEL_OFFLINE_TIMEOUT_S = 1.0
-# Incoming messages held for the `on_message` callback; beyond this aiomqtt discards them.
-INCOMING_LIMIT = 100
 # Non-retained control messages (`publish(retain=False)`) waiting to be sent.
 REPLY_LIMIT = 100
 
@@ -144,7 +143,8 @@ class MqttLink:
         device_id: str = "",
     ) -> None:
         """`subscriptions` are full topic filters, subscribed (QoS 1) on every connect;
-        `on_message(topic, payload)` is called in the event loop for each message.
+        `on_message(topic, payload, retained)` is called in the event loop for each message
+        the moment it is read: it must only keep it (bounded) and return.
         `device_id` enables the `device` claim (see the module docstring)."""
         self._settings = settings
         self._counters = counters
@@ -345,7 +345,7 @@ class MqttLink:
             keepalive=self._settings.keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
             will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
-            max_queued_incoming_messages=INCOMING_LIMIT,
+            queue_type=_inbox(self._deliver),
         )
 
     async def _reconnect_loop(self) -> None:
@@ -509,15 +509,20 @@ class MqttLink:
             self._counters.add("mqtt_captions_published")
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
-        """Deliver incoming messages; raises MqttError when the connection goes."""
-        claims = self.topic("device")
+        """Wait for the end of the connection (raises MqttError); the messages themselves
+        are handed to `_deliver()` as they are read (see `_inbox`)."""
         async for message in client.messages:
-            if message.topic.value == claims and self._device_id:
-                self._on_claim(message.payload, bool(message.retain))
-            else:
-                payload = message.payload
-                data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                self._dispatch(message.topic.value, data, bool(message.retain))
+            self._deliver(message)
+
+    def _deliver(self, message: aiomqtt.Message) -> None:
+        """One incoming message, in the event loop, as paho reads it; never raises."""
+        payload = message.payload
+        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        topic = message.topic.value
+        if topic == self.topic("device") and self._device_id:
+            self._on_claim(data, bool(message.retain))
+        else:
+            self._dispatch(topic, data, bool(message.retain))
 
     def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
         if self._on_message is None:
@@ -535,6 +540,19 @@ async def _wait(event: asyncio.Event, limit_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), limit_s)
     return event.is_set()
+
+
+def _inbox(deliver: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An aiomqtt `queue_type` that holds nothing: each message goes to `deliver` the moment
+    paho has read it. aiomqtt's own queue would fill (and discard, uncounted) whenever
+    paho reads faster than its iterator hands messages out; the receiver's structures
+    (the control plane's) bound and count instead."""
+
+    class Inbox(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            deliver(item)
+
+    return Inbox
 
 
 def _uncancel() -> int:

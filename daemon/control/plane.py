@@ -12,8 +12,11 @@ Topics (`base` = `<prefix>/<room_id>`):
 - `base/config` out (retained): the effective settings, `version` and each key's layer.
 - `<ha_prefix>/status` in: `online` re-publishes the Home Assistant discovery document.
 
-Messages are handled one at a time by `run()` from a bounded queue (`QUEUE_LIMIT`; the
-excess is counted), so nothing that arrives can stall the event loop or the other stages.
+Messages are handled one at a time by `run()`, so nothing that arrives can stall the event
+loop or the other stages. Each fleet, site and Home Assistant document waits in its
+topic's slot, where a newer one replaces it (`config.superseded`): a flood of requests
+never pushes one out, and they are handled before the waiting requests. Requests wait in a
+bounded queue (`QUEUE_LIMIT`; the excess is counted as `config.dropped_queue_full`).
 A change is applied to `LiveRoom` at once (the pipeline and playback follow it), then the
 room layer is saved (in a thread), then `config` and the answer go out: "ok" means it is
 on disk.
@@ -146,7 +149,8 @@ class ControlPlane:
         self._store = StateFile(settings.state_dir)
         self._stack = Stack(settings.room)
         self._version = 0
-        self._queue: deque[tuple[str, bytes, bool]] = deque()
+        self._queue: deque[tuple[str, bytes, bool]] = deque()  # requests, oldest first
+        self._slots: dict[str, tuple[bytes, bool]] = {}  # group topic -> newest document
         self._wake = asyncio.Event()
         self._bucket = TokenBucket(self._rate, clock or time.monotonic)
         self._publisher: Publisher | None = None
@@ -176,19 +180,24 @@ class ControlPlane:
         self._publish_discovery()
 
     def receive(self, topic: str, payload: bytes, retained: bool) -> None:
-        """The MQTT link's `on_message`: queue the message (never blocks)."""
-        if len(self._queue) >= QUEUE_LIMIT:
+        """The MQTT link's `on_message`: keep the message for `run()` (never blocks)."""
+        if topic in (self.topics.fleet, self.topics.site, self.topics.ha_status):
+            if self._slots.pop(topic, None) is not None:
+                self._counters.add("config.superseded")
+            self._slots[topic] = (payload, retained)
+        elif len(self._queue) >= QUEUE_LIMIT:
             self._counters.add("config.dropped_queue_full")
             return
-        self._queue.append((topic, payload, retained))
+        else:
+            self._queue.append((topic, payload, retained))
         self._wake.set()
 
     async def run(self) -> None:
-        """Handle the queued messages, one at a time, forever."""
+        """Handle the waiting messages, one at a time, forever."""
         while True:
             self._wake.clear()
-            while self._queue:
-                topic, payload, retained = self._queue.popleft()
+            while (message := self._next()) is not None:
+                topic, payload, retained = message
                 try:
                     await self._handle(topic, payload, retained)
                 except Exception:
@@ -196,6 +205,13 @@ class ControlPlane:
                     log.exception("remote configuration: handling a message on %s failed", topic)
                 await asyncio.sleep(0)  # a burst never holds the loop for long
             await self._wake.wait()
+
+    def _next(self) -> tuple[str, bytes, bool] | None:
+        """The oldest group document waiting, else the oldest request."""
+        if self._slots:
+            topic = next(iter(self._slots))
+            return (topic, *self._slots.pop(topic))
+        return self._queue.popleft() if self._queue else None
 
     # -- start ----------------------------------------------------------------------------
 
