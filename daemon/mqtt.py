@@ -9,13 +9,19 @@ Topics live under `<prefix>/<room_id>/`:
   QoS 1. The link adds `"final": true|false` to each event.
 - `captions/<lang>/recent` (and any other document given to `publish_retained()`):
   retained JSON, QoS 1, the latest per topic; an empty payload clears it.
-- `device`: retained JSON claim `{"device_id", "host", "at"}` of the device serving the
-  room, published on every connect and again every `status_interval_s`. The link
-  subscribes to it: a claim with another device id (live, or retained and fresh) means a
-  second device uses the same `room_id`; both devices see it, log it and report it
-  (`other_devices`) until no claim of the other was seen for `CLAIM_STALE_INTERVALS`
-  status intervals. The client id carries the device id, so the two never kick each
-  other off the broker.
+- `device`: retained JSON claim `{"device_id", "host", "at", "instance", "pid"}` of the
+  process serving the room (`instance`: random, made per process), published on every
+  connect and again every `status_interval_s`. The link subscribes to it: a claim with
+  another device id (live, or retained and fresh) means a second device uses the same
+  `room_id`; both devices see it, log it and report it (`other_devices`) until no claim
+  of the other was seen for `CLAIM_STALE_INTERVALS` status intervals. The client id
+  carries the device id, so two devices never kick each other off the broker.
+- Two processes of one device on one room (a stray `roomtranslate run` beside the
+  service) share the client id: the broker drops one whenever the other connects. Each
+  sees the other's claim (same device id, another instance, made after this process
+  started) when it reconnects, logs it and reports it (`conflict()`), and while it lasts
+  waits `status_interval_s` (from 2 s, doubling) between attempts instead of
+  `reconnect_min_s`, so the two take turns instead of kicking each other off.
 
 `run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
 doubling back-off. A broker that is down or goes away never raises out of `run()` and
@@ -32,7 +38,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import secrets
 import socket
 import time
 from collections import deque
@@ -59,6 +67,9 @@ REPLY_LIMIT = 100
 
 # A claim of another device not seen for this many status intervals is forgotten.
 CLAIM_STALE_INTERVALS = 3
+# Seconds between attempts when another process of this device holds the connection,
+# doubling up to `status_interval_s`.
+CONFLICT_RETRY_S = 2.0
 
 # on_message(topic, payload, retained): `retained` is True for a message the broker had
 # stored (delivered because we subscribed), False for one published while we listen.
@@ -113,6 +124,15 @@ def tls_parameters(settings: MqttSettings) -> aiomqtt.TLSParameters | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Twin:
+    """Another process with this device id: where it runs and its latest claim (wall time)."""
+
+    host: str
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Job:
     """One message waiting for the sender."""
 
@@ -141,17 +161,23 @@ class MqttLink:
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
         device_id: str = "",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`subscriptions` are full topic filters, subscribed (QoS 1) on every connect;
         `on_message(topic, payload, retained)` is called in the event loop for each message
         the moment it is read: it must only keep it (bounded) and return.
-        `device_id` enables the `device` claim (see the module docstring)."""
+        `device_id` enables the `device` claim (see the module docstring); `wall_clock`
+        stamps the claims and judges their age."""
         self._settings = settings
         self._counters = counters
         self._client_id = client_id or settings.client_id or None
         self._device_id = device_id
         self._claim_dirty = False
         self._others: dict[str, tuple[str, float]] = {}  # device id -> (host, last seen)
+        self._wall = wall_clock
+        self._instance = secrets.token_hex(4)  # this process, in the claims
+        self._started_at = wall_clock()
+        self._twins: dict[str, _Twin] = {}  # instance -> another process of this device
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
         self._outbox: deque[_Job] = deque()
@@ -198,6 +224,29 @@ class MqttLink:
                 del self._others[device]
                 log.info("device %s (%s) no longer claims room %r", device, host, self.room)
         return {device: host for device, (host, _) in self._others.items()}
+
+    def conflict(self) -> str | None:
+        """Why another process of this device on this room keeps taking the connection
+        (see the module docstring), None when there is none."""
+        stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
+        for instance, twin in list(self._twins.items()):
+            if self._wall() - twin.at > stale:
+                del self._twins[instance]
+                log.info(
+                    "the other process (pid %d on %s) no longer claims room %r",
+                    twin.pid,
+                    twin.host,
+                    self.room,
+                )
+        if not self._twins:
+            return None
+        who = ", ".join(f"pid {t.pid} on {t.host}" for t in self._twins.values())
+        return (
+            f"another roomtranslate process ({who}) serves room_id {self.room!r} with this "
+            f"device id: both use the MQTT client id {self._client_id!r}, so the broker "
+            "disconnects one whenever the other connects; stop one of them, or give each "
+            "its own device_id and room_id"
+        )
 
     @property
     def room(self) -> str:
@@ -356,10 +405,18 @@ class MqttLink:
             jitter=0.5,
             rng=self._rng,
         )
+        interval = self._settings.status_interval_s
+        turns = Backoff(min(CONFLICT_RETRY_S, interval), interval, jitter=0.5, rng=self._rng)
         while not self._stop.is_set():
             if await self._session(backoff):
                 return
-            await self._pause(backoff.next())
+            if self.conflict() is None:
+                turns.reset()
+                await self._pause(backoff.next())
+            else:
+                delay = turns.next()
+                log.info("MQTT: the other process has the connection; next turn in %.1f s", delay)
+                await self._pause(delay)
 
     async def _session(self, backoff: Backoff) -> bool:
         """One connection: True once closed on request, False when it failed."""
@@ -405,7 +462,13 @@ class MqttLink:
 
     def _claim(self) -> bytes:
         return encode_json(
-            {"device_id": self._device_id, "host": socket.gethostname(), "at": time.time()}
+            {
+                "device_id": self._device_id,
+                "host": socket.gethostname(),
+                "at": self._wall(),
+                "instance": self._instance,
+                "pid": os.getpid(),
+            }
         )
 
     async def _claim_loop(self) -> None:
@@ -415,19 +478,20 @@ class MqttLink:
             self._claim_dirty = True
             self._kick()
 
-    def _on_claim(self, payload: object, retained: bool) -> None:
+    def _on_claim(self, payload: bytes, retained: bool) -> None:
         try:
-            if not isinstance(payload, bytes | bytearray | str):
-                raise TypeError("no payload")
             claim = json.loads(payload)
             device, host, at = str(claim["device_id"]), str(claim["host"]), float(claim["at"])
+            instance, pid = str(claim.get("instance", "")), int(claim.get("pid", 0))
         except (ValueError, KeyError, TypeError):
             self._counters.add("mqtt_bad_claims")
             return
         if device == self._device_id:
-            return
+            if instance and instance != self._instance and at > self._started_at:
+                self._on_twin(instance, _Twin(host, pid, at))
+            return  # else this process's own claim, or one of an earlier run of it
         stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
-        if retained and abs(time.time() - at) > stale:
+        if retained and abs(self._wall() - at) > stale:
             return  # an old claim: that device is gone (or was replaced by this one)
         if device not in self._others:
             log.warning(
@@ -437,6 +501,13 @@ class MqttLink:
                 self.room,
             )
         self._others[device] = (host, time.monotonic())
+
+    def _on_twin(self, instance: str, twin: _Twin) -> None:
+        """A claim of another process with this device id, made while this one runs."""
+        new = instance not in self._twins
+        self._twins[instance] = twin
+        if new:
+            log.warning("%s", self.conflict())
 
     async def _say_offline(self, client: aiomqtt.Client, limit_s: float) -> None:
         await client.publish(
@@ -466,7 +537,8 @@ class MqttLink:
         where = f"{self._settings.host}:{self._settings.port}"
         if was_connected:
             self._counters.add("mqtt_disconnects")
-            log.warning("MQTT connection to %s lost: %s; reconnecting", where, exc)
+            level = logging.INFO if self._twins else logging.WARNING  # the conflict is told
+            log.log(level, "MQTT connection to %s lost: %s; reconnecting", where, exc)
             return
         self._counters.add("mqtt_connect_failures")
         log.log(
