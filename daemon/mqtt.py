@@ -3,7 +3,9 @@
 Topics live under `<prefix>/<room_id>/`:
 
 - `availability`: retained `online` on every (re)connect, retained `offline` as the will
-  and on a clean shutdown.
+  and on a clean shutdown. The link subscribes to it: an `offline` while it is connected
+  (another device on the same `room_id` stopped, or its will) is answered with `online`
+  again, so the room reads online while any of its devices runs.
 - `status`: retained JSON, the latest one given (QoS 1).
 - `captions/<target_lang>`: JSON events, never retained; partial updates QoS 0, finals
   QoS 1. The link adds `"final": true|false` to each event.
@@ -74,7 +76,7 @@ CONFLICT_RETRY_S = 2.0
 # on_message(topic, payload, retained): `retained` is True for a message the broker had
 # stored (delivered because we subscribed), False for one published while we listen.
 MessageHandler = Callable[[str, bytes, bool], None]
-JobKind = Literal["final", "partial", "status", "retained", "claim", "reply"]
+JobKind = Literal["final", "partial", "status", "online", "retained", "claim", "reply"]
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -146,7 +148,7 @@ class _Job:
 
     @property
     def retain(self) -> bool:
-        return self.kind in ("status", "retained", "claim")
+        return self.kind in ("status", "online", "retained", "claim")
 
 
 class MqttLink:
@@ -173,6 +175,7 @@ class MqttLink:
         self._client_id = client_id or settings.client_id or None
         self._device_id = device_id
         self._claim_dirty = False
+        self._online_dirty = False  # someone said offline while this link is connected
         self._others: dict[str, tuple[str, float]] = {}  # device id -> (host, last seen)
         self._wall = wall_clock
         self._instance = secrets.token_hex(4)  # this process, in the claims
@@ -350,6 +353,9 @@ class MqttLink:
         if self._status_dirty and self._status is not None:
             self._status_dirty = False
             return _Job("status", self.topic("status"), self._status)
+        if self._online_dirty:
+            self._online_dirty = False
+            return _Job("online", self.topic("availability"), ONLINE)
         if self._claim_dirty:
             self._claim_dirty = False
             return _Job("claim", self.topic("device"), self._claim())
@@ -368,6 +374,8 @@ class MqttLink:
             self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
         elif job.kind == "claim":
             self._claim_dirty = True
+        elif job.kind == "online":
+            pass  # the next connect says online anyway
         elif job.kind == "reply":
             self._replies.appendleft(job)
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
@@ -450,6 +458,8 @@ class MqttLink:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        self._online_dirty = False
+        await client.subscribe(self.topic("availability"), qos=1)
         if self._device_id:
             await client.subscribe(self.topic("device"), qos=1)
             self._claim_dirty = True
@@ -502,6 +512,14 @@ class MqttLink:
             )
         self._others[device] = (host, time.monotonic())
 
+    def _on_availability(self, payload: bytes) -> None:
+        if payload != OFFLINE or not self._connected or self._stop.is_set():
+            return
+        self._counters.add("mqtt_online_restored")
+        log.info("room %r was said to be offline (another device stopped): online again", self.room)
+        self._online_dirty = True
+        self._kick()
+
     def _on_twin(self, instance: str, twin: _Twin) -> None:
         """A claim of another process with this device id, made while this one runs."""
         new = instance not in self._twins
@@ -510,6 +528,7 @@ class MqttLink:
             log.warning("%s", self.conflict())
 
     async def _say_offline(self, client: aiomqtt.Client, limit_s: float) -> None:
+        self._connected = False  # its own `offline` coming back is not answered
         await client.publish(
             self.topic("availability"), OFFLINE, qos=1, retain=True, timeout=limit_s
         )
@@ -593,6 +612,8 @@ class MqttLink:
         topic = message.topic.value
         if topic == self.topic("device") and self._device_id:
             self._on_claim(data, bool(message.retain))
+        elif topic == self.topic("availability"):
+            self._on_availability(data)
         else:
             self._dispatch(topic, data, bool(message.retain))
 

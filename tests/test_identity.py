@@ -116,6 +116,32 @@ async def test_two_devices_on_one_room_id_see_each_other_and_stay_connected() ->
                 await second.close(timeout=1.0)
 
 
+async def test_the_room_reads_online_while_one_of_its_two_devices_runs() -> None:
+    availability = f"roomtranslate/{ROOM}/availability"
+    with Broker() as broker:
+        first = make_link(broker, "aaaaaaaaaaaa", Counters())
+        second = make_link(broker, "bbbbbbbbbbbb", Counters())
+        tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+        try:
+            await eventually(lambda: first.connected and second.connected)
+            await second.close(timeout=1.0)  # says offline for the room
+            await eventually(lambda: tasks[1].done())
+
+            async def online() -> bool:
+                return await retained(broker, availability, wait_s=1.0) == b"online"
+
+            for _ in range(50):  # the survivor answers: online again
+                if await online():
+                    break
+            assert await online()
+            await first.close(timeout=1.0)
+            assert await retained(broker, availability) == b"offline"  # the last one went
+        finally:
+            for link in (first, second):
+                await link.close(timeout=1.0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_an_old_retained_claim_is_not_a_second_device() -> None:
     with Broker() as broker:
         async with Recorder(broker, "#") as rec:
