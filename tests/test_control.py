@@ -348,6 +348,40 @@ async def test_a_state_dir_that_cannot_be_written_is_reported_and_the_change_app
             assert "cannot save" in cp.health.problems["config.state"]
 
 
+async def test_the_config_version_never_goes_back_after_unsaved_changes(
+    tmp_path: Path,
+) -> None:
+    """Changes 2–4 not saved (as on a read-only state directory): after a restart the
+    retained config continues above version 4; the same settings keep their version."""
+    state = tmp_path / "state"
+    with Broker() as broker:
+        async with Operator(broker) as op:
+            async with control_plane(broker, state):
+                assert (await op.set({"volume": 10}))["status"] == "ok"
+                first_save = (state / FILE_NAME).read_bytes()
+                for volume in (20, 30, 40):
+                    assert (await op.set({"volume": volume}))["status"] == "ok"
+                await op.latest_config(lambda c: c["version"] == 4)
+            (state / FILE_NAME).write_bytes(first_save)  # only version 1 reached the disk
+            seen = len(op.configs())
+            async with control_plane(broker, state) as cp:
+                assert cp.room.current.volume == 10  # what was saved
+                config = await op.latest_config(lambda c: c["config"]["volume"] == 10)
+                assert config["version"] == 5 == cp.control.version
+                assert (await op.set({"volume": 11}))["status"] == "ok"
+                await op.latest_config(lambda c: c["version"] == 6)
+            assert [c["version"] for c in op.configs()[seen:]] == [5, 6]
+            async with control_plane(broker, state) as cp:  # saved: nothing to resume
+                await eventually(lambda: cp.control.version == 6)
+                assert cp.counters.get("config.version_resumed") == 0
+            # the same settings as the retained document: its version is kept
+            (state / FILE_NAME).write_text('{"format": 1, "version": 2, "room": {"volume": 11}}')
+            async with control_plane(broker, state) as cp:
+                await eventually(lambda: cp.counters.get("config.version_resumed") == 1)
+                assert cp.control.version == 6
+            assert all(c["version"] == 6 for c in op.configs()[seen + 1 :])
+
+
 async def test_rate_limit_rejects_the_excess_with_a_reason(tmp_path: Path) -> None:
     with Broker() as broker:
         async with (
