@@ -606,22 +606,18 @@ class MqttLink:
             self._deliver(message)
 
     def _deliver(self, message: aiomqtt.Message) -> None:
-        """One incoming message, in the event loop, as paho reads it; never raises."""
+        """One incoming message, in the event loop, as paho reads it (inside its callback:
+        nothing may raise out of here)."""
         payload = message.payload
         data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
         topic = message.topic.value
-        if topic == self.topic("device") and self._device_id:
-            self._on_claim(data, bool(message.retain))
-        elif topic == self.topic("availability"):
-            self._on_availability(data)
-        else:
-            self._dispatch(topic, data, bool(message.retain))
-
-    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
-        if self._on_message is None:
-            return
         try:
-            self._on_message(topic, payload, retained)
+            if topic == self.topic("device") and self._device_id:
+                self._on_claim(data, bool(message.retain))
+            elif topic == self.topic("availability"):
+                self._on_availability(data)
+            elif self._on_message is not None:
+                self._on_message(topic, data, bool(message.retain))
         except Exception:
             self._counters.add("mqtt_handler_errors")
             log.exception("MQTT message handler failed on %s", topic)
