@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ from daemon.counters import Counters
 from daemon.identity import default_room_id, device_id
 from daemon.mqtt import MqttLink
 from tests.broker import Broker, Recorder, eventually, retained
-from tests.conftest import PROJECT_ROOT
-from tests.procs import soundless_daemon_env, stop_process
+from tests.procs import soundless_daemon_env, start_daemon, stop_process
 
 ROOM = "shared-room"
 
@@ -125,7 +123,7 @@ async def test_the_room_reads_online_while_one_of_its_two_devices_runs() -> None
         try:
             await eventually(lambda: first.connected and second.connected)
             await second.close(timeout=1.0)  # says offline for the room
-            await eventually(lambda: tasks[1].done())
+            await eventually(tasks[1].done)
 
             async def online() -> bool:
                 return await retained(broker, availability, wait_s=1.0) == b"online"
@@ -187,18 +185,7 @@ async def test_two_daemons_with_one_room_id_both_report_it(tmp_path: Path) -> No
                 logs.append(log)
                 workdir = tmp_path / device
                 workdir.mkdir()
-                with log.open("wb") as out:
-                    procs.append(
-                        subprocess.Popen(  # noqa: ASYNC220 (starting, not waiting)
-                            [sys.executable, "-m", "daemon", "run"],
-                            cwd=PROJECT_ROOT,
-                            env=daemon_env(workdir, broker, device),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=out,
-                            start_new_session=True,
-                        )
-                    )
+                procs.append(start_daemon(daemon_env(workdir, broker, device), log))
             try:
 
                 def reported_by(device: str, other: str) -> bool:
@@ -305,18 +292,7 @@ async def test_two_run_processes_on_one_host_report_the_conflict(tmp_path: Path)
                 workdir.mkdir()
                 env = daemon_env(workdir, broker, TWIN)
                 env.pop("ROOMTRANSLATE_MQTT__STATUS_INTERVAL_S")  # the default turns
-                with log.open("wb") as out:
-                    procs.append(
-                        subprocess.Popen(  # noqa: ASYNC220 (starting, not waiting)
-                            [sys.executable, "-m", "daemon", "run"],
-                            cwd=PROJECT_ROOT,
-                            env=env,
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=out,
-                            start_new_session=True,
-                        )
-                    )
+                procs.append(start_daemon(env, log))
             try:
 
                 def names(other: subprocess.Popen[bytes]) -> bool:
