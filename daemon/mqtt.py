@@ -22,8 +22,8 @@ Topics live under `<prefix>/<room_id>/`:
   service) share the client id: the broker drops one whenever the other connects. Each
   sees the other's claim (same device id, another instance, made after this process
   started) when it reconnects, logs it and reports it (`conflict()`), and while it lasts
-  waits `status_interval_s` (from 2 s, doubling) between attempts instead of
-  `reconnect_min_s`, so the two take turns instead of kicking each other off.
+  waits between attempts from `CONFLICT_RETRY_S`, doubling up to `status_interval_s`,
+  instead of `reconnect_min_s`: the two take turns instead of kicking each other off.
 
 `run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
 doubling back-off. A broker that is down or goes away never raises out of `run()` and
@@ -246,7 +246,7 @@ class MqttLink:
         who = ", ".join(f"pid {t.pid} on {t.host}" for t in self._twins.values())
         return (
             f"another roomtranslate process ({who}) serves room_id {self.room!r} with this "
-            f"device id: both use the MQTT client id {self._client_id!r}, so the broker "
+            f"device id: both use the MQTT client id {self._client_id or ''!r}, so the broker "
             "disconnects one whenever the other connects; stop one of them, or give each "
             "its own device_id and room_id"
         )
