@@ -428,8 +428,11 @@ class Daemon:
         h.problem("service", refusal or self._service_problem)
         h.paused = self.budget.state() is BudgetState.EXHAUSTED
         h.problem("budget", self.budget.problem())
+        conflict = self.mqtt.conflict() if self.mqtt is not None else None
+        h.problem("mqtt.conflict", conflict)
         if self.mqtt is not None and h.started:
-            h.problem("mqtt", None if self.mqtt.connected else "broker unreachable")
+            unreachable = not self.mqtt.connected and conflict is None
+            h.problem("mqtt", "broker unreachable" if unreachable else None)
         if self.mqtt is not None:
             h.problem("room_id", self._room_conflict(self.mqtt.other_devices()))
 
