@@ -17,6 +17,8 @@ import pytest
 
 from tests.rigutil import PYTHON, ROOT, audio_rig, skip_without_pulseaudio, started_rig
 
+pytestmark = pytest.mark.rig
+
 SCRIPT = str(ROOT / "scripts" / "audio_rig.py")
 
 

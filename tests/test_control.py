@@ -36,6 +36,7 @@ def saved_room(state_dir: Path) -> dict[str, Any]:
     return room
 
 
+@pytest.mark.e2e
 async def test_set_applies_live_answers_saves_and_publishes_config(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
@@ -91,6 +92,7 @@ REJECTIONS: list[tuple[str, bytes, str, str]] = [
 ]
 
 
+@pytest.mark.e2e
 async def test_each_rejection_kind_is_answered_and_nothing_applied(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
@@ -109,6 +111,7 @@ async def test_each_rejection_kind_is_answered_and_nothing_applied(tmp_path: Pat
             assert op.configs()[-1]["version"] == 0
 
 
+@pytest.mark.e2e
 async def test_one_error_per_field_and_all_or_nothing(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
@@ -118,6 +121,7 @@ async def test_one_error_per_field_and_all_or_nothing(tmp_path: Path) -> None:
             assert cp.room.current.vad_mode == DEFAULTS["vad_mode"]  # the good key too
 
 
+@pytest.mark.e2e
 async def test_transaction_is_echoed_as_given(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state"), Operator(broker) as op:
@@ -130,6 +134,7 @@ async def test_transaction_is_echoed_as_given(tmp_path: Path) -> None:
             assert reply["transaction"] is None
 
 
+@pytest.mark.e2e
 async def test_secrets_and_values_of_boot_settings_are_never_echoed(tmp_path: Path) -> None:
     secret = "hunter2-s3cr3t"
     with Broker() as broker:
@@ -141,6 +146,7 @@ async def test_secrets_and_values_of_boot_settings_are_never_echoed(tmp_path: Pa
             assert all("not remotely settable" in e["message"] for e in reply["errors"])
 
 
+@pytest.mark.e2e
 async def test_the_voice_is_checked_whichever_key_changed(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
@@ -156,6 +162,7 @@ async def test_the_voice_is_checked_whichever_key_changed(tmp_path: Path) -> Non
             assert reply["status"] == "ok"
 
 
+@pytest.mark.e2e
 async def test_retained_config_set_is_ignored_and_answered(tmp_path: Path) -> None:
     with Broker() as broker:
         async with Operator(broker) as op:
@@ -169,6 +176,7 @@ async def test_retained_config_set_is_ignored_and_answered(tmp_path: Path) -> No
             await op.publish(SET, b"", retain=True)
 
 
+@pytest.mark.e2e
 async def test_layers_file_fleet_site_room_and_null_falls_back(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
@@ -192,6 +200,7 @@ async def test_layers_file_fleet_site_room_and_null_falls_back(tmp_path: Path) -
             await op.publish(FLEET, b"", retain=True)
 
 
+@pytest.mark.e2e
 async def test_invalid_group_document_is_rejected_whole_and_the_last_valid_stays(
     tmp_path: Path,
 ) -> None:
@@ -220,6 +229,7 @@ async def test_invalid_group_document_is_rejected_whole_and_the_last_valid_stays
             await op.publish(SITE_TOPIC, b"", retain=True)
 
 
+@pytest.mark.e2e
 async def test_a_group_document_conflicting_with_the_room_layer_is_rejected(
     tmp_path: Path,
 ) -> None:
@@ -233,6 +243,7 @@ async def test_a_group_document_conflicting_with_the_room_layer_is_rejected(
             await op.publish(FLEET, b"", retain=True)
 
 
+@pytest.mark.e2e
 async def test_a_group_document_published_while_the_daemon_is_offline(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Broker() as broker:
@@ -254,6 +265,7 @@ async def test_a_group_document_published_while_the_daemon_is_offline(tmp_path: 
             await op.publish(FLEET, b"", retain=True)
 
 
+@pytest.mark.e2e
 async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
     tmp_path: Path,
 ) -> None:
@@ -285,6 +297,7 @@ async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
         (b'{"room": ' + b"[" * 100 + b"]" * 100 + b"}", "corrupt"),  # parses, too deep
     ],
 )
+@pytest.mark.e2e
 async def test_an_unusable_state_file_is_set_aside_and_reported(
     tmp_path: Path, content: bytes, why: str
 ) -> None:
@@ -305,6 +318,7 @@ async def test_an_unusable_state_file_is_set_aside_and_reported(
             assert "config.state" not in cp.health.problems
 
 
+@pytest.mark.e2e
 async def test_a_state_dir_that_cannot_be_written_is_reported_and_the_change_applies(
     tmp_path: Path,
 ) -> None:
@@ -318,6 +332,7 @@ async def test_a_state_dir_that_cannot_be_written_is_reported_and_the_change_app
             assert "cannot save" in cp.health.problems["config.state"]
 
 
+@pytest.mark.e2e
 async def test_rate_limit_rejects_the_excess_with_a_reason(tmp_path: Path) -> None:
     with Broker() as broker:
         async with (
@@ -345,6 +360,7 @@ async def test_rate_limit_rejects_the_excess_with_a_reason(tmp_path: Path) -> No
             assert same["status"] == "ok"
 
 
+@pytest.mark.e2e
 async def test_size_limit_is_16_kilobytes(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state"), Operator(broker) as op:
@@ -355,6 +371,7 @@ async def test_size_limit_is_16_kilobytes(tmp_path: Path) -> None:
             assert reply["status"] == "error" and "16384" in reply["errors"][0]["message"]
 
 
+@pytest.mark.e2e
 async def test_room_settings_added_to_the_model_are_settable(tmp_path: Path) -> None:
     """caption_langs came with a later issue; the control plane was not edited for it."""
     assert "caption_langs" in settable_keys()

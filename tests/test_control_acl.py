@@ -19,6 +19,8 @@ from daemon.mqtt import MqttLink
 from tests.broker import Broker, eventually, retained
 from tests.control_util import Operator, Plane, control_plane
 
+pytestmark = pytest.mark.e2e
+
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 PASSWORD = "pw"
 USERS = ("room-1", "room-2", "display", "fleet", "homeassistant")

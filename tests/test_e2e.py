@@ -35,7 +35,7 @@ from tests.e2e_harness import (
     tones_in_wav,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 CONVERSATION = [  # five speakers, five languages, 2–3 s of silence between
     ("en_sr_english", 1.0),

@@ -14,7 +14,10 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto missing")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto missing"),
+]
 
 
 def test_a_short_soak_accounts_for_every_utterance() -> None:
