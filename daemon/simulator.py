@@ -676,13 +676,24 @@ def apply_fault(plan: list[Event], fault: str) -> tuple[list[Event], Ending]:
 
 
 class SimServer(ThreadingHTTPServer):
-    """HTTP server carrying the simulator's state and a stop event for its handlers."""
+    """HTTP server carrying the simulator's state and a stop event for its handlers.
+
+    `wait(seconds)` is how a response waits before each event and while it stalls; it
+    returns True when the server is stopping. The default waits on the stop event; a test
+    passes its own to see the waits without spending them.
+    """
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: SimState) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        state: SimState,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
         self.state = state
         self.stopping = threading.Event()
+        self.wait = wait or self.stopping.wait
         super().__init__(address, SimHandler)
 
 
@@ -798,12 +809,12 @@ class SimHandler(BaseHTTPRequestHandler):
         self.send_header("X-Request-Id", str(uuid.uuid4()))
         self.end_headers()
         for event in plan:
-            if self.server.stopping.wait(event.delay_s):
+            if self.server.wait(event.delay_s):
                 ending = "abort"
                 break
             self._write_chunk(event.frame())
         if ending == "stall":
-            self.server.stopping.wait(stall_s)
+            self.server.wait(stall_s)
         if ending == "complete":
             self.wfile.write(b"0\r\n\r\n")
         else:
