@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.simulator import tone_hz
+from daemon.simulator.speech import tone_hz
 from tests.broker import retained
 from tests.e2e_harness import (
     AVAILABILITY,

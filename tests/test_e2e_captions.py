@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.simulator import tone_hz
+from daemon.simulator.speech import tone_hz
 from tests.broker import retained
 from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness, module_harness
 

@@ -20,20 +20,19 @@ import openai
 import pytest
 import soundfile as sf
 
-from daemon.simulator import (
-    MAX_B64_CHARS,
+from daemon.simulator.faults import Settings, SimState
+from daemon.simulator.protocol import MAX_B64_CHARS
+from daemon.simulator.server import SimServer
+from daemon.simulator.speech import (
     OUT_RATE,
-    Settings,
-    SimServer,
-    SimState,
     audio_tokens,
     caption_text,
     clip_digest,
-    split_audio,
     text_pieces,
     tone_hz,
     tone_samples,
 )
+from daemon.simulator.stream import split_audio
 from tests.paths import AUDIO_DIR
 from tests.simproc import Simulator
 

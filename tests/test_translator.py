@@ -14,7 +14,7 @@ import pytest
 
 from daemon.config import ApiSettings, RoomSettings
 from daemon.counters import Counters
-from daemon.simulator import caption_text, clip_digest, tone_samples
+from daemon.simulator.speech import caption_text, clip_digest, tone_samples
 from daemon.translator import Translator
 from daemon.values import (
     AudioChunk,
