@@ -364,6 +364,7 @@ async def test_rate_limit_rejects_the_excess_with_a_reason(tmp_path: Path) -> No
             assert cp.room.current.volume == 41
 
 
+@pytest.mark.e2e
 async def test_size_limit_is_16_kilobytes(tmp_path: Path) -> None:
     with Broker() as broker:
         async with control_plane(broker, tmp_path / "state"), Operator(broker) as op:
