@@ -184,6 +184,7 @@ def writer_script(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_middle_of_writes_leaves_a_usable_file(
     tmp_path: Path, writer_script: Path
 ) -> None:

@@ -1,6 +1,6 @@
 """The test tiers, enforced: a test that starts a sound server must be marked `rig`, one that
-starts a broker or the daemon process `e2e`, so `-m "not rig and not e2e"` (the fast tier,
-`scripts/test.sh --fast`) never waits on them.
+starts a broker or the daemon process `e2e`, so the fast tier (`scripts/test.sh --fast`,
+which deselects them) never waits on them.
 
 Every process a test starts (in its setup, call or teardown) is looked at when it is
 spawned; a server the test's markers do not allow fails the test at once, naming the
