@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -43,12 +43,26 @@ def _to_int16(block: npt.NDArray[np.float32]) -> Pcm:
 
 
 class FileSource:
-    """Frames of `frame_samples` samples from an audio file; the last frame is zero-padded."""
+    """Frames of `frame_samples` samples from an audio file; the last frame is zero-padded.
 
-    def __init__(self, path: Path, frame_samples: int, *, realtime: bool = False) -> None:
+    `realtime` paces the frames: each is handed on when its last sample is due, on
+    `clock`, waiting with `sleep` (by default the monotonic clock and asyncio's sleep).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        frame_samples: int,
+        *,
+        realtime: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.path = path
         self.frame_samples = frame_samples
         self.realtime = realtime
+        self._clock = clock
+        self._sleep = sleep
         self._t0 = time.time()
         try:
             info = sf.info(str(path))
@@ -96,11 +110,11 @@ class FileSource:
 
     async def frames(self) -> AsyncIterator[Frame]:
         self._t0 = time.time()
-        start = time.monotonic()
+        start = self._clock()
         for count, frame in enumerate(self._frames()):
             if self.realtime:
                 due = start + frame.end / SAMPLE_RATE
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await self._sleep(max(0.0, due - self._clock()))
             elif count % 64 == 0:
                 await asyncio.sleep(0)  # let the rest of the pipeline run
             yield frame

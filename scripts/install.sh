@@ -168,6 +168,8 @@ install_app() {
   "${pip[@]}" install --force-reinstall --no-deps "$wheels"/roomtranslate-*.whl
   rm -rf "$wheels"
   install -m 0644 "$SRC/README.md" "$APP/README.md"
+  install -d -m 0755 "$APP/docs"
+  install -m 0644 "$SRC"/docs/*.md "$APP/docs/"
   install -m 0644 "$SRC/config.toml" "$APP/config.toml.example"
   say "installed $("$VENV/bin/roomtranslate" --version)"
 }
@@ -243,7 +245,7 @@ install_broker() {
 # roomtranslate: the daemon publishes its room's topics; displays only read them.
 user roomtranslate
 topic readwrite roomtranslate/#
-# Home Assistant discovery (README: remote configuration)
+# Home Assistant discovery (docs/mqtt.md: remote configuration)
 topic write homeassistant/device/#
 topic read homeassistant/status
 
@@ -342,4 +344,4 @@ install_app
 install_config
 if [ "$BROKER" = 1 ]; then install_broker; fi
 install_unit
-say "done. Before leaving the room: roomtranslate check (README: Checking a room)"
+say "done. Before leaving the room: roomtranslate check (docs/operator.md: checking a room)"

@@ -12,8 +12,16 @@ import soundfile as sf
 
 from tests.paths import AUDIO_DIR, PROJECT_ROOT
 from tests.simproc import Simulator
+from tests.tiers import TierGuard
 
 __all__ = ["AUDIO_DIR", "PROJECT_ROOT", "read_clip"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    guard = TierGuard()
+    guard.install()
+    config.pluginmanager.register(guard, "tier-guard")
+    config.add_cleanup(guard.uninstall)
 
 
 @pytest.fixture(autouse=True)

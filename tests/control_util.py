@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -74,10 +74,12 @@ async def control_plane(
     *,
     room: Mapping[str, Any] | None = None,
     connect: bool = True,
+    clock: Callable[[], float] | None = None,
     **mqtt: Any,
 ) -> AsyncIterator[Plane]:
     """ControlPlane + MqttLink wired as the daemon wires them, connected (or, with
-    `connect=False`, only created: what the daemon has before it reaches the broker)."""
+    `connect=False`, only created: what the daemon has before it reaches the broker).
+    `clock` is the plane's rate-limit clock (default: time.monotonic)."""
     settings = Settings(
         room=RoomSettings(**(room or {})),
         mqtt=mqtt_settings(broker, **mqtt),
@@ -85,7 +87,7 @@ async def control_plane(
     )
     counters, health = Counters(), Health()
     live = LiveRoom(settings.room)
-    control = ControlPlane(settings, live, counters, health.problem)
+    control = ControlPlane(settings, live, counters, health.problem, clock=clock)
     link = MqttLink(
         settings.mqtt, counters, subscriptions=control.subscriptions, on_message=control.receive
     )

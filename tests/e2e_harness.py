@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -316,6 +317,9 @@ def parse_caption(message: Received, index: int) -> Caption:
     )
 
 
+_markers = itertools.count(1)
+
+
 class Tap:
     """A `Recorder` on its own event loop thread, so sync code can read what arrives."""
 
@@ -356,6 +360,14 @@ class Tap:
     def subscribed(self) -> bool:
         return self.recorder.subscribed.is_set()
 
+    def settle(self, within_s: float = 10.0) -> None:
+        """Until the retained messages of the subscription have arrived: the broker sends
+        them when it subscribes, so a marker the tap publishes now comes back after them."""
+        topic = f"{self.recorder.topic_filter.removesuffix('#')}_tap/{next(_markers)}"
+        self._call(self.recorder.publish(topic, b"", qos=1))
+        arrived = self.recorder.wait_for(lambda: bool(self.recorder.on(topic)), within_s)
+        self._call(arrived, timeout=within_s + 1.0)
+
 
 # ------------------------------------------------------------------------------ daemon
 
@@ -367,7 +379,6 @@ class Daemon:
         self.env = dict(env)
         self.log_path = log_path
         self.returncode: int | None = None
-        self.stop_s = 0.0  # how long the last stop() took
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
@@ -413,9 +424,7 @@ class Daemon:
         """SIGTERM by PID, wait up to `timeout`, then SIGKILL; the exit status."""
         if self._proc is None:
             raise RuntimeError("daemon not started")
-        began = time.monotonic()
         self.returncode = stop_process(self._proc, timeout)
-        self.stop_s = time.monotonic() - began
         return self.returncode
 
     def cpu_seconds(self) -> float:
@@ -641,7 +650,7 @@ class Harness:
         with Tap(self.broker, "roomtranslate/#", persistent=durable_tap) as tap:
             if durable_tap:
                 self._persist_tap(tap)
-            time.sleep(0.2)  # retained messages of earlier daemons arrive first
+            tap.settle()  # retained messages of earlier daemons arrive first
             daemon = Daemon(self.daemon_env(settings), log_path)
             session = Session(daemon, tap, len(tap.messages))
             daemon.start()

@@ -15,6 +15,7 @@ The recordings are read from ../shared/audio (never copied into the project).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -260,19 +261,40 @@ def make_segmenter(
     )
 
 
+class FakeTime:
+    """A clock that moves only when someone sleeps on it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self._now += seconds
+        await asyncio.sleep(0)
+
+
 async def segment_file(
     path: Path,
     settings: SegmenterSettings | None = None,
     room: LiveRoom | None = None,
     *,
-    realtime: bool = False,
+    realtime: FakeTime | None = None,
     before_frame: FrameHook | None = None,
 ) -> SegmentRun:
-    """FileSource (fast unless `realtime`) → Segmenter over the whole file, then flush."""
+    """FileSource → Segmenter over the whole file, then flush; as fast as it goes, or
+    paced in real time on `realtime`'s clock."""
     settings = settings or SegmenterSettings()
     run = SegmentRun()
     segmenter = make_segmenter(settings, room, run.counters)
-    source = FileSource(path, SAMPLE_RATE * settings.frame_ms // 1000, realtime=realtime)
+    frame = SAMPLE_RATE * settings.frame_ms // 1000
+    if realtime is None:
+        source = FileSource(path, frame)
+    else:
+        source = FileSource(path, frame, realtime=True, clock=realtime.now, sleep=realtime.sleep)
     async for frame in source.frames():
         if before_frame is not None:
             before_frame(run.frames, frame)

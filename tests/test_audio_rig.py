@@ -17,6 +17,8 @@ import pytest
 
 from tests.rigutil import PYTHON, ROOT, audio_rig, skip_without_pulseaudio, started_rig
 
+pytestmark = pytest.mark.rig
+
 SCRIPT = str(ROOT / "scripts" / "audio_rig.py")
 
 
@@ -31,7 +33,6 @@ def alive(pid: int) -> bool:
 def test_cli_start_prints_exports_and_stop_ends_every_process(tmp_path: Path) -> None:
     skip_without_pulseaudio()
     rig_dir = tmp_path / "rig"
-    began = time.monotonic()
     result = subprocess.run(
         [PYTHON, SCRIPT, "start", "--dir", str(rig_dir)],
         capture_output=True,
@@ -39,7 +40,6 @@ def test_cli_start_prints_exports_and_stop_ends_every_process(tmp_path: Path) ->
         timeout=30,
         check=False,
     )
-    elapsed = time.monotonic() - began
     assert result.returncode == 0, result.stderr
     try:
         exports = dict(
@@ -48,7 +48,6 @@ def test_cli_start_prints_exports_and_stop_ends_every_process(tmp_path: Path) ->
         env = {key: shlex.split(value)[0] for key, value in exports.items()}
         assert env["PULSE_SERVER"] == f"unix:{rig_dir.resolve()}/native"
         assert (Path(env["HOME"]) / ".asoundrc").read_text().count("type pulse") == 4
-        assert elapsed < 3.0  # measured ~0.2 s for the rig itself
         pids = [int(line.split()[0]) for line in (rig_dir / "pids").read_text().splitlines()]
         assert len(pids) == 3 and all(alive(pid) for pid in pids)
         info = subprocess.run(

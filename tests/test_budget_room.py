@@ -18,7 +18,7 @@ import pytest
 from daemon.budget import NOTICE
 from tests.e2e_harness import Daemon, Harness, Session, Tap, module_harness
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 SPEECH = [("en_sr_english", 0.5), ("fr_sr_french", 1.5)]
 

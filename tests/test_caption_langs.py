@@ -30,7 +30,7 @@ from daemon.config import (
 )
 from daemon.counters import Counters
 from daemon.ratelimit import ServiceLoad
-from daemon.simulator import clip_digest
+from daemon.simulator.speech import clip_digest
 from daemon.translator import Translator
 from daemon.values import Utterance, UtteranceStats
 from tests.broker import eventually

@@ -21,6 +21,8 @@ import pytest
 from daemon.capture import BLOCK_S
 from tests.rigutil import AUDIO, best_alignment, frame_time, read_source, start_driver, started_rig
 
+pytestmark = pytest.mark.rig
+
 SPEECH = AUDIO / "en_pv_librispeech.wav"  # 5.9 s of read speech (LibriSpeech)
 SHORT = AUDIO / "en_sr_english.wav"  # 2.7 s: "one two three"
 GATE_AFTER, GATE_FOR, TAIL = 2.0, 1.0, 0.3

@@ -21,6 +21,8 @@ from tests.rigutil import ROOT, client_env, started_rig
 from tests.simproc import Simulator
 from tests.test_mqtt_tls import make_ca, make_cert
 
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
+
 KEY = "sk-check-good-key"
 PASSWORD = "broker-secret-pw"
 

@@ -18,7 +18,7 @@ from daemon.config import (
     load_settings,
     resolve_api_key,
 )
-from tests.conftest import PROJECT_ROOT
+from tests.paths import AUDIO_DIR, PROJECT_ROOT
 from tests.procs import run_cli
 
 
@@ -139,7 +139,7 @@ def test_api_key_from_environment_or_key_file(tmp_path: Path) -> None:
 
 
 def test_no_key_is_a_configuration_error_without_echo(tmp_path: Path) -> None:
-    wav = PROJECT_ROOT.parent / "shared" / "audio" / "en_sr_english.wav"
+    wav = AUDIO_DIR / "en_sr_english.wav"
     result = roomtranslate("translate-file", str(wav), "--to", "de")
     assert result.returncode == 78 and "DASHSCOPE_API_KEY" in result.stderr
 

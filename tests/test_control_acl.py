@@ -1,6 +1,6 @@
-"""The README's Mosquitto ACL example, run on a real Mosquitto with the daemon's link.
+"""The Mosquitto ACL example of docs/mqtt.md, run on a real Mosquitto with the daemon's link.
 
-The ACL text is taken from the README itself (the block after "one block per room"), so
+The ACL text is taken from that page itself (the block after "one block per room"), so
 the documented example is the tested one. A denied publish is silently dropped by
 Mosquitto; to see that it was, an allowed message follows it on the same path (the
 broker keeps the order), and only the allowed one arrives.
@@ -19,16 +19,18 @@ from daemon.mqtt import MqttLink
 from tests.broker import Broker, eventually, retained
 from tests.control_util import Operator, Plane, control_plane
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+pytestmark = pytest.mark.e2e
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 PASSWORD = "pw"
 USERS = ("room-1", "room-2", "display", "fleet", "homeassistant")
 BASE1, BASE2 = "roomtranslate/room-1", "roomtranslate/room-2"
 
 
 def readme_acl() -> str:
-    text = README.read_text()
+    text = GUIDE.read_text()
     match = re.search(r"```\n(# one block per room.*?)```", text, re.S)
-    assert match, "the ACL example is missing from the README"
+    assert match, "the ACL example is missing from docs/mqtt.md"
     return match.group(1)
 
 

@@ -26,6 +26,8 @@ from daemon.languages import LANGUAGES, VOICES
 from tests.broker import Broker, eventually
 from tests.control_util import FLEET, SET, SITE_TOPIC, Operator, Plane, control_plane
 
+pytestmark = pytest.mark.e2e
+
 TOPICS = [SET, SET, FLEET, SITE_TOPIC]
 GROUP_COUNTERS = [
     f"config.{layer}_{what}" for layer in ("fleet", "site") for what in ("applied", "unchanged")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pytest
 
 from daemon.languages import LANGUAGES, VOICES
 from daemon.status import StatusSource
@@ -27,6 +28,8 @@ from tests.control_util import (
     Plane,
     control_plane,
 )
+
+pytestmark = pytest.mark.e2e
 
 ENTITIES = {
     "target_lang": "select",

@@ -84,6 +84,7 @@ async def online(op: Operator, daemon: Daemon, since: int) -> None:
     await eventually(published, 30.0)
 
 
+@pytest.mark.e2e
 async def test_room_changes_survive_a_restart_and_apply_before_the_broker(
     tmp_path: Path,
 ) -> None:
@@ -123,6 +124,7 @@ def await_log(daemon: Daemon, text: str, within_s: float = 30.0) -> bool:
     return True
 
 
+@pytest.mark.e2e
 async def test_kill_9_during_changes_never_loses_an_acknowledged_change(
     tmp_path: Path,
 ) -> None:
@@ -182,6 +184,7 @@ def writer_script(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_middle_of_writes_leaves_a_usable_file(
     tmp_path: Path, writer_script: Path
 ) -> None:

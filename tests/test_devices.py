@@ -40,6 +40,7 @@ def rig() -> Iterator[Any]:
     yield from started_rig()
 
 
+@pytest.mark.rig
 def test_rig_devices_are_listed_with_their_rates(rig: Any) -> None:
     result = subprocess.run(
         [PYTHON, "-c", LIST_SCRIPT],

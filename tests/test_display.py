@@ -38,7 +38,7 @@ from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session, require_p
 from tests.paths import PROJECT_ROOT
 from tests.procs import stop_process
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 SETTINGS = {"ROOM__SPEECH": "false", "ROOM__CAPTION_LANGS": '["de"]'}
 PARTS = [("en_sr_english", 0.5), ("fr_sr_french", 1.5), ("ko_pv_leopard", 1.5)]

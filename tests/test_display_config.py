@@ -88,6 +88,7 @@ def etc(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_writes_the_listeners_the_acl_and_the_page_and_prints_the_url(
     etc: Path, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ async def _read_only_displays(tcp: int, ws: int, **daemon_login: str) -> None:
     assert b"from-display" not in [p for _, p in seen_by_room], seen_by_room
 
 
+@pytest.mark.e2e
 def test_beside_the_install_scripts_broker_it_adds_only_the_displays_listener(
     etc: Path, tmp_path: Path
 ) -> None:

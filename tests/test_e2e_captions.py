@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.simulator import tone_hz
+from daemon.simulator.speech import tone_hz
 from tests.broker import retained
 from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness, module_harness
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 EXTRA = ["de", "fr"]
 LANGS = [TARGET_LANG, *EXTRA]

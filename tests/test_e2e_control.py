@@ -15,7 +15,7 @@ import pytest
 from daemon.control.state import FILE_NAME
 from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, module_harness
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

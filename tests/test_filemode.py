@@ -14,7 +14,7 @@ import soundfile as sf
 
 from daemon.config import Settings
 from daemon.filemode import utterances_of
-from daemon.simulator import caption_text, clip_digest, tone_samples
+from daemon.simulator.speech import caption_text, clip_digest, tone_samples
 from daemon.values import Utterance
 from tests.conftest import AUDIO_DIR
 from tests.procs import run_cli

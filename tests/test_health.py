@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from daemon.config import ApiSettings
 from daemon.counters import Counters
 from daemon.translator import Translator
@@ -68,6 +70,7 @@ def mqtt_env(broker: Broker) -> dict[str, str]:
     }
 
 
+@pytest.mark.e2e
 def test_a_wrong_key_found_at_start_stays_error_past_the_pause(tmp_path: Path) -> None:
     with (
         Simulator("--api-key", "the-right-key") as sim,
@@ -90,6 +93,7 @@ def test_a_wrong_key_found_at_start_stays_error_past_the_pause(tmp_path: Path) -
     assert "start check: the service refused" in log_of(tmp_path)
 
 
+@pytest.mark.e2e
 def test_an_unreachable_service_at_start_is_degraded_not_fatal(tmp_path: Path) -> None:
     with (
         Broker() as broker,
@@ -148,6 +152,7 @@ def receive(sock: socket.socket, seconds: float) -> list[str]:
     return got
 
 
+@pytest.mark.e2e
 def test_ready_says_degraded_and_the_watchdog_starves_without_input(tmp_path: Path) -> None:
     with notify_socket(tmp_path) as (sock, path):
         env = env_for(

@@ -83,6 +83,7 @@ asyncio.run(run_a_moment())
 """
 
 
+@pytest.mark.slow
 def test_the_daemon_fixes_the_threshold(tmp_path: Path) -> None:
     script = SCRIPT.replace("before = ", DAEMON + "before = ")
     assert mmapped_buffers("daemon", script=script, state_dir=tmp_path) >= 20

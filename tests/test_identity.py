@@ -80,6 +80,7 @@ def make_link(broker: Broker, device: str, counters: Counters) -> MqttLink:
     )
 
 
+@pytest.mark.e2e
 async def test_two_devices_on_one_room_id_see_each_other_and_stay_connected() -> None:
     with Broker() as broker:
         first_counters, second_counters = Counters(), Counters()
@@ -114,6 +115,7 @@ async def test_two_devices_on_one_room_id_see_each_other_and_stay_connected() ->
                 await second.close(timeout=1.0)
 
 
+@pytest.mark.e2e
 async def test_the_room_reads_online_while_one_of_its_two_devices_runs() -> None:
     availability = f"roomtranslate/{ROOM}/availability"
     with Broker() as broker:
@@ -140,6 +142,7 @@ async def test_the_room_reads_online_while_one_of_its_two_devices_runs() -> None
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@pytest.mark.e2e
 async def test_an_old_retained_claim_is_not_a_second_device() -> None:
     with Broker() as broker:
         async with Recorder(broker, "#") as rec:
@@ -175,6 +178,7 @@ def statuses(rec: Recorder) -> list[dict[str, Any]]:
     return [m.json() for m in rec.on(f"roomtranslate/{ROOM}/status") if m.payload]
 
 
+@pytest.mark.e2e
 async def test_two_daemons_with_one_room_id_both_report_it(tmp_path: Path) -> None:
     with Broker() as broker:
         async with Recorder(broker, f"roomtranslate/{ROOM}/#") as rec:

@@ -27,6 +27,8 @@ from tests.conftest import PROJECT_ROOT
 from tests.procs import stop_process
 from tests.test_systemd import receive_until
 
+pytestmark = pytest.mark.e2e
+
 INSTALL = PROJECT_ROOT / "scripts" / "install.sh"
 UNIT_PATH = "etc/systemd/system/roomtranslate.service"
 

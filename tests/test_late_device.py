@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e_harness import Daemon, Harness, Session, Tap, audio_rig, module_harness
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 LATE_S = 20.0
 SPEECH = [("en_sr_english", 0.5), ("fr_sr_french", 1.5)]

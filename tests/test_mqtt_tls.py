@@ -23,7 +23,10 @@ from daemon.counters import Counters
 from daemon.mqtt import MqttLink
 from tests.broker import Broker, eventually
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing"),
+]
 
 
 def openssl(*args: str) -> None:

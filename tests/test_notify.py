@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 from daemon.counters import Counters
@@ -41,13 +40,11 @@ def test_a_socket_nobody_reads_never_blocks(tmp_path: Path) -> None:
     counters = Counters()
     with receiver(path):
         notifier = Notifier(counters, {"NOTIFY_SOCKET": path})
-        started = time.monotonic()
+        # a blocking send would hang here for ever
         sent = sum(notifier.send("STATUS=" + "x" * 1000) for _ in range(5000))
-        elapsed = time.monotonic() - started
         notifier.close()
     assert 0 < sent < 5000  # the receive queue filled up
     assert counters.get("notify_dropped") == 5000 - sent
-    assert elapsed < 5.0  # a blocking send would hang here for ever
 
 
 def test_abstract_socket_names() -> None:

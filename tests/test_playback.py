@@ -566,6 +566,7 @@ def feed(utt: int, freq: int, seconds: float, chunk: int, interval: float = 0.01
             "interval": interval}  # fmt: skip
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio(
     rig: AudioRig, tmp_path: Path
@@ -613,6 +614,7 @@ def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio
     assert after and all(p["until"] < p["now"] and p["state"] == "idle" for p in after)
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_a_quiet_room_stops_the_output_stream_and_the_next_utterance_plays_in_full(
     rig: AudioRig, tmp_path: Path
@@ -643,6 +645,7 @@ def test_a_quiet_room_stops_the_output_stream_and_the_next_utterance_plays_in_fu
     assert result.counters.get("playback_reopens", 0) == 0  # stopping is not losing it
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_the_profiles_output_format_is_opened_when_the_device_takes_it(
     rig: AudioRig, tmp_path: Path
@@ -660,6 +663,7 @@ def test_the_profiles_output_format_is_opened_when_the_device_takes_it(
     assert (default["rate"], default["channels"]) == (OUTPUT_RATE, 1)
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_volume_50_is_18_db_below_100_and_mute_is_silent(rig: AudioRig, tmp_path: Path) -> None:
     scenario = {
@@ -689,6 +693,7 @@ def test_volume_50_is_18_db_below_100_and_mute_is_silent(rig: AudioRig, tmp_path
     assert not result.rec[first:last].any()  # muted: digital silence
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_backlog_cap_skips_the_oldest_waiting_utterance(rig: AudioRig, tmp_path: Path) -> None:
     scenario = {
@@ -718,6 +723,7 @@ def test_backlog_cap_skips_the_oldest_waiting_utterance(rig: AudioRig, tmp_path:
     assert [e["utt"] for e in result.events("drained")] == [1, 3]
 
 
+@pytest.mark.rig
 @needs_pulseaudio
 def test_reopens_after_the_sound_server_dies(tmp_path: Path) -> None:
     rig = AudioRig(tmp_path / "rig")

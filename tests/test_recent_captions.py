@@ -6,11 +6,15 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from daemon.captions.recent import RecentCaptions
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 from daemon.mqtt import MqttLink
 from tests.broker import Broker, eventually, retained
+
+pytestmark = pytest.mark.e2e
 
 BASE = "rt/room-9"
 

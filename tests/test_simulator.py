@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import http.client
 import io
 import json
 import os
 import socket
-import time
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,17 +20,19 @@ import openai
 import pytest
 import soundfile as sf
 
-from daemon.simulator import (
-    MAX_B64_CHARS,
+from daemon.simulator.faults import Settings, SimState
+from daemon.simulator.protocol import MAX_B64_CHARS
+from daemon.simulator.server import SimServer
+from daemon.simulator.speech import (
     OUT_RATE,
     audio_tokens,
     caption_text,
     clip_digest,
-    split_audio,
     text_pieces,
     tone_hz,
     tone_samples,
 )
+from daemon.simulator.stream import split_audio
 from tests.paths import AUDIO_DIR
 from tests.simproc import Simulator
 
@@ -206,7 +210,7 @@ def dechunk(body: bytes) -> tuple[list[bytes], bool]:
     return chunks, False
 
 
-def open_stream(sim: Simulator, body: Body) -> tuple[http.client.HTTPConnection, Any]:
+def open_stream(sim: Simulator | LocalSim, body: Body) -> tuple[http.client.HTTPConnection, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)
     conn.request(
         "POST",
@@ -215,6 +219,40 @@ def open_stream(sim: Simulator, body: Body) -> tuple[http.client.HTTPConnection,
         headers={"Authorization": "Bearer test", "Content-Type": "application/json"},
     )
     return conn, conn.getresponse()
+
+
+class Waits:
+    """The simulator's waits, recorded instead of spent (`SimServer`'s `wait`)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __call__(self, seconds: float) -> bool:
+        self.seconds.append(seconds)
+        return False  # not stopping
+
+
+@dataclass
+class LocalSim:
+    port: int
+
+
+@contextlib.contextmanager
+def waits_recorded(
+    faults: list[str] | None = None, *, seed: int = 0, **settings: float
+) -> Iterator[tuple[LocalSim, Waits]]:
+    """The simulator's HTTP server in this process, its waits recorded and not spent."""
+    waits = Waits()
+    state = SimState(Settings(**settings), faults or [], seed, api_key=None)
+    server = SimServer(("127.0.0.1", 0), state, waits)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield LocalSim(server.server_address[1]), waits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -654,26 +692,24 @@ def test_stream_error_ends_stream_normally(sim: Simulator) -> None:
     assert chunks[-1] == b"data: [DONE]\n\n"
 
 
-def test_stall_holds_then_closes(sim: Simulator) -> None:
-    sim.control(faults=["stall"], stall_s=0.6)
-    conn, resp = open_stream(sim, make_body())
-    assert resp.status == 200
-    first = resp.readline()
-    assert first.startswith(b"data: ")
-    start = time.monotonic()
-    with pytest.raises(http.client.IncompleteRead):
-        resp.read()
-    assert time.monotonic() - start >= 0.5
-    conn.close()
+def test_stall_holds_then_closes() -> None:
+    with waits_recorded(["stall"], first_text_ms=5, stall_s=0.6) as (sim, waits):
+        conn, resp = open_stream(sim, make_body())
+        assert resp.status == 200
+        first = resp.readline()
+        assert first.startswith(b"data: ")
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        conn.close()
+    assert waits.seconds == [0.005, 0.6]  # the first text, then the stall before closing
 
 
 async def test_stall_times_out_in_sdk(sim: Simulator) -> None:
     sim.control(faults=["stall"], stall_s=5)
     got = Collected()
-    start = time.monotonic()
+    # a stall that ended by itself would close the stream: an APIConnectionError
     with pytest.raises(openai.APITimeoutError):
         await collect(await sdk_stream(sim, encode(*speech(1.0)), read_timeout=0.5), got)
-    assert time.monotonic() - start < 3
     assert got.chunks == 1
 
 
@@ -738,35 +774,51 @@ def test_control_and_reset(sim: Simulator) -> None:
             sim.control(**bad)
 
 
-def test_first_text_and_first_audio_latency(sim: Simulator) -> None:
-    sim.control(first_text_ms=300, first_audio_ms=200)
-    start = time.monotonic()
-    conn, resp = open_stream(sim, make_body(encode(*speech(0.5))))
-    resp.readline()
-    first_text = time.monotonic() - start
-    while b'"transcript"' not in (line := resp.readline()):
-        assert line
-    first_audio = time.monotonic() - start
-    resp.read()
-    conn.close()
-    assert 0.28 <= first_text < 1.0
-    assert first_audio - first_text >= 0.19
+def waited_before(payloads: list[str], first_text_s: float, first_audio_s: float) -> list[float]:
+    """What the simulator should wait before each event it sent: the first text and the
+    first audio (its transcript) their latencies, every other chunk the chunk gap (10 ms),
+    usage and [DONE] nothing."""
+    expected = []
+    for n, payload in enumerate(payloads):
+        if payload == "[DONE]" or json.loads(payload)["choices"] == []:
+            expected.append(0.0)
+        elif n == 0:
+            expected.append(first_text_s)
+        elif "transcript" in json.loads(payload)["choices"][0]["delta"].get("audio", {}):
+            expected.append(first_audio_s)
+        else:
+            expected.append(0.01)
+    return expected
 
 
-def test_chunk_delay_and_jitter(sim: Simulator) -> None:
-    sim.control(chunk_ms=40, jitter_ms=100)
-    start = time.monotonic()
-    resp = sim.post_chat(make_body(encode(*speech(0.5)), audio=False))
-    elapsed = time.monotonic() - start
-    assert resp.status == 200
-    assert 0.16 <= elapsed < 0.27 + 0.5  # 3 text gaps + finish = 4 x 40 ms, + 0..100 ms jitter
+def test_first_text_and_first_audio_wait_their_latencies() -> None:
+    with waits_recorded(first_text_ms=300, first_audio_ms=200, chunk_ms=10) as (sim, waits):
+        conn, resp = open_stream(sim, make_body(encode(*speech(0.5))))
+        payloads = sse_payloads(resp.read())
+        conn.close()
+    assert any("transcript" in p for p in payloads)
+    assert waits.seconds == pytest.approx(waited_before(payloads, 0.3, 0.2))
+
+
+def test_chunk_delay_and_jitter() -> None:
+    with waits_recorded(chunk_ms=40, jitter_ms=100, seed=7) as (sim, waits):
+        jitters = []
+        for _ in range(3):
+            conn, resp = open_stream(sim, make_body(encode(*speech(0.5)), audio=False))
+            assert resp.status == 200 and resp.read()
+            conn.close()
+            first, *gaps, usage, done = waits.seconds
+            assert gaps == pytest.approx([0.04] * 4)  # 3 text gaps + finish
+            assert (usage, done) == (0.0, 0.0)
+            jitters.append(first - 0.05)  # the default first text latency, + 0..100 ms
+            waits.seconds.clear()
+    assert all(0.0 <= j <= 0.1 for j in jitters), jitters
+    assert len(set(jitters)) == 3, jitters  # drawn for each request
 
 
 def test_sigterm_during_stall_exits_zero() -> None:
     with Simulator("--faults", "stall", "--first-text-ms", "0") as sim:
         conn, resp = open_stream(sim, make_body())
         resp.readline()
-        start = time.monotonic()
-        assert sim.stop() == 0
-        assert time.monotonic() - start < 3
+        assert sim.stop() == 0  # within stop()'s 5 s, while the stall lasts 30 s
         conn.close()

@@ -1,7 +1,7 @@
 """A short run of the accelerated soak (scripts/soak.py): the live pipeline on a file at
 100× real time, the simulator's faults cycling and the broker restarted, must account for
 every utterance and exit 0. The real soak (24 h of room audio) is run by hand; its
-figures are in the README."""
+figures are in docs/testing.md."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto missing")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto missing"),
+]
 
 
 def test_a_short_soak_accounts_for_every_utterance() -> None:

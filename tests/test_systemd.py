@@ -69,6 +69,7 @@ def unit_exec_start(config: Path) -> list[str]:
     return [str(exe), *rest]
 
 
+@pytest.mark.e2e
 def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     """The unit's ExecStart line itself, against a test config: READY, WATCHDOG, STOPPING."""
     config = tmp_path / "config.toml"

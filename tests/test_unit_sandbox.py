@@ -97,6 +97,8 @@ def test_the_filter_bites() -> None:
     assert result.stdout.split() == ["chroot", "refused", "packet", "refused", "inet6", "ok"]
 
 
+@pytest.mark.rig
+@pytest.mark.e2e
 def test_check_passes_under_the_sandbox(
     rig: Any, broker: Broker, service: Simulator, tmp_path: Path
 ) -> None:
@@ -122,6 +124,8 @@ def test_check_passes_under_the_sandbox(
     assert marks == ["✓"] * 7, result.stdout
 
 
+@pytest.mark.rig
+@pytest.mark.e2e
 def test_run_under_the_sandbox_translates_speech(
     rig: Any, broker: Broker, service: Simulator, tmp_path: Path
 ) -> None:

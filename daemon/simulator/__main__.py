@@ -1,0 +1,7 @@
+"""``python -m daemon.simulator``: the simulator until SIGTERM/SIGINT."""
+
+import sys
+
+from daemon.simulator.server import main
+
+sys.exit(main())
