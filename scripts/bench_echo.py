@@ -15,6 +15,30 @@ double-talk runs), µs per 10 ms frame of the echo stage, and the peak RSS of a 
 running it; then the ratios against `off`.
 
     .venv/bin/python scripts/bench_echo.py            # all three modes, ~1 min
+
+`--matrix` runs the room matrix instead (scripts/echo_matrix.py: the rooms and what is
+drawn per room): `--rooms` rooms (default 200; `--quick`: 20), seeds 0..N-1, even seeds
+the calibration half, odd the held-out half, each in closed loop through the `aec`
+stage of `daemon.echo.make_echo_stage`, on `--jobs` (at most 2) processes; and the same
+rooms, same run, with the daemon package of git ref `--baseline` (default today's main,
+`none` to skip), exported with `git archive` to a temporary directory and imported
+first by a subprocess (PYTHONPATH). Per room, per half and per bucket of the held-out
+half, per side:
+
+- people sent: the share of the people's speech (voiced 10 ms frames of their turns)
+  inside sent clips;
+- alone sent: of the clips the segmenter cut with under 0.1 s of a person's speech in
+  them (our voice alone, or noise), those the guard let pass;
+- person dropped: of the clips with at least 0.2 s of a person's speech, those dropped;
+- own-speech req: sent clips with more than 10% of their energy our echo (`echo_share`).
+
+Then the echo stage's CPU time (process and screen) per 10 ms frame and the peak RSS
+of a worker process. `--dump FILE` writes one JSON line per clip cut (side, room, its
+parameters and half, start/end, a person's seconds in it, our echo's share, sent or
+dropped, and the stage's `last_judgement` where it has one), for an ROC.
+
+    .venv/bin/python scripts/bench_echo.py --matrix --quick          # ~3 min
+    .venv/bin/python scripts/bench_echo.py --matrix --dump clips.jsonl  # ~20 min
 """
 
 from __future__ import annotations
@@ -184,7 +208,7 @@ class Loop:
 
     def _echo_share(self, utt: Utterance) -> float:
         clip = utt.pcm.astype(np.float64) / 32768.0
-        return echo_matrix.echo_share(clip, self.echo, utt.start, range(0, 257, 16))
+        return echo_matrix.echo_share(clip, self.echo, utt.start, step=16)
 
 
 def erle_and_recall(mode: str) -> tuple[float, float]:
@@ -359,7 +383,7 @@ def _dump(path: Path, params: dict[int, echo_matrix.RoomParams], sides: dict[str
                         "outcome": "sent" if c.sent else "dropped",
                         "last_judgement": c.judgement,
                     }
-                    f.write(json.dumps(line, default=float) + "\n")
+                    f.write(json.dumps(line, default=echo_matrix.json_value) + "\n")
 
 
 def matrix(rooms: int, jobs: int, baseline: str, dump: Path | None, cache: Path) -> int:

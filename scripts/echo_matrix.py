@@ -23,17 +23,19 @@ uniformly:
 - a noise recording at 10-40 dB SNR to the people.
 
 The daemon's echo stage (built only by `daemon.echo.make_echo_stage`), segmenter and
-guard run frame by frame (`run_room`). Per clip the segmenter cut it records the truth
+guard run frame by frame (`ClosedLoop`). Per clip the segmenter cut it records the truth
 (seconds of a person's speech inside, voiced 10 ms frames of the dry turns) and our
 echo's energy share (`echo_share`); `figures` turns clips into the matrix's rates.
 
-Also runnable (`run`), so that `bench_echo.py --matrix` can run the rooms against the
-daemon package of another checkout: the `daemon` imported is the first on PYTHONPATH.
+Also runnable (`main`: seeds in, one JSON line per room out), so that `bench_echo.py
+--matrix` can run the rooms against the daemon package of another checkout: the
+`daemon` imported is the first on PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import itertools
 import json
@@ -63,7 +65,6 @@ PEOPLE_DBFS, OURS_DBFS = -24.0, -20.0
 OWN_SHARE = 0.1  # a request with more of its energy our echo carries our speech
 ALONE_S = 0.1  # a clip with less of a person's speech is our voice alone
 PERSON_S = 0.2  # a clip with at least this much of a person's speech has a person
-SHARE_LAGS = range(0, 257, 4)  # the cleaned clip may lag the microphone by this much
 # Recordings not used for the people: radio noise, and mostly silence.
 NOT_PEOPLE = {"en_apollo11_radio", "en_ami_tst01"}
 PEOPLE_MIN_S = 20.0  # a language with less recorded speech is used only for our voice
@@ -89,7 +90,13 @@ Floats = npt.NDArray[np.float64]
 
 
 def load(name: str, seconds: float | None = None) -> Floats:
-    """A recording, mono 16 kHz, its leading and trailing silence cut."""
+    """A recording, mono 16 kHz, its leading and trailing silence cut (do not modify)."""
+    mono = _recording(name)
+    return mono[: round(seconds * RATE)] if seconds else mono
+
+
+@cache
+def _recording(name: str) -> Floats:
     import soundfile as sf
     import soxr
 
@@ -99,8 +106,8 @@ def load(name: str, seconds: float | None = None) -> Floats:
         mono = soxr.resample(mono, rate, RATE)
     level = np.abs(mono) > np.abs(mono).max() * 0.02
     first, last = int(np.argmax(level)), len(mono) - int(np.argmax(level[::-1]))
-    mono = mono[first:last]
-    out: Floats = mono[: round(seconds * RATE)] if seconds else mono
+    out: Floats = mono[first:last]
+    out.flags.writeable = False
     return out
 
 
@@ -379,20 +386,22 @@ class EchoPath:
 # ------------------------------------------------------------------ the closed loop
 
 
-def echo_share(clip: Floats, echo: Floats, start: int, lags: Iterable[int] = SHARE_LAGS) -> float:
+def echo_share(clip: Floats, echo: Floats, start: int, max_lag: int = 256, step: int = 1) -> float:
     """The share of `clip`'s energy that is our echo: the best ρ² of the clip against the
-    known echo at the microphone (`echo`, the clip starting at sample `start`), over
-    `lags` samples by which the cleaned clip may lag the microphone."""
-    best = 0.0
-    for lag in lags:
-        if start < lag:
-            continue
-        e = echo[start - lag : start - lag + len(clip)]
-        if len(e) < len(clip) or not np.any(e):
-            continue
-        r = float(np.dot(clip, e)) ** 2 / (float(np.dot(e, e)) * float(np.dot(clip, clip)) + 1e-20)
-        best = max(best, r)
-    return best
+    known echo at the microphone (`echo`, the clip starting at sample `start`), over the
+    lags 0, `step`, ... `max_lag` samples by which the cleaned clip may lag it."""
+    from scipy.signal import correlate
+
+    n = len(clip)
+    first = max(0, start - max_lag)
+    window = echo[first : start + n]
+    if len(window) < n or not np.any(window):
+        return 0.0
+    dots = correlate(window, clip, mode="valid", method="fft")[::-1]  # lag 0, 1, ...
+    power = np.concatenate([[0.0], np.cumsum(window * window)])
+    energies = (power[n:] - power[: len(power) - n])[::-1]
+    r = dots**2 / (np.maximum(energies, 1e-20) * (float(np.dot(clip, clip)) + 1e-20))
+    return float(np.max(r[::step]))
 
 
 @dataclass(frozen=True)
@@ -508,7 +517,7 @@ class ClosedLoop:
                 person_s=float(np.sum(self.room.truth[utt.start : utt.end])) / RATE,
                 echo_share=echo_share(clip, self.echo, utt.start),
                 sent=isinstance(screened, Utterance),
-                judgement=getattr(self.stage, "last_judgement", None),
+                judgement=copy.deepcopy(getattr(self.stage, "last_judgement", None)),
             )
         )
         if not isinstance(screened, Utterance):
@@ -587,6 +596,13 @@ def prepare_rooms(seeds: Sequence[int], cache_dir: Path, jobs: int) -> None:
         pool.starmap(prepare, [(p, cache_dir) for p in rooms.values()], chunksize=1)
 
 
+def json_value(value: Any) -> Any:
+    """What json cannot write itself (numpy scalars and arrays, anything else as text)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run matrix rooms; JSON lines out")
     parser.add_argument("seeds", type=int, nargs="+")
@@ -598,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as f:
         f.write(json.dumps({"peak_rss_mb": rss}) + "\n")
         for r in runs:
-            f.write(json.dumps(asdict(r), default=float) + "\n")
+            f.write(json.dumps(asdict(r), default=json_value) + "\n")
     return 0
 
 

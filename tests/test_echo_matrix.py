@@ -126,6 +126,7 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
         em.Clip(50000, 58000, person_s=0.0, echo_share=0.9, sent=False),  # our voice, dropped
         em.Clip(60000, 70000, person_s=0.5, echo_share=0.2, sent=False),  # a person dropped
         em.Clip(72000, 80000, person_s=0.15, echo_share=0.6, sent=False),  # neither
+        em.Clip(82000, 90000, person_s=0.2, echo_share=0.0, sent=False),  # a person dropped
     ]
     run = em.RoomRun(
         1, clips, truth_s=10.0, sent_truth_s=2.0, stage_cpu_s=0.1, frames_10ms=500, daemon="x"
@@ -133,7 +134,7 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
     f = em.figures([run])
     assert f["people_sent"] == pytest.approx(0.2)
     assert (f["alone_clips"], f["alone_sent"]) == (2, 1)
-    assert (f["person_clips"], f["person_dropped"]) == (2, 1)
+    assert (f["person_clips"], f["person_dropped"]) == (3, 2)
     assert (f["requests"], f["own_speech_requests"]) == (2, 1)
     assert f["us_per_10ms"] == pytest.approx(200.0)
 
@@ -147,6 +148,11 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
     assert em.sent_truth_s(truth, overlapping) == pytest.approx(30 / RATE)
 
 
+def brute_at(clip: Any, echo: Any, start: int, lag: int) -> float:
+    e = echo[start - lag : start - lag + len(clip)]
+    return float(np.dot(clip, e) ** 2 / (np.dot(e, e) * np.dot(clip, clip)))
+
+
 def test_echo_share_finds_the_echo_at_its_lag() -> None:
     rng = np.random.default_rng(2)
     echo = rng.standard_normal(20000)
@@ -156,6 +162,13 @@ def test_echo_share_finds_the_echo_at_its_lag() -> None:
     assert em.echo_share(clip, echo, start) == pytest.approx(0.2, abs=0.02)
     assert em.echo_share(other, echo, start) < 0.01
     assert em.echo_share(clip, np.zeros(20000), start) == 0.0
+
+    by_lag = [brute_at(clip, echo, start, lag) for lag in range(257)]  # ρ², by definition
+    assert em.echo_share(clip, echo, start) == pytest.approx(max(by_lag))
+    assert em.echo_share(clip, echo, start, step=16) == pytest.approx(max(by_lag[::16]))
+    assert em.echo_share(clip, echo, 4, max_lag=256) == pytest.approx(
+        max(brute_at(clip, echo, 4, lag) for lag in range(5))
+    )
 
 
 def test_a_tiny_room_runs_in_closed_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
