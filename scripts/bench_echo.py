@@ -25,8 +25,8 @@ rooms, same run, with the daemon package of git ref `--baseline` (default today'
 first by a subprocess (PYTHONPATH). Per room, per half and per bucket of the held-out
 half, per side:
 
-- people sent: the share of the people's speech (voiced 10 ms frames of their turns)
-  inside sent clips;
+- people cut, sent: the share of the people's speech (voiced 10 ms frames of their
+  turns) inside the clips the segmenter cut, and inside sent clips;
 - alone sent: of the clips the segmenter cut with under 0.1 s of a person's speech in
   them (our voice alone, or noise), those the guard let pass;
 - person dropped: of the clips with at least 0.2 s of a person's speech, those dropped;
@@ -346,7 +346,8 @@ def _rate(n: float, of: float) -> str:
 
 def _cells(f: dict[str, float]) -> str:
     return (
-        f"{f['people_sent']:7.1%} {_rate(f['alone_sent'], f['alone_clips']):>15}"
+        f"{f['people_cut']:6.1%} {f['people_sent']:6.1%}"
+        f" {_rate(f['alone_sent'], f['alone_clips']):>15}"
         f" {_rate(f['person_dropped'], f['person_clips']):>15}"
         f" {_rate(f['own_speech_requests'], f['requests']):>15}"
     )
@@ -357,8 +358,10 @@ def _print_table(
     rows: list[tuple[str, list[int]]],
     sides: dict[str, dict[int, echo_matrix.RoomRun]],
 ) -> None:
-    cols = f"{'people sent':>7} {'alone sent':>15} {'person dropped':>15} {'own-speech req':>15}"
-    print(f"\n{title}\n{'':24} {'rooms':>5} " + " | ".join(f"{s:^56}" for s in sides))
+    cols = (
+        f"{'people cut  sent':>13} {'alone sent':>15} {'person dropped':>15} {'own-speech req':>15}"
+    )
+    print(f"\n{title}\n{'':24} {'rooms':>5} " + " | ".join(f"{s:^61}" for s in sides))
     print(f"{'':24} {'':>5} " + " | ".join(cols for _ in sides))
     for label, seeds in rows:
         cells = [_cells(echo_matrix.figures([runs[s] for s in seeds])) for runs in sides.values()]
@@ -406,7 +409,8 @@ def matrix(rooms: int, jobs: int, baseline: str, dump: Path | None, cache: Path)
             sides[side] = {r.seed: r for r in runs}
             costs[side] = (echo_matrix.figures(runs)["us_per_10ms"], rss, wall, runs[0].daemon)
     print("\nper room: seed half people/voice language, RT60 s, echo dB, bulk ms, jump ms,")
-    print("ppm, clipping drive, SNR dB; per side people sent, alone sent, dropped, own-speech")
+    print("ppm, clipping drive, SNR dB; per side people cut and sent, alone sent, dropped,")
+    print("own-speech requests")
     for s in seeds:
         p = params[s]
         head = (

@@ -6,7 +6,9 @@ of 20 rooms or of 200, in today's code and in the next. Each is a short dense me
 (30-40 s of turns 1.5-6 s long, 0.2-1.0 s apart, two to four people of one language,
 each at -24 dBFS ±3 dB, through one impulse response of the room) with our translation
 of every sent clip (real speech in another language, as long as the clip, 0.3 s after
-the clip was cut) reaching the microphone through the same room. Drawn per room,
+the clip was cut) reaching the microphone through the same room. The room runs on
+until the last turn and our last translation have been heard (2 s and RT60 after them),
+at most 20 s past the last turn: a room that feeds back stops there. Drawn per room,
 uniformly:
 
 - RT60 0.2-1.2 s in steps of 0.05 s, and one of three placements of the people, the
@@ -60,7 +62,8 @@ FRAME = 480  # the daemon's VAD frame
 CHUNK = 8 * FRAME  # the room's echo is computed this far ahead of the microphone
 LATENCY_S = 0.3  # clip cut → our translation starts playing
 LEAD_S = 0.04  # the playback callback writes this far ahead
-TAIL_S = 6.0  # after the last turn: the last translations play out
+MAX_TAIL_S = 20.0  # a room runs at most this long after its last turn ...
+SETTLE_S = 2.0  # ... else until this long (plus RT60) after the last turn and our last sound
 PEOPLE_DBFS, OURS_DBFS = -24.0, -20.0
 OWN_SHARE = 0.1  # a request with more of its energy our echo carries our speech
 ALONE_S = 0.1  # a clip with less of a person's speech is our voice alone
@@ -269,6 +272,7 @@ class Composed:
     noise: Floats
     voice: Floats  # our translations are read from here, one after the other
     speaker_h: Floats
+    meeting_end: int  # the sample after the last turn
 
 
 def voiced(x: Floats) -> npt.NDArray[np.bool_]:
@@ -292,7 +296,7 @@ def compose(params: RoomParams, cache_dir: Path) -> Composed:
 
     h_people, h_speaker = impulse_responses(params, cache_dir)
     rng = np.random.default_rng([0xEC41, params.seed])
-    n = round((params.meeting_s + TAIL_S) * RATE) // FRAME * FRAME
+    n = round((params.meeting_s + MAX_TAIL_S) * RATE) // FRAME * FRAME
     people, truth, at = np.zeros(n), np.zeros(n, dtype=bool), 0
     for turn in params.turns:
         src = load(turn.recording)
@@ -312,7 +316,7 @@ def compose(params: RoomParams, cache_dir: Path) -> Composed:
     noise *= 10 ** ((PEOPLE_DBFS - params.snr_db) / 20) / rms(noise)
     voice = np.concatenate([load(name) for name, _ in catalogue()[params.voice_lang]])
     voice = voice / rms(voice) * 10 ** (OURS_DBFS / 20)
-    return Composed(params, people, truth, noise, voice, h_speaker)
+    return Composed(params, people, truth, noise, voice, h_speaker, at)
 
 
 # ------------------------------------------------------------------ the echo path
@@ -421,6 +425,7 @@ class RoomRun:
     seed: int
     clips: list[Clip]
     truth_s: float  # the people's voiced speech in the room
+    cut_truth_s: float  # of it, inside clips the segmenter cut
     sent_truth_s: float  # of it, inside sent clips
     stage_cpu_s: float  # the echo stage's CPU time (process and screen)
     frames_10ms: int
@@ -468,7 +473,10 @@ class ClosedLoop:
         from daemon.values import Frame, Utterance
 
         mic = self.room.people + self.room.noise
+        end = 0
         for start in range(0, self.n - FRAME + 1, FRAME):
+            if start >= self._settled_at():
+                break
             if start % CHUNK == 0:
                 self.final = self.path.speaker_needs(start + CHUNK)
                 self.echo[start : start + CHUNK] = self.path.process(self.ours, start)[
@@ -483,17 +491,29 @@ class ClosedLoop:
             for event in self.segmenter.push(frame):
                 if isinstance(event, Utterance):
                     self._clip(event, (start + FRAME) / RATE)
+            end = start + FRAME
+        for event in self.segmenter.flush():
+            if isinstance(event, Utterance):
+                self._clip(event, end / RATE)
         import daemon
 
         return RoomRun(
             seed=self.room.params.seed,
             clips=self.clips,
             truth_s=float(np.sum(self.room.truth)) / RATE,
-            sent_truth_s=sent_truth_s(self.room.truth, self.clips),
+            cut_truth_s=truth_in(self.room.truth, self.clips),
+            sent_truth_s=truth_in(self.room.truth, [c for c in self.clips if c.sent]),
             stage_cpu_s=self.cpu,
-            frames_10ms=self.n // (RATE // 100),
+            frames_10ms=end // (RATE // 100),
             daemon=str(Path(daemon.__file__).parent),
         )
+
+    def _settled_at(self) -> int:
+        """The sample from which the room is quiet: no turn left, our last sound heard."""
+        path = self.path
+        last_sound = self.busy_until / path.ratio + path.bulk + max(path.jump, 0)
+        rest = round((SETTLE_S + self.room.params.rt60_s) * RATE)
+        return max(self.room.meeting_end, round(last_sound)) + rest
 
     def _write_reference(self, now: float) -> None:
         block = RATE // 100
@@ -534,13 +554,12 @@ class ClosedLoop:
 # ------------------------------------------------------------------ figures
 
 
-def sent_truth_s(truth: npt.NDArray[np.bool_], clips: Iterable[Clip]) -> float:
-    """Seconds of the people's speech (`truth`, per sample) inside the sent clips."""
-    sent = np.zeros(len(truth), dtype=bool)
+def truth_in(truth: npt.NDArray[np.bool_], clips: Iterable[Clip]) -> float:
+    """Seconds of the people's speech (`truth`, per sample) inside `clips`."""
+    inside = np.zeros(len(truth), dtype=bool)
     for c in clips:
-        if c.sent:
-            sent[c.start : c.end] = True
-    return float(np.sum(truth & sent)) / RATE
+        inside[c.start : c.end] = True
+    return float(np.sum(truth & inside)) / RATE
 
 
 def figures(runs: Sequence[RoomRun]) -> dict[str, float]:
@@ -552,6 +571,7 @@ def figures(runs: Sequence[RoomRun]) -> dict[str, float]:
     truth = sum(r.truth_s for r in runs)
     return {
         "rooms": len(runs),
+        "people_cut": sum(r.cut_truth_s for r in runs) / truth if truth else 1.0,
         "people_sent": sum(r.sent_truth_s for r in runs) / truth if truth else 1.0,
         "alone_clips": len(alone),
         "alone_sent": sum(c.sent for c in alone),

@@ -115,7 +115,8 @@ def test_composition_levels_and_truth(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert em.rms(room.noise) == pytest.approx(10 ** (-44 / 20), rel=1e-6)
     assert not np.any(room.truth[:8000]) and not np.any(room.truth[56000:68800])
     assert 0.6 < np.mean(room.truth[first]) <= 1.0 and 0.6 < np.mean(room.truth[second]) <= 1.0
-    assert len(room.people) == round((6.3 + em.TAIL_S) * RATE) // em.FRAME * em.FRAME
+    assert len(room.people) == round((6.3 + em.MAX_TAIL_S) * RATE) // em.FRAME * em.FRAME
+    assert room.meeting_end == 68800 + 32000
     assert em.rms(room.voice) == pytest.approx(10 ** (-20 / 20), rel=1e-6)
 
 
@@ -129,10 +130,17 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
         em.Clip(82000, 90000, person_s=0.2, echo_share=0.0, sent=False),  # a person dropped
     ]
     run = em.RoomRun(
-        1, clips, truth_s=10.0, sent_truth_s=2.0, stage_cpu_s=0.1, frames_10ms=500, daemon="x"
+        1,
+        clips,
+        10.0,
+        cut_truth_s=5.0,
+        sent_truth_s=2.0,
+        stage_cpu_s=0.1,
+        frames_10ms=500,
+        daemon="x",
     )
     f = em.figures([run])
-    assert f["people_sent"] == pytest.approx(0.2)
+    assert (f["people_cut"], f["people_sent"]) == pytest.approx((0.5, 0.2))
     assert (f["alone_clips"], f["alone_sent"]) == (2, 1)
     assert (f["person_clips"], f["person_dropped"]) == (3, 2)
     assert (f["requests"], f["own_speech_requests"]) == (2, 1)
@@ -145,7 +153,8 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
         em.Clip(20, 40, 0, 0, True),
         em.Clip(40, 50, 0, 0, False),
     ]
-    assert em.sent_truth_s(truth, overlapping) == pytest.approx(30 / RATE)
+    assert em.truth_in(truth, overlapping) == pytest.approx(40 / RATE)
+    assert em.truth_in(truth, overlapping[:2]) == pytest.approx(30 / RATE)
 
 
 def brute_at(clip: Any, echo: Any, start: int, lag: int) -> float:
@@ -184,10 +193,12 @@ def test_a_tiny_room_runs_in_closed_loop(monkeypatch: pytest.MonkeyPatch, tmp_pa
     run = loop.run()
     sent = [c for c in run.clips if c.sent]
     assert sent and run.truth_s > 4.0
-    assert run.sent_truth_s == pytest.approx(em.sent_truth_s(room.truth, run.clips))
+    assert run.sent_truth_s == pytest.approx(em.truth_in(room.truth, sent))
     assert run.sent_truth_s > 0.5 * run.truth_s
     heard = np.flatnonzero(np.abs(loop.echo) > 1e-6)
     played_at = heard[0] - 800 - round(em.LATENCY_S * RATE)  # the frame that ended the clip
     assert played_at % em.FRAME == 0 and sent[0].end <= played_at < sent[0].end + RATE
-    assert run.frames_10ms == len(room.people) // 160 and run.stage_cpu_s > 0
+    end = run.frames_10ms * 160  # the room ran until our last translation had played out
+    assert room.meeting_end < end < len(room.people) and run.stage_cpu_s > 0
+    assert np.any(loop.echo[end - 3 * RATE : end]) and not np.any(loop.echo[end - 2 * RATE : end])
     assert Path(run.daemon).name == "daemon"
