@@ -53,6 +53,7 @@ from daemon.echo.guard import (
 )
 from daemon.echo.history import PcmHistory
 from daemon.echo.reference import ReferenceAligner
+from daemon.echo.share import LAGS, echo_share
 from daemon.segmenter.confirm import Confirmer
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -104,6 +105,8 @@ class EchoCanceller:
         self._captured_at = 0.0
         self._last_played: float | None = 0.0  # capture time our speech last sounded
         self._removal_db = 0.0
+        self._at_path = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what we played, one
+        self.last_judgement: dict[str, Any] | None = None  # echo path later, by clock
         self._tracker = DelayTracker()
         self._shift = ReferenceShift()
         self._monitor = CancellationMonitor()
@@ -131,7 +134,7 @@ class EchoCanceller:
             self._counters.add("echo_cancelled_frames")
         else:
             out = self._delayed(frame.pcm)
-        self._note(frame.start, ref, frame.pcm, out)
+        self._note(frame.start, ref, self._path_pcm(ref), frame.pcm, out)
         self._fallback.update(
             (captured_at, len(frame.pcm) / SAMPLE_RATE),
             self._monitor.erle_db if self._converged else None,
@@ -154,6 +157,7 @@ class EchoCanceller:
             delay = self._tracker.delay_s
             if delay is not None and (found is None or abs(delay - found) > MOVE_S):
                 log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
+                self._realign_path(start, delay)
         was = self._shift.samples
         if self._shift.follow(self._tracker.delay_s):
             log.info(
@@ -167,6 +171,13 @@ class EchoCanceller:
         if self._shift.samples == 0:
             return played
         return self._reference.earlier(self._shift.samples, len(played))
+
+    def _realign_path(self, start: int, delay: float) -> None:
+        """What we played one (new) echo path ago, for the last REALIGN_S: the path moved
+        within the tracker's window, and a clip there is judged against it."""
+        span = min(round(REALIGN_S * SAMPLE_RATE), start)
+        back = round(max(delay, 0.0) * SAMPLE_RATE) + span
+        self._at_path.rewrite(start - span, self._reference.earlier(back, span))
 
     def _realign(self, start: int) -> None:
         """The guard's reference levels of the last REALIGN_S at the new shift: the path
@@ -191,6 +202,7 @@ class EchoCanceller:
             utt.end > start and (end is None or utt.start < end) for start, end in self._converging
         )
         verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
+        self._judge_share(utt, verdict)
         self._last_clip_end = max(self._last_clip_end, utt.end)
         if verdict is not None:  # not sent: the next clip may widen into it (a person's
             return verdict  # first word at the end of our residual)
@@ -198,6 +210,21 @@ class EchoCanceller:
         self._last_clip_end = max(self._last_clip_end, widened.end)
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
+
+    def _judge_share(self, utt: Utterance, verdict: Verdict | None) -> None:
+        lead = max(LAGS) * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        share = echo_share(utt.pcm, reference) if reference.any() else 0.0
+        figures = self._guard.last
+        self.last_judgement = {
+            "echo_share": round(share, 4),
+            "path_found": self._tracker.delay_s is not None,
+            "guard": None if verdict is None else verdict.signal,
+            "figures": None if figures is None else dataclasses.asdict(figures),
+            "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
+            "fallback": self._fallback.active,
+        }
+        log.info("utterance %d: %.0f%% of it our echo (estimated)", utt.id, share * 100)
 
     def describe(self) -> dict[str, Any]:
         estimate = self._tracker.last
@@ -286,24 +313,22 @@ class EchoCanceller:
         self._delay = joined[len(pcm) :]
         return joined[: len(pcm)]
 
-    def _at_path(self, count: int) -> Levels:
-        """Block levels of what we played one echo path ago: what the microphone hears of
-        us in this frame (silence while the path is not found)."""
+    def _path_pcm(self, ref: Pcm) -> Pcm:
+        """What we played one echo path ago: what the microphone hears of us in this
+        frame (the reference AEC3 got while the path is not found)."""
         delay = self._tracker.delay_s
-        if delay is None:
-            return np.full(count // BLOCK, SILENT_DB, dtype=np.float32)
-        ref = self._reference.earlier(round(max(delay, 0.0) * SAMPLE_RATE), count)
-        return (
-            block_levels(ref) if ref.any() else np.full(count // BLOCK, SILENT_DB, dtype=np.float32)
-        )
+        if not self._active or delay is None:
+            return ref
+        return self._reference.earlier(round(max(delay, 0.0) * SAMPLE_RATE), len(ref))
 
-    def _note(self, start: int, ref: Pcm, mic: Pcm, out: Pcm) -> None:
-        ref_db = block_levels(ref) if ref.any() else np.full(len(ref) // BLOCK, SILENT_DB)
+    def _note(self, start: int, ref: Pcm, at_path: Pcm, mic: Pcm, out: Pcm) -> None:
+        ref_db = _levels(ref)
         mic_db = block_levels(mic)
         self._ledger.note(start, ref_db, mic_db)
+        self._at_path.write(start, at_path)
         out_db = block_levels(out)
-        if self._active:
-            self._monitor.note(self._at_path(len(ref)), mic_db, out_db, judged=self._converged)
+        if self._active and self._tracker.delay_s is not None:
+            self._monitor.note(_levels(at_path), mic_db, out_db, judged=self._converged)
         playing = ref_db > REF_ACTIVE_DBFS
         if not self._converged and self._active:
             self._learnt_blocks += int(playing.sum())
@@ -312,6 +337,10 @@ class EchoCanceller:
         if self._active and playing.any():
             removal = float(np.mean(mic_db[playing] - out_db[playing]))
             self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)
+
+
+def _levels(pcm: Pcm) -> Levels:
+    return block_levels(pcm) if pcm.any() else np.full(len(pcm) // BLOCK, SILENT_DB, np.float32)
 
 
 class DoubleTalkConfirmer:

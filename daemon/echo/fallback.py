@@ -9,7 +9,9 @@ far it turns our echo down) on the blocks where only we play. The room's couplin
 microphone's level over the aligned reference's) is learnt over the last
 `COUPLING_BLOCKS` blocks in which we played and the microphone heard something over the
 room's noise, as its low percentile: a person talking over us only makes a block louder
-than our echo alone. A block within `ECHO_ONLY_DB` of that coupling is our echo alone;
+than our echo alone. A block within `ECHO_ONLY_DB` of that coupling is our echo alone,
+and it is judged where it stands `JUDGED_OVER_NOISE_DB` over the noise (a canceller
+cannot take a quieter echo further down than the noise; such an echo is no danger);
 the ERLE is the median of what the canceller removed over the last `WINDOW_BLOCKS` such
 blocks (a person who talks all the time adds none, and leaves the figure as it was). A
 canceller that has converged removes 25–40 dB; one that does not find the echo 0–5 dB.
@@ -51,6 +53,7 @@ MIN_BLOCKS = 50  # echo-only blocks before a first judgement (since a restart)
 NOISE_BLOCKS = 500  # the microphone's recent levels, for its noise floor (5 s)
 NOISE_PERCENTILE = 10.0
 AUDIBLE_OVER_NOISE_DB = 10.0
+JUDGED_OVER_NOISE_DB = 25.0  # an echo block judged: the canceller can show FLOOR_DB there
 REF_PLAYING_DBFS = -60.0
 FLOOR_DB = 10.0
 RECOVER_DB = 15.0
@@ -100,7 +103,8 @@ class CancellationMonitor:
         self._audible = _put(self._coupling, self._audible, coupling)
         known = self._coupling[: min(self._audible, COUPLING_BLOCKS)]
         floor = float(np.percentile(known, COUPLING_PERCENTILE))
-        echo_only = coupling <= floor + ECHO_ONLY_DB
+        clear = (mic_db - noise)[audible] >= JUDGED_OVER_NOISE_DB
+        echo_only = (coupling <= floor + ECHO_ONLY_DB) & clear
         if judged and echo_only.any():
             removed = (mic_db - out_db)[audible][echo_only]
             self._echo_only = _put(self._removed, self._echo_only, removed)

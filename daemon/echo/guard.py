@@ -187,11 +187,13 @@ class OwnSpeechGuard:
 
     def __init__(self, ledger: EchoLedger) -> None:
         self._ledger = ledger
+        self.last: Verdict | None = None  # the last clip's figures, ours or not
 
     def judge(self, utt: Utterance, *, converged: bool) -> Verdict | None:
         """`converged`: the canceller had converged for the whole clip. Before that its
         output is close to the raw microphone, and the microphone's envelope is judged
         (stricter on foreign blocks); after, the cleaned clip's, then our residual's."""
+        self.last = None
         ref_db, mic_db = self._ledger.levels(utt.start, utt.end)
         blocks = min(len(ref_db), len(utt.pcm) // BLOCK)
         if blocks < MIN_BLOCKS:
@@ -207,6 +209,7 @@ class OwnSpeechGuard:
         drop = loudest_drop(mic_db, out_db)
         own, signal, figures = _judged(mic_db, ref_db, out_db, (kept, drop), converged=converged)
         verdict = Verdict(*figures, removal, share, converged, kept, drop, signal)
+        self.last = verdict
         log.info(
             "utterance %d %s: %s",
             utt.id,
