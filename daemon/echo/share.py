@@ -6,12 +6,12 @@ canceller left of it: its power rises and falls with our syllables, smeared by t
 room's reverberation. A person's speech does not follow it.
 
 Per band (`BANDS` between `LOW_HZ` and `HIGH_HZ`) and 10 ms block, the clip's power `Y`
-is fitted as `g · R + c`, `R` the reference's power spread by the room's reverberation
-(`DECAY_S`), over the `LAGS` blocks around the tracked path, by least squares with an
-intercept: a person's power, which does not move with ours, lands in `c` and not in
-the gain `g ≥ 0`. The echo in the clip is `min(g · R, Y)`, and `echo_share` its share of
-the clip's energy: ~1 for our residual alone, ~0 for a person alone, in between for a
-person over our echo.
+is fitted as `Σ g_k · R_k + c`, `R_k` the reference's power spread by reverberation
+tails of `DECAYS_S`, at the best of the `LAGS` blocks after the tracked path, by least
+squares with an intercept: a person's power, which does not move with ours, lands in
+`c` and not in the gains `g_k ≥ 0`. The echo in the clip is `min(Σ g_k · R_k, Y)`, and
+`echo_share` its share of the clip's energy: ~1 for our residual alone, ~0 for a person
+alone, in between for a person over our echo.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ HOP = SAMPLE_RATE // 100  # 10 ms blocks
 N_FFT = 512
 LOW_HZ, HIGH_HZ = 150.0, 6000.0
 BANDS = 12
-DECAY_S = 0.1  # the reverberation's power decay (1/e), of the spread reference
+DECAYS_S = (0.0, 0.05, 0.2)  # the reverberation's power decays (1/e) fitted together
 LAGS = (0, 1, 2, 3, 4, 6, 8)  # blocks the echo may come after the tracked path
 MIN_BLOCKS = 20
 
@@ -56,12 +56,13 @@ def _band_matrix() -> Floats:
 
 
 def _spread(power: Floats) -> Floats:
-    """The reference's power as the room spreads it: an exponential tail per band."""
-    decay = np.exp(-0.01 / DECAY_S)
-    out = np.empty_like(power)
-    acc = np.zeros(power.shape[1])
+    """The reference's power as the room spreads it, one exponential tail per decay:
+    (blocks, bands, decays)."""
+    decays = np.array([np.exp(-0.01 / d) if d else 0.0 for d in DECAYS_S])
+    out = np.empty((*power.shape, len(decays)))
+    acc = np.zeros((power.shape[1], len(decays)))
     for t in range(len(power)):
-        acc = acc * decay + power[t]
+        acc = acc * decays + power[t][:, None]
         out[t] = acc
     return out
 
@@ -87,10 +88,24 @@ def echo_share(clip: Pcm, reference: Pcm) -> float:
 
 
 def _explained(y: Floats, r: Floats) -> float:
-    """Energy of `y` explained by `g · r` per band (least squares with an intercept)."""
-    rc = r - r.mean(axis=0)
-    yc = y - y.mean(axis=0)
-    var = np.einsum("tb,tb->b", rc, rc)
-    gain = np.where(var > 0, np.einsum("tb,tb->b", rc, yc) / np.maximum(var, 1e-30), 0.0)
-    echo = np.maximum(gain, 0.0) * r
-    return float(np.minimum(echo, y).sum())
+    """Energy of `y` (blocks, bands) explained by non-negative gains on the spread
+    reference `r` (blocks, bands, decays), per band by least squares with an intercept."""
+    explained = 0.0
+    for band in range(y.shape[1]):
+        echo = _fit(y[:, band], r[:, band, :])
+        explained += float(np.minimum(echo, y[:, band]).sum())
+    return explained
+
+
+def _fit(y: Floats, x: Floats) -> Floats:
+    """The non-negative part `x @ g` of the least-squares fit `y ≈ x @ g + c`, g >= 0
+    (the columns with a negative gain are left out, one at a time)."""
+    keep = list(range(x.shape[1]))
+    xc, yc = x - x.mean(axis=0), y - y.mean()
+    while keep:
+        gains, *_ = np.linalg.lstsq(xc[:, keep], yc, rcond=None)
+        if (gains >= 0).all():
+            echo: Floats = x[:, keep] @ gains
+            return echo
+        keep.pop(int(np.argmin(gains)))
+    return np.zeros_like(y)
