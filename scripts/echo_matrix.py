@@ -41,6 +41,7 @@ import copy
 import csv
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 import resource
@@ -630,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the daemon's warnings, once per room: quiet
     runs, rss = run_rooms(args.seeds, args.cache, args.jobs)
     with open(args.out, "w") as f:
         f.write(json.dumps({"peak_rss_mb": rss}) + "\n")
