@@ -327,6 +327,7 @@ class EchoCanceller:
         self._ledger.note(start, ref_db, mic_db)
         self._at_path.write(start, at_path)
         out_db = block_levels(out)
+        self._monitor.hear(mic_db)
         if self._active and self._tracker.delay_s is not None:
             self._monitor.note(_levels(at_path), mic_db, out_db, judged=self._converged)
         playing = ref_db > REF_ACTIVE_DBFS

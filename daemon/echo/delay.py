@@ -16,8 +16,9 @@ last few estimates (`SMOOTHING`). Its confidence is how far the peak stands abov
 correlation's other lags, in robust standard deviations (`prominence`): speech through a
 room gives tens, lags with nothing in them about four. The tracked delay moves to a new
 estimate when it is confident (`CONFIDENT`) and a second estimate agrees within
-`AGREE_S` (a first one at once when it is `CERTAIN`); a new output stream starts the
-search afresh (`restart`).
+`AGREE_S` (a first one at once when it is `CERTAIN`), and, when it is more than `NEAR_S`
+from the tracked path, once that path no longer stands out (a translation that repeats
+itself gives a second peak); a new output stream starts the search afresh (`restart`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ BAND_HZ = (200.0, 3600.0)
 CONFIDENT = 8.0  # peak prominence (robust sigmas) of an estimate that moves the delay
 CERTAIN = 30.0  # a first estimate this prominent is taken at once (speech: 30-130)
 AGREE_S = 0.005
+NEAR_S = 0.02  # a move this small follows a drifting path at once
 REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
 MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
 PLAYING_RMS = 30.0  # int16 RMS of a 10 ms reference block that counts as playing (-60 dBFS)
@@ -143,16 +145,31 @@ class DelayTracker:
             prominence = 0.0  # signal to place in time
         estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
         self.last = estimate
-        self._follow(estimate)
+        self._follow(estimate, self._still_there(g, median, spread))
         return estimate
 
-    def _follow(self, estimate: DelayEstimate) -> None:
+    def _still_there(self, g: npt.NDArray[np.float64], median: float, spread: float) -> bool:
+        """The tracked path still stands out in this correlation (within AGREE_S)."""
+        if self.delay_s is None:
+            return False
+        at = round((self.delay_s - MIN_LAG_S) * RATE)
+        near = round(AGREE_S * RATE)
+        around = g[max(0, at - near) : at + near + 1]
+        return len(around) > 0 and (float(around.max()) - median) / spread >= CONFIDENT
+
+    def _follow(self, estimate: DelayEstimate, still_there: bool) -> None:
+        """Move to a confident estimate that a second one confirms; far from the tracked
+        path only once that path has gone (speech that repeats itself, a translation
+        played twice, gives a second peak while the first is still there)."""
         if estimate.confidence < CONFIDENT:
             self._candidate = None
             return
         candidate, self._candidate = self._candidate, estimate
         agreed = candidate is not None and abs(candidate.delay_s - estimate.delay_s) <= AGREE_S
-        if agreed or (self.delay_s is None and estimate.confidence >= CERTAIN):
+        if self.delay_s is None:
+            if agreed or estimate.confidence >= CERTAIN:
+                self.delay_s = estimate.delay_s
+        elif agreed and (abs(estimate.delay_s - self.delay_s) <= NEAR_S or not still_there):
             self.delay_s = estimate.delay_s
 
 

@@ -50,8 +50,9 @@ COUPLING_PERCENTILE = 10.0
 ECHO_ONLY_DB = 3.0  # a block this close to the coupling is our echo alone
 WINDOW_BLOCKS = 100  # echo-only blocks judged together
 MIN_BLOCKS = 50  # echo-only blocks before a first judgement (since a restart)
-NOISE_BLOCKS = 500  # the microphone's recent levels, for its noise floor (5 s)
-NOISE_PERCENTILE = 10.0
+NOISE_BLOCKS = 3000  # the microphone's recent levels, for its noise floor (30 s)
+NOISE_PERCENTILE = 5.0
+NOISE_EVERY = 50  # blocks between two noise floor estimates
 AUDIBLE_OVER_NOISE_DB = 10.0
 JUDGED_OVER_NOISE_DB = 25.0  # an echo block judged: the canceller can show FLOOR_DB there
 REF_PLAYING_DBFS = -60.0
@@ -81,7 +82,8 @@ class CancellationMonitor:
         self._mic: Levels = np.full(NOISE_BLOCKS, -100.0, dtype=np.float32)
         self._audible = 0  # audible playing blocks noted (for the coupling)
         self._echo_only = 0  # echo-only blocks since the last restart
-        self._heard = 0  # microphone blocks noted (for the noise floor)
+        self._heard = 0  # microphone blocks heard (for the noise floor)
+        self._noise = -100.0
         self.erle_db: float | None = None
         self.loud = False  # the last frame had a block above the room's noise
 
@@ -89,13 +91,20 @@ class CancellationMonitor:
         self._echo_only = 0
         self.erle_db = None
 
+    def hear(self, mic_db: Levels) -> None:
+        """Every frame's microphone levels: the room's noise floor."""
+        before, self._heard = self._heard, _put(self._mic, self._heard, mic_db)
+        if before // NOISE_EVERY != self._heard // NOISE_EVERY or before == 0:
+            known = self._mic[: min(self._heard, NOISE_BLOCKS)]
+            self._noise = float(np.percentile(known, NOISE_PERCENTILE))
+        self.loud = bool((mic_db > self._noise + AUDIBLE_OVER_NOISE_DB).any())
+
     def note(self, ref_db: Levels, mic_db: Levels, out_db: Levels, *, judged: bool) -> None:
-        """Levels of the blocks of one frame: the aligned reference, mic, output;
-        `judged`: the canceller has converged (what it removes before is not counted)."""
-        self._heard = _put(self._mic, self._heard, mic_db)
-        noise = float(np.percentile(self._mic[: min(self._heard, NOISE_BLOCKS)], NOISE_PERCENTILE))
+        """Levels of the blocks of one frame while we play: what we played one echo path
+        ago, mic, output; `judged`: the canceller has converged (what it removes before
+        is not counted)."""
+        noise = self._noise
         loud = mic_db > noise + AUDIBLE_OVER_NOISE_DB
-        self.loud = bool(loud.any())
         audible = (ref_db > REF_PLAYING_DBFS) & loud
         if not audible.any():
             return
