@@ -137,7 +137,7 @@ class EchoCanceller:
         self._note(frame.start, ref, self._path_pcm(ref), frame.pcm, out)
         self._fallback.update(
             (captured_at, len(frame.pcm) / SAMPLE_RATE),
-            self._monitor.erle_db if self._converged else None,
+            self._monitor.cancelling if self._converged else None,
             referenced=self._reference.covers(captured_at),
             found=self._tracker.delay_s is not None,
             loud=self._monitor.loud,
@@ -230,6 +230,7 @@ class EchoCanceller:
         estimate = self._tracker.last
         delay = self._tracker.delay_s
         erle = self._monitor.erle_db
+        residual = self._monitor.residual_db
         reason = self._fallback.state.reason
         return {
             "mode": "aec",
@@ -239,6 +240,7 @@ class EchoCanceller:
             "delay_ms": None if delay is None else round(delay * 1000),
             "delay_confidence": None if estimate is None else round(estimate.confidence, 1),
             "erle_db": None if erle is None else round(erle, 1),
+            "residual_db": None if residual is None else round(residual, 1),
             "fallback": None if reason is None else reason.value,
         }
 

@@ -25,8 +25,11 @@ which looks like a high ERLE; so the ERLE is trusted only where the echo path is
   the room's noise, without the echo path found (a reference
   that is seconds late, a path beyond the search, a translation with nothing broadband
   to place in time: a tone);
-- while the path is found and the canceller has converged on it, but the ERLE is under
-  `FLOOR_DB` (until it is back over `RECOVER_DB`).
+- while the path is found and the canceller has converged on it, but it neither turns
+  our echo alone down by `FLOOR_DB` (ERLE) nor leaves less of it than `RESIDUAL_DB` over
+  the room's noise (`CancellationMonitor.cancelling`): what it leaves is loud enough for
+  the segmenter to cut, while in a reverberant room, or with a quiet loudspeaker, a lower
+  ERLE leaves nothing to hear.
 It returns to full duplex when none holds. While it gates, the microphone is silenced
 from the moment it fell back until our speech has drained plus the echo path's delay and
 a tail; the canceller keeps running on the microphone meanwhile, so its ERLE is still
@@ -54,10 +57,12 @@ NOISE_BLOCKS = 3000  # the microphone's recent levels, for its noise floor (30 s
 NOISE_PERCENTILE = 5.0
 NOISE_EVERY = 50  # blocks between two noise floor estimates
 AUDIBLE_OVER_NOISE_DB = 10.0
-JUDGED_OVER_NOISE_DB = 25.0  # an echo block judged: the canceller can show FLOOR_DB there
+JUDGED_OVER_NOISE_DB = 15.0  # an echo block judged: over the noise by more than RESIDUAL_DB
 REF_PLAYING_DBFS = -60.0
 FLOOR_DB = 10.0
 RECOVER_DB = 15.0
+RESIDUAL_DB = 10.0  # our echo alone, after the canceller, this far over the noise: heard
+HYSTERESIS_DB = 5.0
 MISSING_S = 1.0
 PATH_WAIT_S = 2.5  # of our speech audible without the echo path found: gate
 TAIL_S = 0.3  # room reverberation after the echo path's delay
@@ -79,17 +84,20 @@ class CancellationMonitor:
     def __init__(self) -> None:
         self._coupling: Levels = np.zeros(COUPLING_BLOCKS, dtype=np.float32)  # mic - ref
         self._removed: Levels = np.zeros(WINDOW_BLOCKS, dtype=np.float32)  # mic - out
+        self._left: Levels = np.zeros(WINDOW_BLOCKS, dtype=np.float32)  # out - noise
         self._mic: Levels = np.full(NOISE_BLOCKS, -100.0, dtype=np.float32)
         self._audible = 0  # audible playing blocks noted (for the coupling)
         self._echo_only = 0  # echo-only blocks since the last restart
         self._heard = 0  # microphone blocks heard (for the noise floor)
         self._noise = -100.0
         self.erle_db: float | None = None
+        self.residual_db: float | None = None  # what it leaves of our echo, over the noise
         self.loud = False  # the last frame had a block above the room's noise
 
     def restart(self) -> None:
         self._echo_only = 0
         self.erle_db = None
+        self.residual_db = None
 
     def hear(self, mic_db: Levels) -> None:
         """Every frame's microphone levels: the room's noise floor."""
@@ -116,9 +124,26 @@ class CancellationMonitor:
         echo_only = (coupling <= floor + ECHO_ONLY_DB) & clear
         if judged and echo_only.any():
             removed = (mic_db - out_db)[audible][echo_only]
+            _put(self._left, self._echo_only, (out_db - noise)[audible][echo_only])
             self._echo_only = _put(self._removed, self._echo_only, removed)
         if self._echo_only >= MIN_BLOCKS:
-            self.erle_db = float(np.median(self._removed[: min(self._echo_only, WINDOW_BLOCKS)]))
+            n = min(self._echo_only, WINDOW_BLOCKS)
+            self.erle_db = float(np.median(self._removed[:n]))
+            self.residual_db = float(np.median(self._left[:n]))
+
+    @property
+    def cancelling(self) -> bool | None:
+        """False while the canceller neither turns our echo down by FLOOR_DB nor takes it
+        under RESIDUAL_DB over the room's noise (where the segmenter would cut it), True
+        once it does either by a margin (RECOVER_DB, RESIDUAL_DB - HYSTERESIS_DB); None
+        while it cannot be told (no echo alone heard since it converged)."""
+        if self.erle_db is None or self.residual_db is None:
+            return None
+        if self.erle_db < FLOOR_DB and self.residual_db >= RESIDUAL_DB:
+            return False
+        if self.erle_db >= RECOVER_DB or self.residual_db < RESIDUAL_DB - HYSTERESIS_DB:
+            return True
+        return None
 
 
 def _put(ring: Levels, count: int, values: Levels) -> int:
@@ -153,9 +178,9 @@ class Fallback:
         return self.state.reason is not None
 
     def update(
-        self, frame: Span, erle_db: float | None, *, referenced: bool, found: bool, loud: bool
+        self, frame: Span, cancelling: bool | None, *, referenced: bool, found: bool, loud: bool
     ) -> None:
-        # (`erle_db` is None while the canceller converges: nothing to judge yet)
+        # (`cancelling` is None while the canceller converges: nothing to judge yet)
         """After each frame (capture time, seconds): `referenced` is whether the
         reference's time line reaches it (something, silence included, was handed to the
         speaker then), `found` whether the echo path is known, `loud` whether the
@@ -168,20 +193,20 @@ class Fallback:
             self._unreferenced_since = captured_at
         if audible and loud and not found:
             self._played_s += seconds
-        reason = self._reason(captured_at, erle_db, found)
+        reason = self._reason(captured_at, cancelling, found)
         if reason != self.state.reason:
-            self._switch(reason, captured_at, erle_db)
+            self._switch(reason, captured_at)
 
-    def _reason(self, captured_at: float, erle_db: float | None, found: bool) -> Reason | None:
+    def _reason(self, captured_at: float, cancelling: bool | None, found: bool) -> Reason | None:
         unreferenced = self._unreferenced_since
         if unreferenced is not None and captured_at - unreferenced >= MISSING_S:
             return Reason.NO_REFERENCE
         if not found:
             return Reason.NO_PATH if self._played_s >= PATH_WAIT_S else None
         self._played_s = 0.0
-        if erle_db is not None and erle_db < FLOOR_DB:
+        if cancelling is False:
             return Reason.NOT_CANCELLING
-        if self.state.reason is Reason.NOT_CANCELLING and (erle_db is None or erle_db < RECOVER_DB):
+        if self.state.reason is Reason.NOT_CANCELLING and cancelling is None:
             return Reason.NOT_CANCELLING
         return None
 
@@ -192,16 +217,14 @@ class Fallback:
         path = delay_s if delay_s is not None and delay_s > 0 else MAX_UNKNOWN_PATH_S
         return captured_at < self._audible_until() + path + TAIL_S
 
-    def _switch(self, reason: Reason | None, at: float, erle_db: float | None) -> None:
-        erle = "unknown" if erle_db is None else f"{erle_db:.0f} dB"
+    def _switch(self, reason: Reason | None, at: float) -> None:
         if reason is not None:
             log.warning(
-                "echo canceller fell back to gating the microphone (%s; ERLE %s): people"
-                " who talk over the translation are not heard until it cancels again",
+                "echo canceller fell back to gating the microphone (%s): people who talk"
+                " over the translation are not heard until it cancels again",
                 reason.value,
-                erle,
             )
             self._on_fall_back()
         else:
-            log.info("echo canceller cancels again (ERLE %s): full duplex", erle)
+            log.info("echo canceller cancels again: full duplex")
         self.state = FallbackState(reason, at)
