@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import aclosing
 from typing import Any, Protocol
 
-from daemon.budget import Budget
+from daemon.budget import Budget, BudgetState
 from daemon.captions import Captions
 from daemon.captions.events import usage_figures
 from daemon.captions.lanes import CaptionLane, CaptionLanes
 from daemon.captions.recent import RecentCaptions
 from daemon.capture import Capture
-from daemon.config import ConfigError, LiveRoom, Settings
+from daemon.config import ConfigError, LiveRoom, SegmenterSettings, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
@@ -38,11 +38,11 @@ from daemon.heap import fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
-from daemon.playback import Playback, PlaybackEvent, PlaybackFinished
+from daemon.playback import Playback, PlaybackEvent, PlaybackFinished, PlaybackState
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
-from daemon.segmenter.confirm import make_confirmer
+from daemon.segmenter.confirm import Confirmer, make_confirmer
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
 from daemon.translator import FATAL_KINDS, Translator, probe_utterance
@@ -127,23 +127,10 @@ class Daemon:
         # One PortAudio device list for capture and playback, renewed while one is missing.
         self.devices = DeviceHost(self.counters)
         self.devices.subscribe(self._replan)
-        frame = SAMPLE_RATE * settings.segmenter.frame_ms // 1000
-        self.capture = Capture(
-            settings.audio, self.counters, profile=profile, frame_samples=frame, host=self.devices
-        )
-        self.capture.may_yield = lambda: not self.health.hearing  # never inside speech
+        self.capture = self._make_capture()
         self.source: FrameSource = source if source is not None else self.capture
         played = PlayedAudio(self.counters)  # playback → echo stage: what the DAC plays
-        self.playback = Playback(
-            output,
-            self.counters,
-            max_backlog_s=settings.audio.max_playback_backlog_s,
-            on_event=self._on_playback,
-            fmt=profile.output if profile is not None else None,
-            played=played,
-            host=self.devices,
-        )
-        self.playback.follow(self.room)
+        self.playback = self._make_playback(output, played)
         self.echo = make_echo_stage(
             settings.audio, profile, self.playback.audible_until, self.counters, played
         )
@@ -156,28 +143,63 @@ class Daemon:
         self._translate = self.budget.gate(self.translator.translate)
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
-        room_id = settings.mqtt.room_id
-        self.mqtt = (
-            MqttLink(
-                settings.mqtt,
-                self.counters,
-                client_id=settings.mqtt.client_id or f"roomtranslate-{room_id}-{self.device_id}",
-                device_id=self.device_id,
-                subscriptions=self.control.subscriptions,
-                on_message=self.control.receive,
-            )
-            if settings.mqtt.enabled
-            else None
-        )
-        if self.mqtt is not None:
-            self.control.attach(self.mqtt, device_id=self.device_id)
+        self.mqtt = self._make_mqtt()
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
             self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
         )
         self.captions = self._captions_for(None)
         self.lanes = CaptionLanes(self._make_lane, self.room)
-        self.status = StatusSource(
+        self.status = self._make_status()
+        self.notifier = Notifier(self.counters)
+        self._stop = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._last_frame = 0.0
+        self._service_problem: str | None = None  # the start check could not reach it
+        self._unhealthy = ""  # why the watchdog is not fed
+
+    # -- the stages' factories -----------------------------------------------------------------
+
+    def _make_capture(self) -> Capture:
+        return Capture(
+            self.settings.audio,
+            self.counters,
+            profile=self.profile,
+            frame_samples=SAMPLE_RATE * self.settings.segmenter.frame_ms // 1000,
+            host=self.devices,
+            may_yield=lambda: not self.health.hearing,  # never inside speech
+        )
+
+    def _make_playback(self, output: str | int | None, played: PlayedAudio) -> Playback:
+        playback = Playback(
+            output,
+            self.counters,
+            max_backlog_s=self.settings.audio.max_playback_backlog_s,
+            on_event=self._on_playback,
+            fmt=self.profile.output if self.profile is not None else None,
+            played=played,
+            host=self.devices,
+        )
+        playback.follow(self.room)
+        return playback
+
+    def _make_mqtt(self) -> MqttLink | None:
+        mqtt = self.settings.mqtt
+        if not mqtt.enabled:
+            return None
+        link = MqttLink(
+            mqtt,
+            self.counters,
+            client_id=mqtt.client_id or f"roomtranslate-{mqtt.room_id}-{self.device_id}",
+            device_id=self.device_id,
+            subscriptions=self.control.subscriptions,
+            on_message=self.control.receive,
+        )
+        self.control.attach(link, device_id=self.device_id)
+        return link
+
+    def _make_status(self) -> StatusSource:
+        return StatusSource(
             self.counters,
             self.room,
             self.health,
@@ -186,12 +208,6 @@ class Daemon:
             refresh=lambda: self._check_health(time.monotonic()),
             extra=self._more_status,
         )
-        self.notifier = Notifier(self.counters)
-        self._stop = asyncio.Event()
-        self._started_at = time.monotonic()
-        self._last_frame = 0.0
-        self._service_problem: str | None = None  # the start check could not reach it
-        self._unhealthy = ""  # why the watchdog is not fed
 
     # -- wiring helpers --------------------------------------------------------------------
 
@@ -280,13 +296,12 @@ class Daemon:
 
     async def _listen(self) -> None:
         """Microphone → echo stage → segmenter → sequencer."""
-        confirm = make_confirmer(self.settings.segmenter)
         segmenter = Segmenter(
             self.settings.segmenter,
             self.room,
             self.counters,
             self.source.wall_time,
-            confirm=DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None,
+            confirmer=self._confirmer,
         )
         async for captured in self.source.frames():
             self._last_frame = time.monotonic()
@@ -298,6 +313,11 @@ class Daemon:
                 self.health.hearing = segmenter.speaking
                 # Barge-in: people talk while our translation plays; it steps back.
                 self.playback.duck(self.settings.audio.duck_db if segmenter.speaking else 0.0)
+
+    def _confirmer(self, settings: SegmenterSettings) -> Confirmer | None:
+        """The clip confirmer, with every frame in double talk confirmed (echo stage)."""
+        confirm = make_confirmer(settings)
+        return DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None
 
     def _submit(self, utt: Utterance) -> None:
         """A clip for the service, unless it is our own speech coming back (echo guard)."""
@@ -389,28 +409,30 @@ class Daemon:
         name = self.source.device_name
         hearing = f"listening on {name}" if self._last_frame else "no input"
         problems = "; ".join(f"{what}: {why}" for what, why in sorted(h.problems.items()))
-        return f"{h.state()}: {hearing}" + (f" ({problems})" if problems else "")
+        return f"{h.state().value}: {hearing}" + (f" ({problems})" if problems else "")
 
     def _check_health(self, now: float) -> None:
         h = self.health
         h.translating = self.sequencer.in_flight > 0
-        h.speaking = self.playback.state == "speaking"
+        h.speaking = self.playback.state is PlaybackState.SPEAKING
         silent = now - (self._last_frame or now) > NO_AUDIO_S or not self._last_frame
         mic = "no audio from the input device" if self.source.device_name else "no input device"
         h.problem("microphone", mic if silent and h.started else None)
-        h.problem(
-            "speaker", "output device unavailable" if self.playback.state == "unavailable" else None
-        )
+        unavailable = self.playback.state is PlaybackState.UNAVAILABLE
+        h.problem("speaker", "output device unavailable" if unavailable else None)
         refusal = self.translator.refusal
         if refusal != h.fatal:
             h.fatal = refusal
             if refusal:
                 h.error(f"service: {refusal}")
         h.problem("service", refusal or self._service_problem)
-        h.paused = self.budget.state() == "exhausted"
+        h.paused = self.budget.state() is BudgetState.EXHAUSTED
         h.problem("budget", self.budget.problem())
+        conflict = self.mqtt.conflict() if self.mqtt is not None else None
+        h.problem("mqtt.conflict", conflict)
         if self.mqtt is not None and h.started:
-            h.problem("mqtt", None if self.mqtt.connected else "broker unreachable")
+            unreachable = not self.mqtt.connected and conflict is None
+            h.problem("mqtt", "broker unreachable" if unreachable else None)
         if self.mqtt is not None:
             h.problem("room_id", self._room_conflict(self.mqtt.other_devices()))
 

@@ -28,8 +28,9 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from daemon.config import RoomSettings
 from daemon.counters import Counters
@@ -44,7 +45,14 @@ MIN_BILLED_S = 1.0  # a shorter clip is billed as 1 s
 WARN_RATIO = 0.8
 NOTICE = "[translation paused: the room's daily budget is used up; it resumes tomorrow]"
 
-BudgetState = Literal["unlimited", "ok", "warning", "exhausted"]
+
+class BudgetState(StrEnum):
+    UNLIMITED = "unlimited"  # no cap
+    OK = "ok"
+    WARNING = "warning"  # WARN_RATIO of the cap used or reserved
+    EXHAUSTED = "exhausted"  # not even a 1 s clip fits: nothing is sent
+
+
 TranslateFn = Callable[..., AsyncGenerator[TranslationEvent, None]]  # (utt, room, **options)
 
 
@@ -87,7 +95,7 @@ class Budget:
         self._clips = 0  # clips sent today
         self._reserved = 0.0  # in flight
         self._noticed = False  # the "why" caption of this pause went out
-        self._last_state: BudgetState = "unlimited"
+        self._last_state = BudgetState.UNLIMITED
         self.file_problem = ""  # the usage file was corrupt or unreadable (set aside)
         self.save_problem = ""  # the last write failed
         self._load()
@@ -107,30 +115,30 @@ class Budget:
         self._roll()
         cap = self.cap_s
         if cap <= 0:
-            state: BudgetState = "unlimited"
+            state = BudgetState.UNLIMITED
         elif cap - self._used - self._reserved < billed_estimate(0.0) - 1e-9:
-            state = "exhausted"
+            state = BudgetState.EXHAUSTED
         elif self._used + self._reserved >= WARN_RATIO * cap:
-            state = "warning"
+            state = BudgetState.WARNING
         else:
-            state = "ok"
-        if state != self._last_state:
+            state = BudgetState.OK
+        if state is not self._last_state:
             self._log_change(state, cap)
         return state
 
     def problem(self) -> str | None:
         """The warning the status shows, None when there is nothing to say."""
         state = self.state()
-        if state == "warning":
+        if state is BudgetState.WARNING:
             return f"over {WARN_RATIO:.0%} of the daily {self.cap_s:g} s budget used"
-        if state == "exhausted":
+        if state is BudgetState.EXHAUSTED:
             return f"daily budget of {self.cap_s:g} s used up: paused until tomorrow"
         return self.save_problem or None
 
     def snapshot(self) -> dict[str, Any]:
         state = self.state()
         figures: dict[str, Any] = {
-            "state": state,
+            "state": state.value,
             "day": self._day,
             "used_audio_s": round(self._used, 1),
             "reserved_audio_s": round(self._reserved, 1),
@@ -194,20 +202,20 @@ class Budget:
     def _refused(self) -> Outcome:
         self._counters.add("dropped.budget")
         text = ""
-        if self.state() == "exhausted" and not self._noticed:
+        if self.state() is BudgetState.EXHAUSTED and not self._noticed:
             self._noticed = True
             text = NOTICE
         detail = f"daily budget: {self._used:.1f} of {self.cap_s:g} s used"
         return Outcome("dropped", "budget", detail, text=text)
 
     def _log_change(self, state: BudgetState, cap: float) -> None:
-        if state == "exhausted":
+        if state is BudgetState.EXHAUSTED:
             log.warning("daily budget of %g s used up (%.1f s): not sending", cap, self._used)
-        elif state == "warning":
+        elif state is BudgetState.WARNING:
             log.warning("%.1f s of the daily budget of %g s used", self._used, cap)
-        elif self._last_state == "exhausted":
+        elif self._last_state is BudgetState.EXHAUSTED:
             log.info("budget available again (%.1f of %g s used): sending", self._used, cap)
-        if state != "exhausted":
+        if state is not BudgetState.EXHAUSTED:
             self._noticed = False
         self._last_state = state
 

@@ -12,14 +12,11 @@ lost span, so sample numbers stay true to time; a partial frame before a gap is 
 with zeros. `monotonic_time(sample)` / `wall_time(sample)` map the clock to time, from the
 callbacks' stamps (the least-delayed recent callback wins, which filters out jitter).
 
-`Capture` owns its reopen loop: a stream that finishes (device unplugged, sound server
-gone), stalls, or cannot be opened is retried with a bounded backoff (1 s doubling to
-10 s) while `frames()` keeps waiting; the consumer never sees an exception for it. While
-the device is missing, the shared `DeviceHost` re-enumerates PortAudio's devices before
-an attempt (at most every 5 s, only while no stream is open), so a device that appears
-late or under a new card number is found; the stream gives way (closes and reopens at
-once) for a rescan the speaker needs only while `may_yield()` says so and at most every
-`CAPTURE_YIELD_S`.
+`Capture` is one device stage of daemon/device_lifecycle.py: a stream that finishes
+(device unplugged, sound server gone), stalls, or cannot be opened is retried with the
+reconnect backoff while `frames()` keeps waiting; the consumer never sees an exception
+for it. The stream gives way (closes and reopens at once) for a device rescan the
+speaker needs only while `may_yield()` says so and at most every `CAPTURE_YIELD_S`.
 
 sounddevice is imported lazily: PortAudio reads the ALSA configuration when it is
 imported, and the environment may be set just before.
@@ -41,9 +38,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daemon.backoff import Backoff
 from daemon.config import AudioSettings
 from daemon.counters import Counters
+from daemon.device_lifecycle import (
+    DeviceLifecycle,
+    DeviceOpenError,
+    LifecyclePolicy,
+    SessionEnd,
+    always,
+)
 from daemon.devices import (
     DeviceHost,
     DeviceInfo,
@@ -67,10 +70,6 @@ STALL_TIMEOUT_S = 3.0
 BLOCK_S = 0.1
 TIME_WINDOW = 100  # reads over which the least-delayed callback stamp is kept
 CAPTURE_YIELD_S = 60.0  # the microphone closes for a speaker rescan at most this often
-
-
-class CaptureOpenError(Exception):
-    """The input device could not be opened (missing, busy, unsupported settings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +103,12 @@ class _Session:
         self.ring = ring
         self.loop = loop
         self.counters = counters
+        self.last_callback = time.monotonic()  # stamped by every callback (stall check)
         self.event = asyncio.Event()
         self.stream: Any = None
         self.finished = False
+        self.ending = SessionEnd.LOST  # how `Capture._run` ended it
+        self.why = "stream finished"
         self.wake_pending = False
         self.overflows = 0
         self.errors = 0
@@ -122,6 +124,7 @@ class _Session:
         """Copy into the ring, stamp, note flags, wake the loop; never raises."""
         try:
             now = time.monotonic()
+            self.last_callback = now
             if not self.callback_tid:
                 self.callback_tid = threading.get_native_id()
             if status and status.input_overflow:
@@ -149,6 +152,7 @@ class _Session:
     # -- loop side -----------------------------------------------------------------------
 
     def close(self) -> None:
+        """Abort and close the stream (any thread); never raises."""
         stream, self.stream = self.stream, None
         if stream is None:
             return
@@ -298,20 +302,31 @@ class Capture:
         reopen_max_s: float = REOPEN_MAX_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,
         host: DeviceHost | None = None,
+        may_yield: Callable[[], bool] = always,
     ) -> None:
         if frame_samples < 1:
             raise ValueError("frame_samples must be positive")
-        self._host = host if host is not None else DeviceHost.fixed()
-        self.may_yield: Callable[[], bool] = lambda: True  # may close for a rescan now
-        self._last_yield = time.monotonic()
-        self._yielded = False
+        policy = LifecyclePolicy(
+            "capture",
+            "input",
+            reopen_min_s=reopen_min_s,
+            reopen_max_s=reopen_max_s,
+            stall_s=stall_timeout_s,
+            yield_every_s=CAPTURE_YIELD_S,
+        )
+        self._device = DeviceLifecycle(
+            self,
+            policy,
+            host if host is not None else DeviceHost.fixed(),
+            counters,
+            may_yield=may_yield,
+            logger=log,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None  # frames()'s, for the callback
         self._settings = settings
         self._counters = counters
         self._profile = profile
         self._frame_samples = frame_samples
-        self._reopen_min_s = reopen_min_s
-        self._reopen_max_s = reopen_max_s
-        self._stall_timeout_s = stall_timeout_s
         self._framer = _Framer(frame_samples)
         self._time = _TimeModel()
         self._info: CaptureInfo | None = None
@@ -362,89 +377,31 @@ class Capture:
         finally:
             self._iterating = False
 
-    # -- reopen loop ---------------------------------------------------------------------
+    # -- the device (daemon/device_lifecycle.py) ----------------------------------------
 
     async def _reopen_loop(self) -> AsyncIterator[Frame]:
-        backoff = Backoff(self._reopen_min_s, self._reopen_max_s)
-        opened_before = False
+        self._loop = asyncio.get_running_loop()
         while True:
-            session = await self._open()
-            if session is None:
-                await asyncio.sleep(backoff.next())
-                continue
-            if opened_before:
-                self._counters.add("capture_reopens")
-            opened_before = True
+            session = await self._device.open()
             delivered = False
             try:
                 async for frame in self._run(session):
                     delivered = True
                     yield frame
             finally:
-                session.close()
-                self._host.closed("input")
+                await self._device.close(session)
             for frame in self._end_of_stream():
                 yield frame
-            if self._yielded:
-                self._yielded = False
-                self._counters.add("capture_rescan_yields")
-                log.info("input stream closed for a device rescan; reopening")
-                continue
-            if delivered:
-                backoff.reset()
-            delay = backoff.next()
-            self._counters.add("capture_device_lost")
-            log.warning("input device %r lost; reopening in %.1f s", session.info.name, delay)
-            await asyncio.sleep(delay)
+            why = f"{session.info.name!r}: {session.why}"
+            await self._device.ended(session.ending, worked=delivered, why=why)
 
-    async def _open(self) -> _Session | None:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._open_blocking, loop)
-        try:
-            session = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(self._close_abandoned)
-            raise
-        except CaptureOpenError as exc:
-            self._counters.add("capture_open_failures")
-            log.warning("cannot open the input device: %s", exc)
-            return None
-        self._info = session.info
-        self._time.restart()
-        log.info(
-            "capture: #%d %r at %d Hz%s, %d ch using %s, gain %+.1f dB, latency %.0f ms",
-            session.info.index,
-            session.info.name,
-            session.info.rate,
-            " (resampled to 16 kHz)" if session.info.resampling else "",
-            session.info.channels,
-            list(session.info.use_channels),
-            session.info.gain_db,
-            session.info.latency * 1000,
-        )
-        return session
-
-    def _close_abandoned(self, future: asyncio.Future[_Session]) -> None:
-        with contextlib.suppress(BaseException):
-            future.result().close()
-            self._host.closed("input")
-
-    def _open_blocking(self, loop: asyncio.AbstractEventLoop) -> _Session:
-        """Rescan if due, then open (under the host's lock, in a worker thread)."""
-        with self._host.lock:
-            self._host.rescan_if_due()
-            try:
-                session = self._open_stream(loop)
-            except CaptureOpenError:
-                self._host.missing("input")
-                raise
-            self._host.opened("input")
-            return session
-
-    def _open_stream(self, loop: asyncio.AbstractEventLoop) -> _Session:
-        """Pick the device and rate, open and start the stream."""
+    def open_session(self) -> _Session:
+        """Pick the device and rate, open and start the stream (worker thread)."""
         import sounddevice as sd
 
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("open_session outside frames()")
         session: _Session | None = None
         try:
             info, latency = self._plan(sd)
@@ -467,8 +424,29 @@ class Capture:
         except (sd.PortAudioError, DeviceNotFoundError, ValueError) as exc:
             if session is not None:
                 session.close()
-            raise CaptureOpenError(str(exc)) from exc
+            raise DeviceOpenError(str(exc)) from exc
         return session
+
+    def activate_session(self, session: _Session) -> None:
+        self._info = session.info
+        self._time.restart()
+        log.info(
+            "capture: #%d %r at %d Hz%s, %d ch using %s, gain %+.1f dB, latency %.0f ms",
+            session.info.index,
+            session.info.name,
+            session.info.rate,
+            " (resampled to 16 kHz)" if session.info.resampling else "",
+            session.info.channels,
+            list(session.info.use_channels),
+            session.info.gain_db,
+            session.info.latency * 1000,
+        )
+
+    def close_session(self, session: _Session) -> None:
+        session.close()
+
+    def abort_session(self, session: _Session) -> None:
+        session.close()
 
     def _plan(self, sd: Any) -> tuple[CaptureInfo, Latency]:
         devices = list_devices(probe_rates=False)
@@ -526,16 +504,13 @@ class Capture:
         named = False
         while not session.finished:
             try:
-                async with asyncio.timeout(self._stall_timeout_s):
+                async with asyncio.timeout(self._device.policy.stall_s):
                     await session.event.wait()
             except TimeoutError:
-                self._counters.add("capture_stalls")
-                log.warning(
-                    "input device %r delivered nothing for %.0f s",
-                    session.info.name,
-                    self._stall_timeout_s,
-                )
-                return
+                if self._device.stalled(session.last_callback, time.monotonic()):
+                    session.why = "stalled"
+                    return
+                continue
             session.event.clear()
             session.wake_pending = False  # cleared before reading: no wake-up is missed
             if not named and session.callback_tid:
@@ -543,8 +518,8 @@ class Capture:
                 log.info("capture: callback thread %d", session.callback_tid)
             for frame in self._convert(session, session.ring.read()):
                 yield frame
-            if self._should_yield():
-                self._yielded = True
+            if self._device.should_yield():
+                session.ending = SessionEnd.YIELDED
                 return
             if session.overflows != seen_overflows:
                 seen_overflows = session.overflows
@@ -554,16 +529,6 @@ class Capture:
                 log.error("capture callback error: %r", session.last_error)
         for frame in self._convert(session, session.ring.read()):
             yield frame
-
-    def _should_yield(self) -> bool:
-        """Give way to a rescan for the speaker: rarely, and only when the caller allows."""
-        now = time.monotonic()
-        if now - self._last_yield < CAPTURE_YIELD_S or not self._host.should_yield("input"):
-            return False
-        if not self.may_yield():
-            return False
-        self._last_yield = now
-        return True
 
     def _convert(self, session: _Session, chunk: RingRead) -> list[Frame]:
         if len(chunk.data) == 0 and not chunk.lost:
@@ -622,6 +587,6 @@ def _pick_rate(sd: Any, device: DeviceInfo, channels: int, preferred: int | None
         except (sd.PortAudioError, ValueError):
             continue
         return rate
-    raise CaptureOpenError(
+    raise DeviceOpenError(
         f"input device {device.name!r} accepts none of {tried} Hz with {channels} channels"
     )

@@ -131,7 +131,7 @@ async def _check_input(settings: Settings, profile: object) -> Result:
 
 
 async def _check_output(settings: Settings, output: str | int | None, profile: object) -> Result:
-    from daemon.playback import Playback
+    from daemon.playback import Playback, PlaybackState
     from daemon.profiles import Profile
 
     fmt = profile.output if isinstance(profile, Profile) else None
@@ -140,9 +140,9 @@ async def _check_output(settings: Settings, output: str | int | None, profile: o
         task = asyncio.create_task(playback.run())
         deadline = time.monotonic() + DEVICE_WAIT_S
         # Playback has no "opened" event; its state says it
-        while playback.state == "unavailable" and time.monotonic() < deadline:  # noqa: ASYNC110
+        while playback.state is PlaybackState.UNAVAILABLE and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        opened = playback.state != "unavailable"
+        opened = playback.state is not PlaybackState.UNAVAILABLE
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

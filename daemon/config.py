@@ -71,6 +71,8 @@ def _check_file(value: Path | None) -> Path | None:
 
 # Each caption language costs one request per utterance (the service allows 100 a minute).
 MAX_CAPTION_LANGS = 4
+# A smaller daily budget than this would pause the room at its first clip.
+MIN_DAILY_AUDIO_S = 1.0
 
 
 class _Section(BaseModel):
@@ -91,6 +93,16 @@ class RoomSettings(_Section):
     caption_langs: list[str] = Field(default_factory=list, max_length=MAX_CAPTION_LANGS)
     # Seconds of input audio the service may bill per local day, 0 = unlimited (budget.py).
     daily_audio_s: float = Field(default=0.0, ge=0.0, le=86400.0)
+
+    @field_validator("daily_audio_s")
+    @classmethod
+    def _check_daily_audio(cls, value: float) -> float:
+        if 0.0 < value < MIN_DAILY_AUDIO_S:
+            raise ValueError(
+                f"daily_audio_s must be 0 (unlimited) or at least {MIN_DAILY_AUDIO_S:g} s, "
+                f"not {value:g}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_languages(self) -> RoomSettings:

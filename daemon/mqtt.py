@@ -3,26 +3,35 @@
 Topics live under `<prefix>/<room_id>/`:
 
 - `availability`: retained `online` on every (re)connect, retained `offline` as the will
-  and on a clean shutdown.
+  and on a clean shutdown. The link subscribes to it: an `offline` while it is connected
+  (another device on the same `room_id` stopped, or its will) is answered with `online`
+  again, so the room reads online while any of its devices runs.
 - `status`: retained JSON, the latest one given (QoS 1).
 - `captions/<target_lang>`: JSON events, never retained; partial updates QoS 0, finals
   QoS 1. The link adds `"final": true|false` to each event.
 - `captions/<lang>/recent` (and any other document given to `publish_retained()`):
   retained JSON, QoS 1, the latest per topic; an empty payload clears it.
-- `device`: retained JSON claim `{"device_id", "host", "at"}` of the device serving the
-  room, published on every connect and again every `status_interval_s`. The link
-  subscribes to it: a claim with another device id (live, or retained and fresh) means a
-  second device uses the same `room_id`; both devices see it, log it and report it
-  (`other_devices`) until no claim of the other was seen for `CLAIM_STALE_INTERVALS`
-  status intervals. The client id carries the device id, so the two never kick each
-  other off the broker.
+- `device`: retained JSON claim `{"device_id", "host", "at", "instance", "pid"}` of the
+  process serving the room (`instance`: random, made per process), published on every
+  connect and again every `status_interval_s`. The link subscribes to it: a claim with
+  another device id (live, or retained and fresh) means a second device uses the same
+  `room_id`; both devices see it, log it and report it (`other_devices`) until no claim
+  of the other was seen for `CLAIM_STALE_INTERVALS` status intervals. The client id
+  carries the device id, so two devices never kick each other off the broker.
+- Two processes of one device on one room (a stray `roomtranslate run` beside the
+  service) share the client id: the broker drops one whenever the other connects. Each
+  sees the other's claim (same device id, another instance, made after this process
+  started) when it reconnects, logs it and reports it (`conflict()`), and while it lasts
+  waits between attempts from `CONFLICT_RETRY_S`, doubling up to `status_interval_s`,
+  instead of `reconnect_min_s`: the two take turns instead of kicking each other off.
 
 `run()` owns the connection: aiomqtt's documented reconnect loop with a jittered,
 doubling back-off. A broker that is down or goes away never raises out of `run()` and
 never blocks the callers: `publish_caption()` and `publish_status()` only touch memory.
 One sender task per connection drains a bounded outbox in order; while disconnected,
 finals wait in the outbox (oldest dropped when full) and partials are dropped. Every
-drop is counted.
+drop is counted. Incoming messages go to `on_message` as they are read, so nothing waits
+in (or is discarded by) aiomqtt's queue; `on_message` bounds and counts.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import secrets
 import socket
 import time
 from collections import deque
@@ -53,18 +64,19 @@ OFFLINE = b"offline"
 OPERATION_TIMEOUT_S = 10.0
 # Seconds to publish `offline` when run() is cancelled rather than closed.
 CANCEL_OFFLINE_TIMEOUT_S = 1.0
-# Incoming messages held for the `on_message` callback; beyond this aiomqtt discards them.
-INCOMING_LIMIT = 100
 # Non-retained control messages (`publish(retain=False)`) waiting to be sent.
 REPLY_LIMIT = 100
 
 # A claim of another device not seen for this many status intervals is forgotten.
 CLAIM_STALE_INTERVALS = 3
+# Seconds between attempts when another process of this device holds the connection,
+# doubling up to `status_interval_s`.
+CONFLICT_RETRY_S = 2.0
 
 # on_message(topic, payload, retained): `retained` is True for a message the broker had
 # stored (delivered because we subscribed), False for one published while we listen.
 MessageHandler = Callable[[str, bytes, bool], None]
-JobKind = Literal["final", "partial", "status", "retained", "claim", "reply"]
+JobKind = Literal["final", "partial", "status", "online", "retained", "claim", "reply"]
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -114,6 +126,15 @@ def tls_parameters(settings: MqttSettings) -> aiomqtt.TLSParameters | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Twin:
+    """Another process with this device id: where it runs and its latest claim (wall time)."""
+
+    host: str
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Job:
     """One message waiting for the sender."""
 
@@ -127,7 +148,7 @@ class _Job:
 
     @property
     def retain(self) -> bool:
-        return self.kind in ("status", "retained", "claim")
+        return self.kind in ("status", "online", "retained", "claim")
 
 
 class MqttLink:
@@ -142,16 +163,24 @@ class MqttLink:
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
         device_id: str = "",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`subscriptions` are full topic filters, subscribed (QoS 1) on every connect;
-        `on_message(topic, payload)` is called in the event loop for each message.
-        `device_id` enables the `device` claim (see the module docstring)."""
+        `on_message(topic, payload, retained)` is called in the event loop for each message
+        the moment it is read: it must only keep it (bounded) and return.
+        `device_id` enables the `device` claim (see the module docstring); `wall_clock`
+        stamps the claims and judges their age."""
         self._settings = settings
         self._counters = counters
         self._client_id = client_id or settings.client_id or None
         self._device_id = device_id
         self._claim_dirty = False
+        self._online_dirty = False  # someone said offline while this link is connected
         self._others: dict[str, tuple[str, float]] = {}  # device id -> (host, last seen)
+        self._wall = wall_clock
+        self._instance = secrets.token_hex(4)  # this process, in the claims
+        self._started_at = wall_clock()
+        self._twins: dict[str, _Twin] = {}  # instance -> another process of this device
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
         self._outbox: deque[_Job] = deque()
@@ -198,6 +227,29 @@ class MqttLink:
                 del self._others[device]
                 log.info("device %s (%s) no longer claims room %r", device, host, self.room)
         return {device: host for device, (host, _) in self._others.items()}
+
+    def conflict(self) -> str | None:
+        """Why another process of this device on this room keeps taking the connection
+        (see the module docstring), None when there is none."""
+        stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
+        for instance, twin in list(self._twins.items()):
+            if self._wall() - twin.at > stale:
+                del self._twins[instance]
+                log.info(
+                    "the other process (pid %d on %s) no longer claims room %r",
+                    twin.pid,
+                    twin.host,
+                    self.room,
+                )
+        if not self._twins:
+            return None
+        who = ", ".join(f"pid {t.pid} on {t.host}" for t in self._twins.values())
+        return (
+            f"another roomtranslate process ({who}) serves room_id {self.room!r} with this "
+            f"device id: both use the MQTT client id {self._client_id or ''!r}, so the broker "
+            "disconnects one whenever the other connects; stop one of them, or give each "
+            "its own device_id and room_id"
+        )
 
     @property
     def room(self) -> str:
@@ -301,6 +353,9 @@ class MqttLink:
         if self._status_dirty and self._status is not None:
             self._status_dirty = False
             return _Job("status", self.topic("status"), self._status)
+        if self._online_dirty:
+            self._online_dirty = False
+            return _Job("online", self.topic("availability"), ONLINE)
         if self._claim_dirty:
             self._claim_dirty = False
             return _Job("claim", self.topic("device"), self._claim())
@@ -319,6 +374,8 @@ class MqttLink:
             self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
         elif job.kind == "claim":
             self._claim_dirty = True
+        elif job.kind == "online":
+            pass  # the next connect says online anyway
         elif job.kind == "reply":
             self._replies.appendleft(job)
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
@@ -345,7 +402,7 @@ class MqttLink:
             keepalive=self._settings.keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
             will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
-            max_queued_incoming_messages=INCOMING_LIMIT,
+            queue_type=_inbox(self._deliver),
         )
 
     async def _reconnect_loop(self) -> None:
@@ -356,10 +413,18 @@ class MqttLink:
             jitter=0.5,
             rng=self._rng,
         )
+        interval = self._settings.status_interval_s
+        turns = Backoff(min(CONFLICT_RETRY_S, interval), interval, jitter=0.5, rng=self._rng)
         while not self._stop.is_set():
             if await self._session(backoff):
                 return
-            await self._pause(backoff.next())
+            if self.conflict() is None:
+                turns.reset()
+                await self._pause(backoff.next())
+            else:
+                delay = turns.next()
+                log.info("MQTT: the other process has the connection; next turn in %.1f s", delay)
+                await self._pause(delay)
 
     async def _session(self, backoff: Backoff) -> bool:
         """One connection: True once closed on request, False when it failed."""
@@ -393,6 +458,8 @@ class MqttLink:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        self._online_dirty = False
+        await client.subscribe(self.topic("availability"), qos=1)
         if self._device_id:
             await client.subscribe(self.topic("device"), qos=1)
             self._claim_dirty = True
@@ -405,7 +472,13 @@ class MqttLink:
 
     def _claim(self) -> bytes:
         return encode_json(
-            {"device_id": self._device_id, "host": socket.gethostname(), "at": time.time()}
+            {
+                "device_id": self._device_id,
+                "host": socket.gethostname(),
+                "at": self._wall(),
+                "instance": self._instance,
+                "pid": os.getpid(),
+            }
         )
 
     async def _claim_loop(self) -> None:
@@ -415,19 +488,20 @@ class MqttLink:
             self._claim_dirty = True
             self._kick()
 
-    def _on_claim(self, payload: object, retained: bool) -> None:
+    def _on_claim(self, payload: bytes, retained: bool) -> None:
         try:
-            if not isinstance(payload, bytes | bytearray | str):
-                raise TypeError("no payload")
             claim = json.loads(payload)
             device, host, at = str(claim["device_id"]), str(claim["host"]), float(claim["at"])
+            instance, pid = str(claim.get("instance", "")), int(claim.get("pid", 0))
         except (ValueError, KeyError, TypeError):
             self._counters.add("mqtt_bad_claims")
             return
         if device == self._device_id:
-            return
+            if instance and instance != self._instance and at > self._started_at:
+                self._on_twin(instance, _Twin(host, pid, at))
+            return  # else this process's own claim, or one of an earlier run of it
         stale = CLAIM_STALE_INTERVALS * self._settings.status_interval_s
-        if retained and abs(time.time() - at) > stale:
+        if retained and abs(self._wall() - at) > stale:
             return  # an old claim: that device is gone (or was replaced by this one)
         if device not in self._others:
             log.warning(
@@ -438,7 +512,23 @@ class MqttLink:
             )
         self._others[device] = (host, time.monotonic())
 
+    def _on_availability(self, payload: bytes) -> None:
+        if payload != OFFLINE or not self._connected or self._stop.is_set():
+            return
+        self._counters.add("mqtt_online_restored")
+        log.info("room %r was said to be offline (another device stopped): online again", self.room)
+        self._online_dirty = True
+        self._kick()
+
+    def _on_twin(self, instance: str, twin: _Twin) -> None:
+        """A claim of another process with this device id, made while this one runs."""
+        new = instance not in self._twins
+        self._twins[instance] = twin
+        if new:
+            log.warning("%s", self.conflict())
+
     async def _say_offline(self, client: aiomqtt.Client, limit_s: float) -> None:
+        self._connected = False  # its own `offline` coming back is not answered
         await client.publish(
             self.topic("availability"), OFFLINE, qos=1, retain=True, timeout=limit_s
         )
@@ -466,7 +556,8 @@ class MqttLink:
         where = f"{self._settings.host}:{self._settings.port}"
         if was_connected:
             self._counters.add("mqtt_disconnects")
-            log.warning("MQTT connection to %s lost: %s; reconnecting", where, exc)
+            level = logging.INFO if self._twins else logging.WARNING  # the conflict is told
+            log.log(level, "MQTT connection to %s lost: %s; reconnecting", where, exc)
             return
         self._counters.add("mqtt_connect_failures")
         log.log(
@@ -509,21 +600,24 @@ class MqttLink:
             self._counters.add("mqtt_captions_published")
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
-        """Deliver incoming messages; raises MqttError when the connection goes."""
-        claims = self.topic("device")
+        """Wait for the end of the connection (raises MqttError); the messages themselves
+        are handed to `_deliver()` as they are read (see `_inbox`)."""
         async for message in client.messages:
-            if message.topic.value == claims and self._device_id:
-                self._on_claim(message.payload, bool(message.retain))
-            else:
-                payload = message.payload
-                data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                self._dispatch(message.topic.value, data, bool(message.retain))
+            self._deliver(message)
 
-    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
-        if self._on_message is None:
-            return
+    def _deliver(self, message: aiomqtt.Message) -> None:
+        """One incoming message, in the event loop, as paho reads it (inside its callback:
+        nothing may raise out of here)."""
+        payload = message.payload
+        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        topic = message.topic.value
         try:
-            self._on_message(topic, payload, retained)
+            if topic == self.topic("device") and self._device_id:
+                self._on_claim(data, bool(message.retain))
+            elif topic == self.topic("availability"):
+                self._on_availability(data)
+            elif self._on_message is not None:
+                self._on_message(topic, data, bool(message.retain))
         except Exception:
             self._counters.add("mqtt_handler_errors")
             log.exception("MQTT message handler failed on %s", topic)
@@ -535,6 +629,19 @@ async def _wait(event: asyncio.Event, limit_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), limit_s)
     return event.is_set()
+
+
+def _inbox(deliver: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An aiomqtt `queue_type` that holds nothing: each message goes to `deliver` the moment
+    paho has read it. aiomqtt's own queue would fill (and discard, uncounted) whenever
+    paho reads faster than its iterator hands messages out; the receiver's structures
+    (the control plane's) bound and count instead."""
+
+    class Inbox(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            deliver(item)
+
+    return Inbox
 
 
 def _uncancel() -> int:

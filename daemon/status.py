@@ -11,23 +11,28 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from daemon import __version__
 from daemon.config import LiveRoom
 from daemon.counters import Counters
 
-State = Literal[
-    "starting",
-    "listening",
-    "hearing",
-    "translating",
-    "speaking",
-    "degraded",
-    "paused",
-    "error",
-    "stopping",
-]
+
+class DaemonState(StrEnum):
+    """The room's state in the status, derived from `Health` (first match wins)."""
+
+    ERROR = "error"  # the service refused the key: nothing can be translated
+    STOPPING = "stopping"
+    STARTING = "starting"
+    PAUSED = "paused"  # the daily budget is used up
+    DEGRADED = "degraded"  # a problem is reported
+    SPEAKING = "speaking"  # our translation plays
+    TRANSLATING = "translating"
+    HEARING = "hearing"  # someone speaks
+    LISTENING = "listening"
+
+
 MIN_INTERVAL_S = 0.5
 
 
@@ -58,22 +63,22 @@ class Health:
         self.last_error = message
         self.last_error_at = time.time()
 
-    def state(self) -> State:
+    def state(self) -> DaemonState:
         if self.fatal:
-            return "error"
+            return DaemonState.ERROR
         if self.stopping:
-            return "stopping"
+            return DaemonState.STOPPING
         if not self.started:
-            return "starting"
+            return DaemonState.STARTING
         if self.paused:
-            return "paused"
+            return DaemonState.PAUSED
         if self.problems:
-            return "degraded"
+            return DaemonState.DEGRADED
         if self.speaking:
-            return "speaking"
+            return DaemonState.SPEAKING
         if self.translating:
-            return "translating"
-        return "hearing" if self.hearing else "listening"
+            return DaemonState.TRANSLATING
+        return DaemonState.HEARING if self.hearing else DaemonState.LISTENING
 
 
 def _figures(counters: Counters) -> dict[str, Any]:
@@ -95,6 +100,8 @@ def _figures(counters: Counters) -> dict[str, Any]:
         "echo_gated_frames": n("echo_gated_frames"),
         "echo_dropped": n("echo_dropped"),
         "echo_reference_slips": n("echo_reference_slips"),
+        "echo_fallbacks": n("echo_fallbacks"),
+        "echo_delay_moves": n("echo_delay_moves"),
         "playback_ducks": n("playback_ducks"),
         "playback_skipped": n("playback_skipped_utterances"),
         "service_errors": {k: round(v) for k, v in counters.group("service_errors").items()},
@@ -102,6 +109,9 @@ def _figures(counters: Counters) -> dict[str, Any]:
             "disconnects": n("mqtt_disconnects"),
             "outbox_dropped": n("mqtt_outbox_dropped"),
             "partials_dropped": n("mqtt_partials_dropped"),
+            "replies_dropped": n("mqtt_replies_dropped"),
+            "handler_errors": n("mqtt_handler_errors"),
+            "bad_claims": n("mqtt_bad_claims"),
         },
         "device_reopens": {"input": n("capture_reopens"), "output": n("playback_reopens")},
         "device_rescans": n("device_rescans"),
@@ -132,7 +142,7 @@ class StatusSource:
         self.refresh()
         room = self.room.current
         return {
-            "state": self.health.state(),
+            "state": self.health.state().value,
             "problems": dict(self.health.problems),
             "source_lang": room.source_lang,
             "target_lang": room.target_lang,

@@ -15,29 +15,60 @@ double-talk runs), µs per 10 ms frame of the echo stage, and the peak RSS of a 
 running it; then the ratios against `off`.
 
     .venv/bin/python scripts/bench_echo.py            # all three modes, ~1 min
+
+`--matrix` runs the room matrix instead (scripts/echo_matrix.py: the rooms and what is
+drawn per room): `--rooms` rooms (default 200; `--quick`: 20), seeds 0..N-1, even seeds
+the calibration half, odd the held-out half, each in closed loop through the `aec`
+stage of `daemon.echo.make_echo_stage`, on `--jobs` (at most 2) processes; and the same
+rooms, same run, with the daemon package of git ref `--baseline` (default today's main,
+`none` to skip), exported with `git archive` to a temporary directory and imported
+first by a subprocess (PYTHONPATH). Per room, per half and per bucket of the held-out
+half, per side:
+
+- people cut, sent: the share of the people's speech (voiced 10 ms frames of their
+  turns) inside the clips the segmenter cut, and inside sent clips;
+- alone sent: of the clips the segmenter cut with under 0.1 s of a person's speech in
+  them (our voice alone, or noise), those the guard let pass;
+- person dropped: of the clips with at least 0.2 s of a person's speech, those dropped;
+- own-speech req: sent clips with more than 10% of their energy our echo (`echo_share`).
+
+Then the echo stage's CPU time (process and screen) per 10 ms frame and the peak RSS
+of a worker process. `--dump FILE` writes one JSON line per clip cut (side, room, its
+parameters and half, start/end, a person's seconds in it, our echo's share, sent or
+dropped, and the stage's `last_judgement` where it has one), for an ROC.
+
+    .venv/bin/python scripts/bench_echo.py --matrix --quick          # ~3 min
+    .venv/bin/python scripts/bench_echo.py --matrix --dump clips.jsonl  # ~20 min
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import soundfile as sf
 import soxr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import echo_matrix  # noqa: E402
 import room_echo  # noqa: E402
+from echo_matrix import load, rms, to_pcm  # noqa: E402
 
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings  # noqa: E402
 from daemon.counters import Counters  # noqa: E402
@@ -46,7 +77,6 @@ from daemon.echo.reference import ReferenceAligner  # noqa: E402
 from daemon.segmenter import Segmenter  # noqa: E402
 from daemon.values import SAMPLE_RATE, Frame, Utterance  # noqa: E402
 
-AUDIO = ROOT.parent / "shared" / "audio"
 RATE = SAMPLE_RATE
 FRAME = 480
 MEETING = [  # (recording, seconds used, silence before it)
@@ -67,25 +97,6 @@ LATENCY_S = 0.3  # clip cut → our translation starts playing
 LEAD_S = 0.04  # the playback callback writes this far ahead
 OWN_SHARE = 0.1
 Floats = npt.NDArray[np.float64]
-
-
-def load(name: str, seconds: float | None = None) -> Floats:
-    data, rate = sf.read(str(AUDIO / f"{name}.wav"), dtype="float64", always_2d=True)
-    mono = data.mean(axis=1)
-    if rate != RATE:
-        mono = soxr.resample(mono, rate, RATE)
-    level = np.abs(mono) > np.abs(mono).max() * 0.02
-    first, last = int(np.argmax(level)), len(mono) - int(np.argmax(level[::-1]))
-    mono = mono[first:last]
-    return mono[: round(seconds * RATE)] if seconds else mono
-
-
-def rms(x: Floats) -> float:
-    return float(np.sqrt(np.mean(x * x) + 1e-20))
-
-
-def to_pcm(x: Floats) -> npt.NDArray[np.int16]:
-    return np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
 
 
 class Meeting:
@@ -128,7 +139,9 @@ class Loop:
         self.busy_until = 0  # sample where our current translation ends
         self.stage: Any
         if mode == "aec":
-            self.stage = EchoCanceller(ReferenceAligner(self.played, self.counters), self.counters)
+            self.stage = EchoCanceller(
+                ReferenceAligner(self.played, self.counters), self.counters, self.audible_until
+            )
         else:
             self.stage = EchoGate(self.audible_until, self.counters, mode=mode, tail_s=0.3)  # type: ignore[arg-type]
         self.segmenter = Segmenter(
@@ -197,20 +210,7 @@ class Loop:
 
     def _echo_share(self, utt: Utterance) -> float:
         clip = utt.pcm.astype(np.float64) / 32768.0
-        best = 0.0
-        for lag in range(0, 257, 16):
-            e = (
-                self.echo[utt.start - lag : utt.start - lag + len(clip)]
-                if utt.start >= lag
-                else None
-            )
-            if e is None or len(e) < len(clip) or not np.any(e):
-                continue
-            r = float(np.dot(clip, e)) ** 2 / (
-                float(np.dot(e, e)) * float(np.dot(clip, clip)) + 1e-20
-            )
-            best = max(best, r)
-        return best
+        return echo_matrix.echo_share(clip, self.echo, utt.start, step=16)
 
 
 def erle_and_recall(mode: str) -> tuple[float, float]:
@@ -259,10 +259,203 @@ def one_mode(mode: str) -> dict[str, float]:
     return figures
 
 
+# ------------------------------------------------------------------ the room matrix
+
+BASELINE = "b949742"
+Bucket = tuple[str, Callable[[echo_matrix.RoomParams], bool]]
+
+
+def _bands(label: str, key: str, edges: list[float]) -> list[Bucket]:
+    """Buckets of |`key`| between consecutive `edges` (the last one closed)."""
+
+    def within(lo: float, hi: float, last: bool) -> Callable[[echo_matrix.RoomParams], bool]:
+        return lambda p: lo <= abs(getattr(p, key)) < hi or (last and abs(getattr(p, key)) == hi)
+
+    pairs = list(itertools.pairwise(edges))
+    return [
+        (f"{label} {lo:g}..{hi:g}", within(lo, hi, i == len(pairs) - 1))
+        for i, (lo, hi) in enumerate(pairs)
+    ]
+
+
+BUCKETS: list[Bucket] = [
+    ("echo dB -12..-6", lambda p: p.echo_db < -6),
+    ("echo dB -6..0", lambda p: -6 <= p.echo_db < 0),
+    ("echo dB 0..+6", lambda p: p.echo_db >= 0),
+    *_bands("bulk ms", "bulk_ms", [5, 100, 400, 800]),
+    ("no jump", lambda p: p.jump_ms == 0),
+    ("jump grows", lambda p: p.jump_ms > 0),
+    ("jump shrinks", lambda p: p.jump_ms < 0),
+    *_bands("|jump| ms", "jump_ms", [20, 200, 500]),
+    *_bands("RT60 s", "rt60_s", [0.2, 0.5, 0.8, 1.2]),
+    *_bands("|drift| ppm", "ppm", [0, 100, 200]),
+    ("linear speaker", lambda p: p.clip_drive == 0),
+    ("clipping speaker", lambda p: p.clip_drive > 0),
+    *_bands("SNR dB", "snr_db", [10, 20, 40]),
+]
+
+
+def _export(ref: str, into: Path) -> tuple[Path, str]:
+    """The daemon package at git `ref`, unpacked under `into`; and the commit."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tar = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "daemon"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    return into, commit
+
+
+def _run_side(
+    tree: Path, seeds: list[int], cache: Path, jobs: int, out: Path
+) -> tuple[list[echo_matrix.RoomRun], float, float]:
+    """The rooms with the daemon package of `tree`: runs, peak RSS (MB), wall seconds."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(ROOT / "scripts")]))
+    started = time.monotonic()
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "echo_matrix.py"),
+            *map(str, seeds),
+            "--cache",
+            str(cache),
+            "--jobs",
+            str(jobs),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        check=True,
+    )
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    runs = []
+    for d in lines[1:]:
+        d["clips"] = [echo_matrix.Clip(**c) for c in d["clips"]]
+        runs.append(echo_matrix.RoomRun(**d))
+    return runs, float(lines[0]["peak_rss_mb"]), time.monotonic() - started
+
+
+def _rate(n: float, of: float) -> str:
+    return f"{n:.0f}/{of:.0f} {n / of:6.1%}" if of else f"{n:.0f}/0 {'-':>6}"
+
+
+def _cells(f: dict[str, float]) -> str:
+    return (
+        f"{f['people_cut']:6.1%} {f['people_sent']:6.1%}"
+        f" {_rate(f['alone_sent'], f['alone_clips']):>15}"
+        f" {_rate(f['person_dropped'], f['person_clips']):>15}"
+        f" {_rate(f['own_speech_requests'], f['requests']):>15}"
+    )
+
+
+def _print_table(
+    title: str,
+    rows: list[tuple[str, list[int]]],
+    sides: dict[str, dict[int, echo_matrix.RoomRun]],
+) -> None:
+    cols = (
+        f"{'people cut  sent':>13} {'alone sent':>15} {'person dropped':>15} {'own-speech req':>15}"
+    )
+    print(f"\n{title}\n{'':24} {'rooms':>5} " + " | ".join(f"{s:^61}" for s in sides))
+    print(f"{'':24} {'':>5} " + " | ".join(cols for _ in sides))
+    for label, seeds in rows:
+        cells = [_cells(echo_matrix.figures([runs[s] for s in seeds])) for runs in sides.values()]
+        print(f"{label:24} {len(seeds):>5} " + " | ".join(cells))
+
+
+def _dump(path: Path, params: dict[int, echo_matrix.RoomParams], sides: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        for side, runs in sides.items():
+            for seed, run in runs.items():
+                p = params[seed]
+                for c in run.clips:
+                    line = {
+                        "side": side,
+                        "room": seed,
+                        "half": p.half,
+                        "params": p.summary(),
+                        "start_s": c.start / RATE,
+                        "end_s": c.end / RATE,
+                        "person_s": c.person_s,
+                        "echo_share": c.echo_share,
+                        "outcome": "sent" if c.sent else "dropped",
+                        "last_judgement": c.judgement,
+                    }
+                    f.write(json.dumps(line, default=echo_matrix.json_value) + "\n")
+
+
+def matrix(rooms: int, jobs: int, baseline: str, dump: Path | None, cache: Path) -> int:
+    """The room matrix, today's checkout beside `baseline` (a git ref, or "none")."""
+    seeds = list(range(rooms))
+    params = {s: echo_matrix.draw_room(s) for s in seeds}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="echo-matrix-") as tmp:
+        cache.mkdir(parents=True, exist_ok=True)
+        echo_matrix.prepare_rooms(seeds, cache, jobs)
+        print(f"rooms composed: {rooms} in {time.monotonic() - started:.0f} s", flush=True)
+        trees = {"current": ROOT}
+        if baseline != "none":
+            tree, commit = _export(baseline, Path(tmp) / "baseline")
+            trees[f"baseline {commit}"] = tree
+        sides: dict[str, dict[int, echo_matrix.RoomRun]] = {}
+        costs = {}
+        for side, tree in trees.items():
+            runs, rss, wall = _run_side(tree, seeds, cache, jobs, Path(tmp) / "out.jsonl")
+            sides[side] = {r.seed: r for r in runs}
+            costs[side] = (echo_matrix.figures(runs)["us_per_10ms"], rss, wall, runs[0].daemon)
+    print("\nper room: seed half people/voice language, RT60 s, echo dB, bulk ms, jump ms,")
+    print("ppm, clipping drive, SNR dB; per side people cut and sent, alone sent, dropped,")
+    print("own-speech requests")
+    for s in seeds:
+        p = params[s]
+        head = (
+            f"{s:4} {p.half[:4]} {p.people_lang:>3}/{p.voice_lang:<3} {p.rt60_s:4.2f}"
+            f" {p.echo_db:+5.1f} {p.bulk_ms:4.0f} {p.jump_ms:+4.0f} {p.ppm:+4.0f}"
+            f" {p.clip_drive:3.1f} {p.snr_db:4.1f}"
+        )
+        print(head + "  " + " | ".join(_cells(echo_matrix.figures([r[s]])) for r in sides.values()))
+    halves = [(h, [s for s in seeds if params[s].half == h]) for h in ("calibration", "held-out")]
+    _print_table("totals", halves, sides)
+    held = halves[1][1]
+    rows = [(label, [s for s in held if pred(params[s])]) for label, pred in BUCKETS]
+    _print_table("held-out half, per bucket", rows, sides)
+    print("\ncost of the echo stage (process + screen), CPU per 10 ms frame; peak RSS of a worker")
+    for side, (us, rss, wall, where) in costs.items():
+        print(f"{side:18} {us:7.1f} µs/10ms  {rss:6.1f} MB  {wall:5.0f} s wall  ({where})")
+    print(f"total {time.monotonic() - started:.0f} s, {jobs} worker processes")
+    if dump:
+        _dump(dump, params, sides)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["off", "gate", "aec"], help="one mode, as JSON")
+    parser.add_argument("--matrix", action="store_true", help="the room matrix instead")
+    parser.add_argument("--rooms", type=int, default=200, help="matrix rooms (seeds 0..N-1)")
+    parser.add_argument("--quick", action="store_true", help="a matrix of 20 rooms")
+    parser.add_argument("--jobs", type=int, default=2, help="matrix worker processes")
+    parser.add_argument("--baseline", default=BASELINE, help='git ref beside today, or "none"')
+    parser.add_argument("--dump", type=Path, help="matrix: one JSON line per clip cut")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "roomtranslate"
+        / "echo-matrix",
+        help="matrix: the rooms' impulse responses are kept here (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.matrix:
+        rooms = 20 if args.quick else args.rooms
+        return matrix(rooms, min(args.jobs, 2), args.baseline, args.dump, args.cache)
     if args.mode:
         print(json.dumps(one_mode(args.mode)))
         return 0

@@ -24,6 +24,8 @@ and benchmark helper: needs numpy, scipy and pyroomacoustics (the dev extras).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +39,7 @@ BLOCK_MS = 10
 ROOM_DIM = (6.0, 4.5, 2.8)
 LEAD_SAMPLES = 8  # kept before the direct path of the impulse response
 STREAM_DELAY_MS = 26.0  # parec spk.monitor → pacat micfeed → mic, measured on the rig
+STREAM_LATENCY_MS = 10  # each stream's buffer
 
 Floats = npt.NDArray[np.float64]
 
@@ -109,6 +112,9 @@ def run_canceller(
     played_rate: int = 24_000,
     lead_s: float = 0.04,
     frame: int = 480,
+    reference: bool = True,
+    stamp_offset_s: float = 0.0,
+    offset_until_s: float = float("inf"),
 ) -> tuple[Floats, Any]:
     """The daemon's echo stage over a room, as the live daemon drives it.
 
@@ -116,8 +122,11 @@ def run_canceller(
     (`played_rate`, float) what the speaker played, sample 0 sounding at time 0. The
     microphone's crystal runs `mic_ppm` fast (its samples are resampled here and stamped
     with true times, as Capture's time model does); the playback callback writes its
-    blocks `lead_s` before they sound, as PortAudio does. Returns the cleaned 16 kHz
-    signal and the stage (an `EchoCanceller` unless one is given).
+    blocks `lead_s` before they sound, as PortAudio does, stamped `stamp_offset_s` late
+    until `offset_until_s` (a device that misreports its latency), or not at all without
+    a `reference`; the
+    stage's `audible_until` is the end of the non-silent audio written so far. Returns
+    the cleaned 16 kHz signal and the stage (an `EchoCanceller` unless one is given).
     """
     import soxr
 
@@ -128,8 +137,11 @@ def run_canceller(
     counters = Counters()
     played_audio = PlayedAudio(counters)
     played_audio.open(played_rate)
+    audible = [0.0]
     if stage is None:
-        stage = EchoCanceller(ReferenceAligner(played_audio, counters), counters)
+        stage = EchoCanceller(
+            ReferenceAligner(played_audio, counters), counters, lambda: audible[0]
+        )
     rate = RATE * (1.0 + mic_ppm * 1e-6)
     if mic_ppm:
         mic = soxr.resample(mic, RATE, rate)
@@ -146,7 +158,11 @@ def run_canceller(
             written + block <= len(ref) and (written + block) / played_rate <= captured_at + lead_s
         ):
             chunk = ref[written : written + block].reshape(-1, 1)
-            played_audio.write(chunk, (written + block) / played_rate)
+            end = (written + block) / played_rate
+            if reference:
+                played_audio.write(chunk, end + (stamp_offset_s if end < offset_until_s else 0.0))
+            if chunk.any():
+                audible[0] = end
             written += block
         result = stage.process(Frame(start, mic16[start : start + frame]), captured_at)
         out[start : start + frame] = result.pcm
@@ -163,32 +179,54 @@ def _int16(x: Floats) -> npt.NDArray[np.int16]:
 def _streams(extra: list[str]) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     common = ["--raw", "--format=s16le", f"--rate={RATE}", "--channels=1", *extra]
     record = subprocess.Popen(
-        ["parec", "--device=spk.monitor", "--latency-msec=10", *common],
+        ["parec", "--device=spk.monitor", f"--latency-msec={STREAM_LATENCY_MS}", *common],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
     play = subprocess.Popen(
-        ["pacat", "--playback", "--device=micfeed", "--latency-msec=10", *common],
+        ["pacat", "--playback", "--device=micfeed", f"--latency-msec={STREAM_LATENCY_MS}", *common],
         stdin=subprocess.PIPE,
         start_new_session=True,
     )
     return record, play
 
 
-def run(gain_db: float, delay_ms: float, rt60: float, seed: int) -> int:
-    """Speaker monitor → room → microphone feed, until SIGTERM."""
+def _realtime() -> None:
+    """A real-time priority where allowed (root, as in CI): a busy machine must not stall
+    the room, or its streams' buffers grow and the echo path with them (a rig artefact,
+    not a room's: a room's path moves only when a sound server's buffer grows, which
+    `--jump-ms` models)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (PermissionError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(-10)
+
+
+def run(gain_db: float, delay_ms: float, rt60: float, seed: int, jump_ms: float = 0.0) -> int:
+    """Speaker monitor → room → microphone feed, until SIGTERM. SIGUSR1 makes the echo
+    path `jump_ms` longer (a sound server's buffer that grew: the echo pauses that long)."""
     block = RATE * BLOCK_MS // 1000
     line = max(0.0, delay_ms - STREAM_DELAY_MS)
     room = RoomEcho(
         room_impulse_response(rt60, seed), block, delay=round(line * RATE / 1000), gain_db=gain_db
     )
     stop = False
+    jumps = 0  # asked for (SIGUSR1)
+    made = 0
+    pending = np.zeros(0)  # a jump's silence, still to be played before the echo
 
     def on_term(signum: int, frame: Any) -> None:
         nonlocal stop
         stop = True
 
+    def on_jump(signum: int, frame: Any) -> None:
+        nonlocal jumps
+        jumps += 1
+
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_jump)
+    _realtime()
     record, play = _streams([])
     assert record.stdout is not None and play.stdin is not None
     print("room: running", flush=True)
@@ -198,7 +236,13 @@ def run(gain_db: float, delay_ms: float, rt60: float, seed: int) -> int:
             if len(raw) < block * 2:
                 break
             x = np.frombuffer(raw, dtype="<i2").astype(np.float64)
-            y = np.clip(np.rint(room.process(x)), -32768, 32767).astype("<i2")
+            if made < jumps:
+                made += 1
+                pending = np.concatenate((pending, np.zeros(round(jump_ms * RATE / 1000))))
+                print(f"room: the echo path is {jump_ms:.0f} ms longer", flush=True)
+            pending = np.concatenate((pending, room.process(x)))
+            out, pending = pending[:block], pending[block:]
+            y = np.clip(np.rint(out), -32768, 32767).astype("<i2")
             play.stdin.write(y.tobytes())
             play.stdin.flush()
     except (BrokenPipeError, KeyboardInterrupt):
@@ -221,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     go.add_argument("--delay-ms", type=float, default=60.0)
     go.add_argument("--rt60", type=float, default=0.45)
     go.add_argument("--seed", type=int, default=1)
+    go.add_argument("--jump-ms", type=float, default=0.0, help="on SIGUSR1: this much longer")
     args = parser.parse_args(argv)
-    return run(args.gain_db, args.delay_ms, args.rt60, args.seed)
+    return run(args.gain_db, args.delay_ms, args.rt60, args.seed, args.jump_ms)
 
 
 if __name__ == "__main__":

@@ -289,10 +289,10 @@ class Recorder:
         """Until the recorder has (re)subscribed `connects` times in all."""
         await eventually(lambda: self.connects >= connects and self.subscribed.is_set(), within_s)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if self._client is None:
             raise RuntimeError("the recorder is not connected")
-        await self._client.publish(topic, payload, qos=qos)
+        await self._client.publish(topic, payload, qos=qos, retain=retain)
 
     async def _run(self) -> None:
         while True:

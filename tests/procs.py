@@ -55,6 +55,21 @@ def soundless_daemon_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def start_daemon(env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m daemon run` from the checkout in its own session, stderr (the log) to
+    `log`; stop it with `stop_process`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
+
+
 def run_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

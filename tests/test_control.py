@@ -69,6 +69,9 @@ REJECTIONS: list[tuple[str, bytes, str, str]] = [
     ("empty", b"", "payload", "not_json"),
     ("NaN is not JSON", b'{"volume": NaN}', "payload", "not_json"),
     ("too deep", b"[" * 5000 + b"]" * 5000, "payload", "not_json"),
+    ("5,000 digits", b'{"volume": ' + b"9" * 5000 + b"}", "payload", "bad_number"),
+    ("beyond a float", b'{"daily_audio_s": 1e400}', "payload", "bad_number"),
+    ("a denormal budget", b'{"daily_audio_s": 1e-320}', "room.daily_audio_s", "invalid"),
     ("not UTF-8", b'{"voice": "\xff\xfe"}', "payload", "not_utf8"),
     ("not an object", b"[1, 2]", "payload", "not_object"),
     ("a string", b'"volume"', "payload", "not_object"),
@@ -108,6 +111,34 @@ async def test_each_rejection_kind_is_answered_and_nothing_applied(tmp_path: Pat
             assert cp.control.version == 0
             assert not (tmp_path / "state" / FILE_NAME).exists()
             assert op.configs()[-1]["version"] == 0
+
+
+NUMBERS: list[tuple[bytes, str]] = [
+    # (payload, the reason given): each its own, none "too deeply nested"
+    (b'{"volume": NaN}', "not JSON: NaN is not a JSON number (numbers must be finite)"),
+    (b'{"volume": Infinity}', "not JSON: Infinity is not a JSON number"),
+    (b'{"volume": -Infinity}', "not JSON: -Infinity is not a JSON number"),
+    (b'{"volume": ' + b"1" * 5000 + b"}", "a number of 5000 digits; at most 100 characters"),
+    (b'{"volume": -0.' + b"5" * 5000 + b"}", "a number of 5001 digits; at most 100 characters"),
+    (b'{"daily_audio_s": 1e400}', "1e400 is out of range for a number"),
+    (b'{"daily_audio_s": 1e-320}', "must be 0 (unlimited) or at least 1 s, not 9.99989e-321"),
+    (b'{"daily_audio_s": 0.5}', "must be 0 (unlimited) or at least 1 s, not 0.5"),
+    (b"[" * 5000 + b"]" * 5000, "not JSON: too deeply nested"),
+]
+
+
+@pytest.mark.e2e
+async def test_numbers_no_setting_can_hold_get_their_own_reason(tmp_path: Path) -> None:
+    with Broker() as broker:
+        async with control_plane(broker, tmp_path / "state") as cp, Operator(broker) as op:
+            await op.latest_config()
+            for payload, reason in NUMBERS:
+                reply = await op.send_raw(payload)
+                messages = [e["message"] for e in reply["errors"]]
+                assert reply["status"] == "error" and len(messages) == 1, (payload[:30], reply)
+                assert reason in messages[0], (payload[:30], messages)
+            assert cp.room.current.daily_audio_s == 0.0  # the room is still on
+            assert (await op.set({"daily_audio_s": 1}))["status"] == "ok"
 
 
 @pytest.mark.e2e
@@ -329,6 +360,41 @@ async def test_a_state_dir_that_cannot_be_written_is_reported_and_the_change_app
             assert reply["status"] == "ok" and reply["saved"] is False
             assert cp.room.current.volume == 11
             assert "cannot save" in cp.health.problems["config.state"]
+
+
+@pytest.mark.e2e
+async def test_the_config_version_never_goes_back_after_unsaved_changes(
+    tmp_path: Path,
+) -> None:
+    """Changes 2–4 not saved (as on a read-only state directory): after a restart the
+    retained config continues above version 4; the same settings keep their version."""
+    state = tmp_path / "state"
+    with Broker() as broker:
+        async with Operator(broker) as op:
+            async with control_plane(broker, state):
+                assert (await op.set({"volume": 10}))["status"] == "ok"
+                first_save = (state / FILE_NAME).read_bytes()
+                for volume in (20, 30, 40):
+                    assert (await op.set({"volume": volume}))["status"] == "ok"
+                await op.latest_config(lambda c: c["version"] == 4)
+            (state / FILE_NAME).write_bytes(first_save)  # only version 1 reached the disk
+            seen = len(op.configs())
+            async with control_plane(broker, state) as cp:
+                assert cp.room.current.volume == 10  # what was saved
+                config = await op.latest_config(lambda c: c["config"]["volume"] == 10)
+                assert config["version"] == 5 == cp.control.version
+                assert (await op.set({"volume": 11}))["status"] == "ok"
+                await op.latest_config(lambda c: c["version"] == 6)
+            assert [c["version"] for c in op.configs()[seen:]] == [5, 6]
+            async with control_plane(broker, state) as cp:  # saved: nothing to resume
+                await eventually(lambda: cp.control.version == 6)
+                assert cp.counters.get("config.version_resumed") == 0
+            # the same settings as the retained document: its version is kept
+            (state / FILE_NAME).write_text('{"format": 1, "version": 2, "room": {"volume": 11}}')
+            async with control_plane(broker, state) as cp:
+                await eventually(lambda: cp.counters.get("config.version_resumed") == 1)
+                assert cp.control.version == 6
+            assert all(c["version"] == 6 for c in op.configs()[seen + 1 :])
 
 
 @pytest.mark.e2e

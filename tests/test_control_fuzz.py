@@ -118,6 +118,7 @@ def accounted(plane: Plane, operator: Operator) -> int:
     """Messages answered (config/response) or counted without an answer."""
     counted = sum(plane.counters.get(name) for name in GROUP_COUNTERS)
     counted += plane.counters.get("config.dropped_queue_full")
+    counted += plane.counters.get("config.superseded")  # a newer document came first
     return len(operator.responses()) + round(counted)
 
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,7 @@ from daemon.config import ApiSettings
 from daemon.counters import Counters
 from daemon.translator import Translator
 from tests.broker import Broker, retained
-from tests.conftest import PROJECT_ROOT
-from tests.procs import soundless_daemon_env, stop_process
+from tests.procs import soundless_daemon_env, start_daemon, stop_process
 from tests.simproc import Simulator
 from tests.test_budget import ROOM, clip
 
@@ -38,17 +36,7 @@ def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
 
 @contextmanager
 def daemon(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            start_new_session=True,
-        )
+    proc = start_daemon(env, tmp_path / "daemon.log")
     try:
         yield proc
     finally:

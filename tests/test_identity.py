@@ -2,7 +2,8 @@
 
 Against a real Mosquitto: two MqttLinks with the same room_id and different device ids
 stay connected side by side (distinct client ids) and each reports the other; the
-daemon process reports a second device in its status `problems` and its log.
+daemon process reports a second device in its status `problems` and its log. Two
+processes of one device (one client id) report each other and take turns on the broker.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ from daemon.counters import Counters
 from daemon.identity import default_room_id, device_id
 from daemon.mqtt import MqttLink
 from tests.broker import Broker, Recorder, eventually, retained
-from tests.conftest import PROJECT_ROOT
-from tests.procs import soundless_daemon_env, stop_process
+from tests.procs import soundless_daemon_env, start_daemon, stop_process
 
 ROOM = "shared-room"
 
@@ -117,6 +116,33 @@ async def test_two_devices_on_one_room_id_see_each_other_and_stay_connected() ->
 
 
 @pytest.mark.e2e
+async def test_the_room_reads_online_while_one_of_its_two_devices_runs() -> None:
+    availability = f"roomtranslate/{ROOM}/availability"
+    with Broker() as broker:
+        first = make_link(broker, "aaaaaaaaaaaa", Counters())
+        second = make_link(broker, "bbbbbbbbbbbb", Counters())
+        tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+        try:
+            await eventually(lambda: first.connected and second.connected)
+            await second.close(timeout=1.0)  # says offline for the room
+            await eventually(tasks[1].done)
+
+            async def online() -> bool:
+                return await retained(broker, availability, wait_s=1.0) == b"online"
+
+            for _ in range(50):  # the survivor answers: online again
+                if await online():
+                    break
+            assert await online()
+            await first.close(timeout=1.0)
+            assert await retained(broker, availability) == b"offline"  # the last one went
+        finally:
+            for link in (first, second):
+                await link.close(timeout=1.0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.e2e
 async def test_an_old_retained_claim_is_not_a_second_device() -> None:
     with Broker() as broker:
         async with Recorder(broker, "#") as rec:
@@ -163,18 +189,7 @@ async def test_two_daemons_with_one_room_id_both_report_it(tmp_path: Path) -> No
                 logs.append(log)
                 workdir = tmp_path / device
                 workdir.mkdir()
-                with log.open("wb") as out:
-                    procs.append(
-                        subprocess.Popen(  # noqa: ASYNC220 (starting, not waiting)
-                            [sys.executable, "-m", "daemon", "run"],
-                            cwd=PROJECT_ROOT,
-                            env=daemon_env(workdir, broker, device),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=out,
-                            start_new_session=True,
-                        )
-                    )
+                procs.append(start_daemon(daemon_env(workdir, broker, device), log))
             try:
 
                 def reported_by(device: str, other: str) -> bool:
@@ -192,3 +207,106 @@ async def test_two_daemons_with_one_room_id_both_report_it(tmp_path: Path) -> No
             for text, other in zip(texts, ("ffffffffffff", "eeeeeeeeeeee"), strict=True):
                 assert f"id {other}) also uses room_id" in text, text
                 assert text.count("MQTT connected") == 1, text  # nobody was kicked off
+
+
+TWIN = "abababababab"
+
+
+def twin_link(broker: Broker, **options: Any) -> MqttLink:
+    """A link as a second process of device TWIN would make it: the same client id."""
+    return MqttLink(
+        link_settings(broker),
+        Counters(),
+        client_id=f"roomtranslate-{ROOM}-{TWIN}",
+        device_id=TWIN,
+        **options,
+    )
+
+
+async def test_two_processes_of_one_device_report_each_other_and_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Broker() as broker:
+        links = [twin_link(broker), twin_link(broker)]
+        pauses: list[list[tuple[float, bool]]] = [[], []]
+        for link, taken in zip(links, pauses, strict=True):
+
+            async def pause(seconds: float, link: MqttLink = link, taken: Any = taken) -> None:
+                taken.append((seconds, link.conflict() is not None))
+                await asyncio.sleep(seconds)
+
+            monkeypatch.setattr(link, "_pause", pause)
+        tasks = [asyncio.create_task(link.run()) for link in links]
+        try:
+            await eventually(lambda: all(link.conflict() for link in links), 20.0)
+            for link in links:
+                conflict = link.conflict() or ""
+                assert f"'roomtranslate-{ROOM}-{TWIN}'" in conflict and "pid" in conflict
+            # the turns: at least a status interval's half (1 s, jittered) between attempts
+            await eventually(
+                lambda: sum(in_conflict for p in pauses for _, in_conflict in p) >= 4, 20.0
+            )
+            turns = [seconds for p in pauses for seconds, in_conflict in p if in_conflict]
+            assert turns and min(turns) >= 0.5, pauses
+        finally:
+            for link in links:
+                await link.close(timeout=1.0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_claim_of_an_earlier_run_of_this_device_is_no_conflict() -> None:
+    """Only a claim made after this process started is another process (injected clock)."""
+    started = 1_800_000_000.0
+    device_topic = f"roomtranslate/{ROOM}/device"
+
+    def claim(device: str, instance: str, pid: int, at: float) -> bytes:
+        doc = {"device_id": device, "host": "pi", "at": at, "instance": instance, "pid": pid}
+        return json.dumps(doc).encode()
+
+    with Broker() as broker:
+        async with Recorder(broker, "#") as rec:
+            # the last claim of the run before a restart, retained
+            await rec.publish(device_topic, claim(TWIN, "0ld0ld00", 41, started - 5), retain=True)
+            link = twin_link(broker, wall_clock=lambda: started)
+            task = asyncio.create_task(link.run())
+            try:
+                await eventually(lambda: link.connected)
+                # a later message from another device shows the retained one was handled
+                await rec.publish(device_topic, claim("cdcdcdcdcdcd", "x", 7, started))
+                await eventually(lambda: "cdcdcdcdcdcd" in link.other_devices())
+                assert link.conflict() is None
+                await rec.publish(device_topic, claim(TWIN, "n3wn3wn3", 42, started + 1))
+                await eventually(lambda: link.conflict() is not None)
+                assert "pid 42 on pi" in (link.conflict() or "")
+            finally:
+                await link.close(timeout=1.0)
+                await asyncio.wait_for(task, 2.0)
+                await rec.publish(device_topic, b"", retain=True)
+
+
+@pytest.mark.e2e
+async def test_two_run_processes_on_one_host_report_the_conflict(tmp_path: Path) -> None:
+    """Same device id, same room: one client id. Both statuses and both logs say so."""
+    with Broker() as broker:
+        async with Recorder(broker, f"roomtranslate/{ROOM}/#") as rec:
+            procs: list[subprocess.Popen[bytes]] = []
+            logs = [tmp_path / "first.log", tmp_path / "second.log"]
+            for log in logs:
+                workdir = tmp_path / log.stem
+                workdir.mkdir()
+                env = daemon_env(workdir, broker, TWIN)
+                env.pop("ROOMTRANSLATE_MQTT__STATUS_INTERVAL_S")  # the default turns
+                procs.append(start_daemon(env, log))
+            try:
+
+                def names(other: subprocess.Popen[bytes]) -> bool:
+                    conflicts = [s["problems"].get("mqtt.conflict", "") for s in statuses(rec)]
+                    return any(f"pid {other.pid} on" in text for text in conflicts)
+
+                await eventually(lambda: names(procs[1]) and names(procs[0]), 30.0)
+            finally:
+                codes = [stop_process(proc, 10.0) for proc in procs]
+            texts = [log.read_text() for log in logs]
+            assert codes == [0, 0], texts
+            for text, other in zip(texts, reversed(procs), strict=True):
+                assert f"another roomtranslate process (pid {other.pid} on" in text, text

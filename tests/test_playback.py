@@ -372,7 +372,7 @@ def test_any_feeding_pattern_plays_each_sample_once_in_order(
 def fake_callback(playback: Playback, frames: int, channels: int, now: float) -> Pcm:
     out = np.full((frames, channels), 7, dtype=np.int16)
     info = SimpleNamespace(currentTime=now, outputBufferDacTime=now + 0.04)
-    playback._callback(out, frames, info, SimpleNamespace(output_underflow=False))
+    playback._output._callback(out, frames, info, SimpleNamespace(output_underflow=False))
     return out
 
 
@@ -394,7 +394,7 @@ def test_callback_never_raises_and_counts_errors() -> None:
     counters = Counters()
     playback = Playback(None, counters)
     out = np.full((10, 1), 7, dtype=np.int16)
-    playback._callback(out, 10, None, None)  # a broken time_info: counted, silence
+    playback._output._callback(out, 10, None, None)  # a broken time_info: counted, silence
     assert not out.any()
     playback._tick()
     assert counters.get("playback_callback_errors") == 1

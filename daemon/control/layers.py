@@ -28,8 +28,16 @@ OVERRIDE_LAYERS: tuple[Layer, ...] = ("fleet", "site", "room")
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_TRANSACTION_CHARS = 128
 MAX_FIELD_CHARS = 64  # a key longer than this is shortened in an error's `field`
+MAX_NUMBER_CHARS = 100  # a longer number in a payload is refused, not converted
 RejectKind = Literal[
-    "too_large", "not_utf8", "not_json", "not_object", "invalid", "rate_limited", "retained"
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "bad_number",
+    "not_object",
+    "invalid",
+    "rate_limited",
+    "retained",
 ]
 Transaction = str | int | float | None
 Overrides = dict[str, Any]
@@ -87,12 +95,38 @@ class Request:
     errors: tuple[FieldError, ...] = ()
 
 
+class _BadNumber(ValueError):
+    """A number in the payload that no setting can hold (the message says why)."""
+
+
 def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+def _int(text: str) -> int:
+    _check_length(text)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    _check_length(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"{text} is out of range for a number")
+    return value
+
+
+def _check_length(text: str) -> None:
+    if len(text) > MAX_NUMBER_CHARS:
+        digits = sum(c.isdigit() for c in text)
+        raise _BadNumber(
+            f"a number of {digits} digits; at most {MAX_NUMBER_CHARS} characters per number"
+        )
 
 
 def read_json_object(payload: bytes) -> dict[str, Any]:
-    """The payload as a JSON object; Rejected (too_large / not_utf8 / not_json / not_object)."""
+    """The payload as a JSON object; Rejected (too_large / not_utf8 / not_json / bad_number /
+    not_object)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise Rejected(
             "too_large",
@@ -103,10 +137,13 @@ def read_json_object(payload: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise Rejected("not_utf8", [FieldError("payload", "not UTF-8 text")]) from None
     try:
-        data = json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        reason = str(exc) if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
-        raise Rejected("not_json", [FieldError("payload", f"not JSON: {reason}")]) from None
+        data = json.loads(text, parse_constant=_no_constants, parse_int=_int, parse_float=_float)
+    except _BadNumber as exc:
+        raise Rejected("bad_number", [FieldError("payload", str(exc))]) from None
+    except RecursionError:
+        raise Rejected("not_json", [FieldError("payload", "not JSON: too deeply nested")]) from None
+    except ValueError as exc:
+        raise Rejected("not_json", [FieldError("payload", f"not JSON: {exc}")]) from None
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "null"
         raise Rejected(

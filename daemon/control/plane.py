@@ -10,10 +10,17 @@ Topics (`base` = `<prefix>/<room_id>`):
   whole (status `problems`, a `config/response` with transaction "fleet"/"site"); the last
   valid one stays. An empty payload (the retained document deleted) clears the layer.
 - `base/config` out (retained): the effective settings, `version` and each key's layer.
+  Also read: the retained one the broker holds at connect has a higher `version` when
+  changes of an earlier run could not be saved (a read-only state directory) or another
+  device shares the room_id; the version then continues above it (the same settings keep
+  that version), so it never goes back.
 - `<ha_prefix>/status` in: `online` re-publishes the Home Assistant discovery document.
 
-Messages are handled one at a time by `run()` from a bounded queue (`QUEUE_LIMIT`; the
-excess is counted), so nothing that arrives can stall the event loop or the other stages.
+Messages are handled one at a time by `run()`, so nothing that arrives can stall the event
+loop or the other stages. Each fleet, site and Home Assistant document waits in its
+topic's slot, where a newer one replaces it (`config.superseded`): a flood of requests
+never pushes one out, and they are handled before the waiting requests. Requests wait in a
+bounded queue (`QUEUE_LIMIT`; the excess is counted as `config.dropped_queue_full`).
 A change is applied to `LiveRoom` at once (the pipeline and playback follow it), then the
 room layer is saved (in a thread), then `config` and the answer go out: "ok" means it is
 on disk.
@@ -97,7 +104,10 @@ class Topics:
 
     @property
     def subscriptions(self) -> list[str]:
-        return [t for t in (self.set, self.fleet, self.site, self.ha_status) if t is not None]
+        """`config` first: its retained document arrives before the other subscriptions
+        are made, so before the link sends this run's."""
+        topics = (self.config, self.set, self.fleet, self.site, self.ha_status)
+        return [t for t in topics if t is not None]
 
 
 class TokenBucket:
@@ -146,7 +156,8 @@ class ControlPlane:
         self._store = StateFile(settings.state_dir)
         self._stack = Stack(settings.room)
         self._version = 0
-        self._queue: deque[tuple[str, bytes, bool]] = deque()
+        self._queue: deque[tuple[str, bytes, bool]] = deque()  # requests, oldest first
+        self._slots: dict[str, tuple[bytes, bool]] = {}  # group topic -> newest document
         self._wake = asyncio.Event()
         self._bucket = TokenBucket(self._rate, clock or time.monotonic)
         self._publisher: Publisher | None = None
@@ -176,19 +187,28 @@ class ControlPlane:
         self._publish_discovery()
 
     def receive(self, topic: str, payload: bytes, retained: bool) -> None:
-        """The MQTT link's `on_message`: queue the message (never blocks)."""
-        if len(self._queue) >= QUEUE_LIMIT:
+        """The MQTT link's `on_message`: keep the message for `run()` (never blocks)."""
+        if topic == self.topics.config:
+            if retained:
+                self._resume_version(payload)
+            return  # else this run's own document (or another device's) coming back
+        if topic in (self.topics.fleet, self.topics.site, self.topics.ha_status):
+            if self._slots.pop(topic, None) is not None:
+                self._counters.add("config.superseded")
+            self._slots[topic] = (payload, retained)
+        elif len(self._queue) >= QUEUE_LIMIT:
             self._counters.add("config.dropped_queue_full")
             return
-        self._queue.append((topic, payload, retained))
+        else:
+            self._queue.append((topic, payload, retained))
         self._wake.set()
 
     async def run(self) -> None:
-        """Handle the queued messages, one at a time, forever."""
+        """Handle the waiting messages, one at a time, forever."""
         while True:
             self._wake.clear()
-            while self._queue:
-                topic, payload, retained = self._queue.popleft()
+            while (message := self._next()) is not None:
+                topic, payload, retained = message
                 try:
                     await self._handle(topic, payload, retained)
                 except Exception:
@@ -196,6 +216,13 @@ class ControlPlane:
                     log.exception("remote configuration: handling a message on %s failed", topic)
                 await asyncio.sleep(0)  # a burst never holds the loop for long
             await self._wake.wait()
+
+    def _next(self) -> tuple[str, bytes, bool] | None:
+        """The oldest group document waiting, else the oldest request."""
+        if self._slots:
+            topic = next(iter(self._slots))
+            return (topic, *self._slots.pop(topic))
+        return self._queue.popleft() if self._queue else None
 
     # -- start ----------------------------------------------------------------------------
 
@@ -225,6 +252,26 @@ class ControlPlane:
             self._version,
             _changes(stack.room),
         )
+
+    def _resume_version(self, payload: bytes) -> None:
+        """The broker's retained config: continue above its version (module docstring)."""
+        try:
+            found = read_json_object(payload)
+        except Rejected:
+            return
+        version = found.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version <= self._version:
+            return
+        same = found == {**self._config_document(), "version": version}
+        log.info(
+            "remote configuration: the broker holds version %d of this room's config "
+            "(unsaved changes of an earlier run, or another device); continuing at %d",
+            version,
+            version if same else version + 1,
+        )
+        self._counters.add("config.version_resumed")
+        self._version = version if same else version + 1
+        self._publish_config()
 
     # -- handling -------------------------------------------------------------------------
 
@@ -357,13 +404,15 @@ class ControlPlane:
         self._counters.add("config.responses")
         self._publish(self.topics.response, doc, retain=False)
 
-    def _publish_config(self) -> None:
-        doc = {
+    def _config_document(self) -> dict[str, Any]:
+        return {
             "version": self._version,
             "config": self._room.current.model_dump(mode="json"),
             "layers": self._stack.sources(),
         }
-        self._publish(self.topics.config, doc, retain=True)
+
+    def _publish_config(self) -> None:
+        self._publish(self.topics.config, self._config_document(), retain=True)
 
     def _publish_discovery(self) -> None:
         if self.topics.ha_discovery is None:

@@ -81,5 +81,5 @@ def make_echo_stage(
     if mode == "aec":
         if played is None:
             raise ValueError("the echo canceller needs the played audio (PlayedAudio)")
-        return EchoCanceller(ReferenceAligner(played, counters), counters)
+        return EchoCanceller(ReferenceAligner(played, counters), counters, audible_until)
     return EchoGate(audible_until, counters, mode=mode, tail_s=settings.echo_tail_ms / 1000.0)

@@ -33,22 +33,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from daemon.counters import Counters
+from daemon.echo.delay import MOVE_S, DelayTracker, ReferenceShift
+from daemon.echo.fallback import CancellationMonitor, Fallback
 from daemon.echo.guard import (
     BLOCK,
     SILENT_DB,
     EchoLedger,
+    Levels,
     OwnSpeechGuard,
     Verdict,
     block_levels,
 )
 from daemon.echo.history import PcmHistory
 from daemon.echo.reference import ReferenceAligner
+from daemon.echo.share import LAGS, echo_share
 from daemon.segmenter.confirm import Confirmer
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -64,13 +69,20 @@ DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segme
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
 GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
+CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
+REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
 
 
 class EchoCanceller:
     """AEC3 between capture and the VAD, with the played audio as its reference."""
 
-    def __init__(self, reference: ReferenceAligner, counters: Counters) -> None:
+    def __init__(
+        self,
+        reference: ReferenceAligner,
+        counters: Counters,
+        audible_until: Callable[[], float],
+    ) -> None:
         from pywebrtc_audio import AudioProcessor
 
         self._processor: Any = AudioProcessor(
@@ -87,11 +99,18 @@ class EchoCanceller:
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
         self._learnt_blocks = 0  # blocks of our speech processed since the last restart
-        self._unconverged_from = 0  # clock span in which the canceller was converging
-        self._converged_at: int | None = None
+        # clock spans [from, to) in which the canceller converged (the newest may be open)
+        self._converging: deque[tuple[int, int | None]] = deque([(0, None)], CONVERGING_SPANS)
         self._active = False
         self._captured_at = 0.0
+        self._last_played: float | None = 0.0  # capture time our speech last sounded
         self._removal_db = 0.0
+        self._at_path = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what we played, one
+        self.last_judgement: dict[str, Any] | None = None  # echo path later, by clock
+        self._tracker = DelayTracker()
+        self._shift = ReferenceShift()
+        self._monitor = CancellationMonitor()
+        self._fallback = Fallback(audible_until, lambda: counters.add("echo_fallbacks"))
 
     @property
     def mode(self) -> str:
@@ -100,10 +119,13 @@ class EchoCanceller:
     def process(self, frame: Frame, captured_at: float) -> Frame:
         if len(frame.pcm) % BLOCK:
             raise ValueError(f"frames must be a multiple of {BLOCK} samples")
-        ref = self._reference.reference_for(captured_at, len(frame.pcm))
+        played = self._reference.reference_for(captured_at, len(frame.pcm))
         self._captured_at = captured_at
         self._follow_restarts(frame)
-        active = captured_at - self._reference.last_active < IDLE_AFTER_S
+        ref = self._aligned(played, frame.pcm, frame.start)
+        if played.any() or ref.any():
+            self._last_played = captured_at
+        active = self._last_played is not None and captured_at - self._last_played < IDLE_AFTER_S
         if active != self._active:
             self._active = active
             log.debug("echo canceller %s", "active" if active else "idle (bypassed)")
@@ -112,22 +134,75 @@ class EchoCanceller:
             self._counters.add("echo_cancelled_frames")
         else:
             out = self._delayed(frame.pcm)
-        self._note(frame.start, ref, frame.pcm, out)
+        self._note(frame.start, ref, self._path_pcm(ref), frame.pcm, out)
+        self._fallback.update(
+            (captured_at, len(frame.pcm) / SAMPLE_RATE),
+            self._monitor.erle_db if self._converged else None,
+            referenced=self._reference.covers(captured_at),
+            found=self._tracker.delay_s is not None,
+            loud=self._monitor.loud,
+        )
+        if self._fallback.gating(captured_at, self._tracker.delay_s):
+            out = np.zeros_like(out)
+            self._counters.add("echo_gated_frames")
         self._history.write(frame.start, out)
         return Frame(frame.start, out)
+
+    def _aligned(self, played: Pcm, mic: Pcm, start: int) -> Pcm:
+        """The reference shifted by the tracked bulk delay of the echo path
+        (`ReferenceShift`), the tracker fed while we play."""
+        if self._active or played.any():
+            found = self._tracker.delay_s
+            self._tracker.push(played, mic)
+            delay = self._tracker.delay_s
+            if delay is not None and (found is None or abs(delay - found) > MOVE_S):
+                log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
+                self._realign_path(start, delay)
+        was = self._shift.samples
+        if self._shift.follow(self._tracker.delay_s):
+            log.info(
+                "echo path out of AEC3's reach: the reference is shifted by %.0f ms (was %.0f ms)",
+                self._shift.samples / SAMPLE_RATE * 1000,
+                was / SAMPLE_RATE * 1000,
+            )
+            self._counters.add("echo_delay_moves")
+            self._restart_convergence()
+            self._realign(start)
+        if self._shift.samples == 0:
+            return played
+        return self._reference.earlier(self._shift.samples, len(played))
+
+    def _realign_path(self, start: int, delay: float) -> None:
+        """What we played one (new) echo path ago, for the last REALIGN_S: the path moved
+        within the tracker's window, and a clip there is judged against it."""
+        span = min(round(REALIGN_S * SAMPLE_RATE), start)
+        back = round(max(delay, 0.0) * SAMPLE_RATE) + span
+        self._at_path.rewrite(start - span, self._reference.earlier(back, span))
+
+    def _realign(self, start: int) -> None:
+        """The guard's reference levels of the last REALIGN_S at the new shift: the path
+        moved within the tracker's window, and a clip there is judged against it."""
+        span = min(round(REALIGN_S * SAMPLE_RATE), start)
+        span -= span % BLOCK
+        if span:
+            ref = self._reference.earlier(self._shift.samples + span, span)
+            self._ledger.realign(start - span, block_levels(ref))
 
     def double_talk(self) -> bool:
         """Our speech played around the last frame processed (its clip is judged by the
         own-speech guard: the segmenter's noise confirmation need not doubt it)."""
-        return self._captured_at - self._reference.last_active < DOUBLE_TALK_S
+        if self._last_played is None or self._fallback.active:
+            return False
+        return self._captured_at - self._last_played < DOUBLE_TALK_S
 
     def screen(self, utt: Utterance) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
         send: widened at an edge where our speech played (double talk)."""
-        converged = self._converged_at is not None and (
-            utt.start >= self._converged_at or utt.end <= self._unconverged_from
+        converged = not any(
+            utt.end > start and (end is None or utt.start < end) for start, end in self._converging
         )
         verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
+        self._judge_share(utt, verdict)
         self._last_clip_end = max(self._last_clip_end, utt.end)
         if verdict is not None:  # not sent: the next clip may widen into it (a person's
             return verdict  # first word at the end of our residual)
@@ -136,12 +211,35 @@ class EchoCanceller:
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
 
+    def _judge_share(self, utt: Utterance, verdict: Verdict | None) -> None:
+        lead = max(LAGS) * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        share = echo_share(utt.pcm, reference) if reference.any() else 0.0
+        figures = self._guard.last
+        self.last_judgement = {
+            "echo_share": round(share, 4),
+            "path_found": self._tracker.delay_s is not None,
+            "guard": None if verdict is None else verdict.signal,
+            "figures": None if figures is None else dataclasses.asdict(figures),
+            "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
+            "fallback": self._fallback.active,
+        }
+        log.info("utterance %d: %.0f%% of it our echo (estimated)", utt.id, share * 100)
+
     def describe(self) -> dict[str, Any]:
+        estimate = self._tracker.last
+        delay = self._tracker.delay_s
+        erle = self._monitor.erle_db
+        reason = self._fallback.state.reason
         return {
             "mode": "aec",
             "canceller": "active" if self._active else "idle",
-            "converged": self._converged_at is not None,
+            "converged": self._converged,
             "removal_db": round(self._removal_db, 1),
+            "delay_ms": None if delay is None else round(delay * 1000),
+            "delay_confidence": None if estimate is None else round(estimate.confidence, 1),
+            "erle_db": None if erle is None else round(erle, 1),
+            "fallback": None if reason is None else reason.value,
         }
 
     def _follow_restarts(self, frame: Frame) -> None:
@@ -150,10 +248,21 @@ class EchoCanceller:
         generation = self._reference.generation
         if generation != self._generation or frame.start != self._next_start:
             self._generation = generation
-            self._learnt_blocks = 0
-            self._unconverged_from = frame.start
-            self._converged_at = None
+            self._tracker.restart()
+            self._fallback.restart()
+            self._next_start = frame.start
+            self._restart_convergence()
         self._next_start = frame.end
+
+    @property
+    def _converged(self) -> bool:
+        return self._converging[-1][1] is not None
+
+    def _restart_convergence(self) -> None:
+        self._learnt_blocks = 0
+        self._monitor.restart()
+        if self._converged:
+            self._converging.append((self._next_start, None))
 
     def _with_lead_in(self, utt: Utterance) -> Utterance:
         """The clip with up to GUARD_LEAD_IN_S of the cleaned audio before it (not of the
@@ -204,18 +313,35 @@ class EchoCanceller:
         self._delay = joined[len(pcm) :]
         return joined[: len(pcm)]
 
-    def _note(self, start: int, ref: Pcm, mic: Pcm, out: Pcm) -> None:
-        ref_db = block_levels(ref) if ref.any() else np.full(len(ref) // BLOCK, SILENT_DB)
+    def _path_pcm(self, ref: Pcm) -> Pcm:
+        """What we played one echo path ago: what the microphone hears of us in this
+        frame (the reference AEC3 got while the path is not found)."""
+        delay = self._tracker.delay_s
+        if not self._active or delay is None:
+            return ref
+        return self._reference.earlier(round(max(delay, 0.0) * SAMPLE_RATE), len(ref))
+
+    def _note(self, start: int, ref: Pcm, at_path: Pcm, mic: Pcm, out: Pcm) -> None:
+        ref_db = _levels(ref)
         mic_db = block_levels(mic)
         self._ledger.note(start, ref_db, mic_db)
+        self._at_path.write(start, at_path)
+        out_db = block_levels(out)
+        self._monitor.hear(mic_db)
+        if self._active and self._tracker.delay_s is not None:
+            self._monitor.note(_levels(at_path), mic_db, out_db, judged=self._converged)
         playing = ref_db > REF_ACTIVE_DBFS
-        if self._converged_at is None and self._active:
+        if not self._converged and self._active:
             self._learnt_blocks += int(playing.sum())
             if self._learnt_blocks * BLOCK >= CONVERGE_S * SAMPLE_RATE:
-                self._converged_at = start + len(ref)
+                self._converging.append((self._converging.pop()[0], start + len(ref)))
         if self._active and playing.any():
-            removal = float(np.mean(mic_db[playing] - block_levels(out)[playing]))
+            removal = float(np.mean(mic_db[playing] - out_db[playing]))
             self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)
+
+
+def _levels(pcm: Pcm) -> Levels:
+    return block_levels(pcm) if pcm.any() else np.full(len(pcm) // BLOCK, SILENT_DB, np.float32)
 
 
 class DoubleTalkConfirmer:

@@ -124,6 +124,13 @@ class EchoLedger:
         self._mic[slots] = mic_db
         self._next = max(self._next, first + len(ref_db))
 
+    def realign(self, start: int, ref_db: Levels) -> None:
+        """Replace the reference levels of blocks noted from `start` on (a new shift)."""
+        first = start // BLOCK
+        known = np.arange(first, first + len(ref_db))
+        keep = (known < self._next) & (known >= self._next - len(self._ref))
+        self._ref[known[keep] % len(self._ref)] = ref_db[keep]
+
     def levels(self, start: int, end: int) -> tuple[Levels, Levels]:
         """(reference, microphone) levels of the blocks of samples [start, end)."""
         first, last = start // BLOCK, end // BLOCK
@@ -180,11 +187,13 @@ class OwnSpeechGuard:
 
     def __init__(self, ledger: EchoLedger) -> None:
         self._ledger = ledger
+        self.last: Verdict | None = None  # the last clip's figures, ours or not
 
     def judge(self, utt: Utterance, *, converged: bool) -> Verdict | None:
         """`converged`: the canceller had converged for the whole clip. Before that its
         output is close to the raw microphone, and the microphone's envelope is judged
         (stricter on foreign blocks); after, the cleaned clip's, then our residual's."""
+        self.last = None
         ref_db, mic_db = self._ledger.levels(utt.start, utt.end)
         blocks = min(len(ref_db), len(utt.pcm) // BLOCK)
         if blocks < MIN_BLOCKS:
@@ -200,6 +209,7 @@ class OwnSpeechGuard:
         drop = loudest_drop(mic_db, out_db)
         own, signal, figures = _judged(mic_db, ref_db, out_db, (kept, drop), converged=converged)
         verdict = Verdict(*figures, removal, share, converged, kept, drop, signal)
+        self.last = verdict
         log.info(
             "utterance %d %s: %s",
             utt.id,

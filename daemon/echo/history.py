@@ -40,6 +40,14 @@ class PcmHistory:
         self._ring[: len(pcm) - first] = pcm[first:]
         self._end = start + len(pcm)
 
+    def rewrite(self, start: int, pcm: Pcm) -> None:
+        """Replace the kept samples from position `start` (up to `end`) with `pcm`."""
+        first = max(start, self.oldest)
+        stop = min(start + len(pcm), self._end)
+        if stop > first:
+            positions = np.arange(first, stop)
+            self._ring[positions % len(self._ring)] = pcm[first - start : stop - start]
+
     def read(self, start: int, count: int) -> Pcm:
         """Positions [start, start + count); silence where nothing is kept."""
         out = np.zeros(count, dtype=np.int16)

@@ -37,7 +37,7 @@ from daemon.values import SAMPLE_RATE, Pcm
 log = logging.getLogger(__name__)
 
 PLAYED_RING_S = 2.0  # what the callback may write before the loop reads it
-HISTORY_S = 4.0  # how far back the microphone may look up what was played
+HISTORY_S = 6.0  # how far back the echo stage may look up what was played
 SLIP_SAMPLES = 160  # 10 ms: the read cursor follows the time line within this
 REANCHOR_S = 0.02  # a DAC stamp this far off the time line starts a new stretch
 TRACK = 0.05  # share of a stamp's error taken per read (smooths the stamp jitter)
@@ -99,6 +99,7 @@ class ReferenceAligner:
         self._stretch_device = 0  # device position where the current stretch began
         self._stretch_index = 0  # its time line index
         self._cursor: int | None = None
+        self._read_at = 0  # time line index of the last frame's first sample
         self._last_active = 0.0
 
     @property
@@ -122,11 +123,24 @@ class ReferenceAligner:
                 self._counters.add("echo_reference_slips")
                 log.debug("echo reference slips %+d samples", target - self._cursor)
             self._cursor = target
+        self._read_at = self._cursor
         out = self._history.read(self._cursor, count)
         self._cursor += count
         if out.any():
             self._last_active = captured_at
         return out
+
+    def earlier(self, samples: int, count: int) -> Pcm:
+        """The `count` samples that sounded `samples` before the last frame's (the
+        reference shifted by the echo path's bulk delay; within `HISTORY_S`)."""
+        return self._history.read(self._read_at - samples, count)
+
+    def covers(self, captured_at: float) -> bool:
+        """The time line reaches `captured_at`: the output device was handed something
+        (silence included) for that moment."""
+        if self._t0 is None:
+            return False
+        return self._t0 + self._history.end / SAMPLE_RATE >= captured_at
 
     # -- the played side --------------------------------------------------------------------
 

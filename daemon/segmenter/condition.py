@@ -75,10 +75,6 @@ class HighPass:
         self._y: Floats = np.zeros(block)
         self._z: Floats = np.zeros(block)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._sections)
-
     def process(self, pcm: Pcm) -> tuple[Pcm, float]:
         if len(pcm) != self._block:
             raise ValueError(f"frames of {self._block} samples expected, got {len(pcm)}")

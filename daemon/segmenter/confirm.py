@@ -10,10 +10,11 @@ is noise: dropped and counted (`noise_dropped`, `noise_unconfirmed`), never bill
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from daemon.config import SegmenterSettings
-from daemon.segmenter.detectors import SileroScorer
+from daemon.segmenter.detectors import SileroScorer, ThresholdDetector
 from daemon.values import Pcm
 
 
@@ -25,14 +26,16 @@ class Confirmer(Protocol):
 
 class SileroConfirmer:
     def __init__(self, threshold: float) -> None:
-        self._scorer = SileroScorer()
-        self._threshold = threshold
+        self._detector = ThresholdDetector(SileroScorer(), threshold)
 
     def reset(self) -> None:
-        self._scorer.reset()
+        self._detector.reset()
 
     def confirms(self, pcm: Pcm) -> bool:
-        return self._scorer.score(pcm) >= self._threshold
+        return self._detector.is_speech(pcm)
+
+
+ConfirmerFactory = Callable[[SegmenterSettings], Confirmer | None]
 
 
 def make_confirmer(settings: SegmenterSettings) -> Confirmer | None:

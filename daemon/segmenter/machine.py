@@ -16,14 +16,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
 from daemon.config import LiveRoom, SegmenterSettings
 from daemon.counters import Counters
-from daemon.segmenter.confirm import Confirmer, make_confirmer
+from daemon.segmenter.confirm import Confirmer, ConfirmerFactory, make_confirmer
 from daemon.segmenter.voicing import FrameJudge, Judged, Voicing
 from daemon.values import Frame, Utterance, UtteranceStats, dbfs
 
@@ -38,6 +38,36 @@ class SpeechStarted:
 SegmentEvent = SpeechStarted | Utterance
 
 
+class SegmenterState(Enum):
+    QUIET = "quiet"
+    SPEAKING = "speaking"
+
+
+class Continues(Enum):
+    """What the clip in progress continues."""
+
+    NOTHING = "nothing"  # a new utterance
+    DROPPED_PART = "dropped_part"  # the rest of a split clip that was dropped as noise
+    SENT_PART = "sent_part"  # the rest of a split clip that was sent
+
+
+@dataclass(frozen=True, slots=True)
+class _Heard:
+    """A frame of the clip in progress."""
+
+    judged: Judged
+    confirmed: bool  # the confirmer heard speech in it (False without a confirmer)
+
+
+@dataclass(slots=True)
+class _Utt:
+    """The clip in progress (SPEAKING)."""
+
+    frames: list[_Heard] = field(default_factory=list)
+    continues: Continues = Continues.NOTHING
+    silence_run: int = 0  # unvoiced frames at its end
+
+
 class Segmenter:
     """Push frames in, get SpeechStarted and Utterance events out (synchronous, fast)."""
 
@@ -50,7 +80,7 @@ class Segmenter:
         first_id: int = 1,
         *,
         judge: FrameJudge | None = None,
-        confirm: Confirmer | Literal["settings"] | None = "settings",
+        confirmer: ConfirmerFactory = make_confirmer,
     ) -> None:
         self.s = settings
         self._room = room
@@ -58,7 +88,7 @@ class Segmenter:
         self._wall_time = wall_time
         self._next_id = first_id
         self._judge = judge if judge is not None else Voicing(settings, room)
-        self._confirm = make_confirmer(settings) if confirm == "settings" else confirm
+        self._confirm: Confirmer | None = confirmer(settings)
         self._confirm_frames = -(-settings.confirm_speech_ms // settings.frame_ms)
         self._frame_ms = settings.frame_ms
         self._window = max(1, settings.start_window_ms // self._frame_ms)
@@ -70,28 +100,32 @@ class Segmenter:
         self._search = max(1, int(settings.split_search_s * 1000) // self._frame_ms)
         self._history: deque[Judged] = deque(maxlen=self._pre_roll + self._window)
         self._recent_voiced: deque[bool] = deque(maxlen=self._window)
-        self._current: list[Judged] = []
-        self._confirmed: list[bool] = []  # per frame of _current: the confirmer heard speech
-        self._silence_run = 0
-        self._speaking = False
-        self._continued = False  # the clip in progress continues a split one
-        self._split_sent = False  # ... and that split one was sent (not dropped as noise)
+        self._state = SegmenterState.QUIET
+        self._utt = _Utt()
+
+    @property
+    def state(self) -> SegmenterState:
+        return self._state
 
     @property
     def speaking(self) -> bool:
-        return self._speaking
+        return self._state is SegmenterState.SPEAKING
 
     def push(self, frame: Frame) -> list[SegmentEvent]:
         scored = self._judge.judge(frame)
-        if self._speaking:
+        if self._state is SegmenterState.SPEAKING:
             return self._push_speaking(scored)
         return self._push_quiet(scored)
 
     def flush(self) -> list[SegmentEvent]:
         """End of input: close the utterance in progress, if any."""
-        if not self._speaking:
+        if self._state is SegmenterState.QUIET:
             return []
         return self._end_utterance()
+
+    def _heard(self, judged: Judged) -> _Heard:
+        confirm = self._confirm
+        return _Heard(judged, confirm is not None and confirm.confirms(judged.frame.pcm))
 
     def _push_quiet(self, scored: Judged) -> list[SegmentEvent]:
         self._history.append(scored)
@@ -101,77 +135,72 @@ class Segmenter:
         history = list(self._history)
         window_start = len(history) - len(self._recent_voiced)
         first_voiced = next(i for i in range(window_start, len(history)) if history[i].voiced)
-        self._current = history[max(0, first_voiced - self._pre_roll) :]
         if self._confirm is not None:
             self._confirm.reset()
-            self._confirmed = [self._confirm.confirms(j.frame.pcm) for j in self._current]
+        start = history[max(0, first_voiced - self._pre_roll) :]
+        self._utt = _Utt([self._heard(judged) for judged in start])
         self._history.clear()
         self._recent_voiced.clear()
-        self._silence_run = 0
-        self._speaking = True
-        return [SpeechStarted(self._current[0].frame.start)]
+        self._state = SegmenterState.SPEAKING
+        return [SpeechStarted(start[0].frame.start)]
 
     def _push_speaking(self, scored: Judged) -> list[SegmentEvent]:
-        self._current.append(scored)
-        if self._confirm is not None:
-            self._confirmed.append(self._confirm.confirms(scored.frame.pcm))
-        self._silence_run = 0 if scored.voiced else self._silence_run + 1
-        if self._silence_run >= self._hangover:
+        utt = self._utt
+        utt.frames.append(self._heard(scored))
+        utt.silence_run = 0 if scored.voiced else utt.silence_run + 1
+        if utt.silence_run >= self._hangover:
             return self._end_utterance()
-        if len(self._current) >= self._max_frames:
+        if len(utt.frames) >= self._max_frames:
             return self._split()
         return []
 
     def _end_utterance(self) -> list[SegmentEvent]:
-        frames = self._current
-        last_voiced = max((i for i, s in enumerate(frames) if s.voiced), default=-1)
+        utt, self._utt = self._utt, _Utt()
+        self._state = SegmenterState.QUIET
+        frames = utt.frames
+        last_voiced = max((i for i, h in enumerate(frames) if h.judged.voiced), default=-1)
         cut = min(len(frames), last_voiced + 1 + self._post_roll)
         clip, rest = frames[:cut], frames[cut:]
-        confirmed = sum(self._confirmed[:cut])
-        self._current, self._confirmed = [], []
-        self._speaking = False
-        self._silence_run = 0
-        continued, self._continued = self._continued, False
         for leftover in rest[-self._history.maxlen :] if self._history.maxlen else []:
-            self._history.append(leftover)
-        return self._emit(clip, confirmed, split=False, continued=continued)
+            self._history.append(leftover.judged)
+        return self._emit(clip, split=False, continues=utt.continues)
 
     def _split(self) -> list[SegmentEvent]:
-        frames = self._current
+        utt = self._utt
+        frames = utt.frames
         tail = range(len(frames) - self._search, len(frames))
-        quietest = min(tail, key=lambda i: frames[i].level)
-        clip, self._current = frames[: quietest + 1], frames[quietest + 1 :]
-        confirmed = sum(self._confirmed[: quietest + 1])
-        self._confirmed = self._confirmed[quietest + 1 :]
-        self._silence_run = 0
-        for i in range(len(self._current) - 1, -1, -1):
-            if self._current[i].voiced:
+        quietest = min(tail, key=lambda i: frames[i].judged.level)
+        clip, rest = frames[: quietest + 1], frames[quietest + 1 :]
+        silence_run = 0
+        for heard in reversed(rest):
+            if heard.judged.voiced:
                 break
-            self._silence_run += 1
-        continued, self._continued = self._continued, True
-        events = self._emit(clip, confirmed, split=True, continued=continued)
-        self._split_sent = bool(events)
+            silence_run += 1
+        events = self._emit(clip, split=True, continues=utt.continues)
+        continues = Continues.SENT_PART if events else Continues.DROPPED_PART
+        self._utt = _Utt(rest, continues, silence_run)
         return events
 
-    def _emit(
-        self, clip: list[Judged], confirmed: int, *, split: bool, continued: bool = False
-    ) -> list[SegmentEvent]:
+    def _emit(self, clip: list[_Heard], *, split: bool, continues: Continues) -> list[SegmentEvent]:
         """An utterance of `clip`; a short one is noise unless it is part of a split, and
-        one the confirmer heard too little speech in is noise."""
-        voiced = sum(1 for s in clip if s.voiced)
+        one the confirmer heard too little speech in is noise (unless it is the rest of
+        a split clip that was sent)."""
+        voiced = sum(1 for h in clip if h.judged.voiced)
+        continued = continues is not Continues.NOTHING
         if voiced == 0 and continued:
             return []  # only the silence after a split: nothing was said
         if not clip or (voiced < self._min_voiced and not (split or continued)):
             self._counters.add("noise_dropped")
             return []
-        vouched = continued and self._split_sent  # the end of a confirmed utterance
+        confirmed = sum(1 for h in clip if h.confirmed)
+        vouched = continues is Continues.SENT_PART  # the end of a confirmed utterance
         if self._confirm is not None and confirmed < self._confirm_frames and not vouched:
             self._counters.add("noise_dropped")
             self._counters.add("noise_unconfirmed")
             return []
-        pcm = np.concatenate([s.frame.pcm for s in clip])
-        levels = [s.level for s in clip]
-        start, end = clip[0].frame.start, clip[-1].frame.end
+        pcm = np.concatenate([h.judged.frame.pcm for h in clip])
+        levels = [h.judged.level for h in clip]
+        start, end = clip[0].judged.frame.start, clip[-1].judged.frame.end
         utterance = Utterance(
             id=self._next_id,
             start=start,

@@ -5,7 +5,7 @@ Per frame, in this order:
    the clip it sends are the conditioned audio.
 2. Its level (RMS dBFS of the conditioned samples).
 3. `NoiseFloor` tracks the room's steady noise.
-4. The detector (`detector`: webrtc | earshot) judges EVERY frame: detectors adapt to
+4. The detector (`detector`: webrtc | earshot | silero) judges EVERY frame: detectors adapt to
    what they are fed, and fed only the loud frames they turn stricter.
 5. A frame is voiced when the detector says speech AND it is above `energy_floor_dbfs`
    AND at least `noise_margin_db` above the tracked noise (0 turns that test off).
@@ -21,8 +21,9 @@ from daemon.config import LiveRoom, SegmenterSettings
 from daemon.segmenter.condition import SILENCE_DBFS, HighPass
 from daemon.segmenter.detectors import (
     Detector,
-    EarshotDetector,
-    SileroDetector,
+    EarshotScorer,
+    SileroScorer,
+    ThresholdDetector,
     WebrtcDetector,
 )
 from daemon.values import SAMPLE_RATE, Frame, Pcm
@@ -78,9 +79,9 @@ def make_detector(settings: SegmenterSettings, mode: int) -> Detector:
         case "webrtc":
             return WebrtcDetector(mode)
         case "earshot":
-            return EarshotDetector(settings.earshot_threshold, mode)
+            return ThresholdDetector(EarshotScorer(), settings.earshot_threshold, mode)
         case "silero":
-            return SileroDetector(settings.silero_threshold, mode)
+            return ThresholdDetector(SileroScorer(), settings.silero_threshold, mode)
 
 
 class Voicing:

@@ -1,0 +1,216 @@
+"""The echo path's bulk delay, found from what we played and what the microphone heard.
+
+The reference is placed on the capture clock by the delays the devices report
+(`reference.py`); real devices misreport (a speakerphone's DSP, a sound server whose
+buffer grew after an underrun, HDMI or Bluetooth audio, an amplifier with DSP), and AEC3
+only searches about half a second. So while we play, `DelayTracker` measures where our
+echo really is: the generalised cross-correlation with phase transform (GCC-PHAT) of the
+microphone against the reference, at 8 kHz, over the last `WINDOW_S`, for echo delays of
+`MIN_LAG_S` to `MAX_LAG_S` after the reference says the sound left the speaker. The phase
+transform whitens both signals, so the peak is the path's first strong arrival, sharp
+even in a reverberant room, and a person talking over us adds noise to the correlation
+but no peak of their own.
+
+An estimate is taken every `EVERY_S` of playing, from a cross-spectrum smoothed over the
+last few estimates (`SMOOTHING`). Its confidence is how far the peak stands above the
+correlation's other lags, in robust standard deviations (`prominence`): speech through a
+room gives tens, lags with nothing in them about four. The tracked delay moves to a new
+estimate when it is confident (`CONFIDENT`) and a second estimate agrees within
+`AGREE_S` (a first one at once when it is `CERTAIN`), and, when it is more than `NEAR_S`
+from the tracked path, once that path no longer stands out (a translation that repeats
+itself gives a second peak); a new output stream starts the search afresh (`restart`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.values import SAMPLE_RATE, Pcm
+
+RATE = SAMPLE_RATE // 2  # the correlation runs at 8 kHz: speech, not its top octave
+WINDOW_S = 1.5  # microphone audio correlated per estimate
+MIN_LAG_S = -0.25  # the echo may come before the reported DAC time (a late stamp) ...
+MAX_LAG_S = 1.5  # ... or this long after it
+EVERY_S = 0.25  # of playing between two estimates
+MIN_PLAYING_S = 1.0  # of playing in the reference an estimate looks at
+SMOOTHING = 0.3  # weight of the older cross-spectrum per estimate
+BAND_HZ = (200.0, 3600.0)
+CONFIDENT = 8.0  # peak prominence (robust sigmas) of an estimate that moves the delay
+CERTAIN = 30.0  # a first estimate this prominent is taken at once (speech: 30-130)
+AGREE_S = 0.005
+NEAR_S = 0.02  # a move this small follows a drifting path at once
+REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
+MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
+PLAYING_RMS = 30.0  # int16 RMS of a 10 ms reference block that counts as playing (-60 dBFS)
+
+REACH_S = 0.3  # a path within this is left to AEC3 (it searches about half a second)
+SLACK_S = 0.04  # a path found outside it at once: AEC3 is left this much to find
+MOVE_S = 0.004  # the shift moves when it is off by more than this (one AEC3 block)
+
+Floats = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class DelayEstimate:
+    delay_s: float  # the echo comes this long after the reference says it sounded
+    confidence: float  # the peak's prominence, robust standard deviations
+
+
+class DelayTracker:
+    """GCC-PHAT between the reference and the microphone, on stretches where we play."""
+
+    def __init__(self) -> None:
+        self._lags = round((MAX_LAG_S - MIN_LAG_S) * RATE)
+        self._window = round(WINDOW_S * RATE)
+        self._span = self._window + self._lags  # reference samples one estimate needs
+        self._nfft = 1 << int(np.ceil(np.log2(self._span)))
+        freqs = np.fft.rfftfreq(self._nfft, 1.0 / RATE)
+        self._band = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
+        self._ref: Floats = np.zeros(self._span, dtype=np.float32)
+        self._mic: Floats = np.zeros(self._span, dtype=np.float32)
+        self._playing = np.zeros(self._span // (RATE // 100), dtype=bool)
+        self._cross: npt.NDArray[np.complex128] | None = None
+        self._since = 0  # 8 kHz samples of playing since the last estimate
+        self._candidate: DelayEstimate | None = None
+        self.delay_s: float | None = None  # the tracked delay (None: not found yet)
+        self.last: DelayEstimate | None = None  # the newest estimate, confident or not
+
+    def restart(self) -> None:
+        """A new output stream or a gap in the capture clock: search afresh."""
+        self._ref.fill(0.0)
+        self._mic.fill(0.0)
+        self._playing.fill(False)
+        self._cross = None
+        self._since = 0
+        self._candidate = None
+        self.delay_s = None
+        self.last = None
+
+    def push(self, ref: Pcm, mic: Pcm) -> DelayEstimate | None:
+        """One frame of the reference (unshifted: what the devices say sounded while the
+        frame was captured) and of the microphone; a new estimate when one was taken."""
+        ref8, mic8 = _decimate(ref), _decimate(mic)
+        blocks = len(ref8) // (RATE // 100)
+        playing = _block_rms(ref, blocks) > PLAYING_RMS
+        self._shift_in(ref8, mic8, playing)
+        if playing.any():
+            self._since += len(ref8)
+        if self._since < EVERY_S * RATE or not self._enough_playing():
+            return None
+        self._since = 0
+        return self._estimate()
+
+    def _shift_in(self, ref8: Floats, mic8: Floats, playing: npt.NDArray[np.bool_]) -> None:
+        n = len(ref8)
+        for buf, new in ((self._ref, ref8), (self._mic, mic8)):
+            buf[:-n] = buf[n:]
+            buf[-n:] = new
+        k = len(playing)
+        self._playing[:-k] = self._playing[k:]
+        self._playing[-k:] = playing
+
+    def _enough_playing(self) -> bool:
+        """We played in enough of the reference the window's echo can come from."""
+        return bool(self._playing.sum() >= MIN_PLAYING_S * 100)
+
+    def _estimate(self) -> DelayEstimate:
+        # The microphone's window ends -MIN_LAG_S before the reference's newest sample,
+        # so that an echo heard before its reported DAC time is inside the reference.
+        first = round(MAX_LAG_S * RATE)
+        mic = self._mic[first : first + self._window]
+        mic_spec = np.fft.rfft(mic - mic.mean(), self._nfft)
+        ref_spec = np.fft.rfft(self._ref - self._ref.mean(), self._nfft)
+        cross = np.conj(mic_spec) * ref_spec
+        power = np.abs(ref_spec) ** 2
+        # only where we played something: a bin without reference is noise, and a tone
+        # (a few bins) then correlates periodically, with no prominent peak
+        used = self._band & (power >= REF_FLOOR * power[self._band].mean())
+        cross[~used] = 0.0
+        cross /= np.abs(cross) + 1e-9
+        if self._cross is not None:
+            cross = SMOOTHING * self._cross + (1.0 - SMOOTHING) * cross
+        self._cross = cross
+        # g[k] = sum_n mic[n] ref[n + k]; the mic's first sample is MAX_LAG_S after the
+        # reference's, so an echo delay d peaks at k = MAX_LAG_S - d: reversed, index j
+        # is the delay MIN_LAG_S + j.
+        g = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
+        peak = int(np.argmax(g))
+        median = float(np.median(g))
+        spread = 1.4826 * float(np.median(np.abs(g - median))) + 1e-12
+        prominence = (float(g[peak]) - median) / spread
+        if used.sum() < MIN_BAND_SHARE * self._band.sum():  # a tone, a hum: no broadband
+            prominence = 0.0  # signal to place in time
+        estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
+        self.last = estimate
+        self._follow(estimate, self._still_there(g, median, spread))
+        return estimate
+
+    def _still_there(self, g: npt.NDArray[np.float64], median: float, spread: float) -> bool:
+        """The tracked path still stands out in this correlation (within AGREE_S)."""
+        if self.delay_s is None:
+            return False
+        at = round((self.delay_s - MIN_LAG_S) * RATE)
+        near = round(AGREE_S * RATE)
+        around = g[max(0, at - near) : at + near + 1]
+        return len(around) > 0 and (float(around.max()) - median) / spread >= CONFIDENT
+
+    def _follow(self, estimate: DelayEstimate, still_there: bool) -> None:
+        """Move to a confident estimate that a second one confirms; far from the tracked
+        path only once that path has gone (speech that repeats itself, a translation
+        played twice, gives a second peak while the first is still there)."""
+        if estimate.confidence < CONFIDENT:
+            self._candidate = None
+            return
+        candidate, self._candidate = self._candidate, estimate
+        agreed = candidate is not None and abs(candidate.delay_s - estimate.delay_s) <= AGREE_S
+        if self.delay_s is None:
+            if agreed or estimate.confidence >= CERTAIN:
+                self.delay_s = estimate.delay_s
+        elif agreed and (abs(estimate.delay_s - self.delay_s) <= NEAR_S or not still_there):
+            self.delay_s = estimate.delay_s
+
+
+def _decimate(pcm: Pcm) -> Floats:
+    x = pcm.astype(np.float32)
+    out: Floats = 0.5 * (x[0::2] + x[1::2])
+    return out
+
+
+def _block_rms(pcm: Pcm, blocks: int) -> npt.NDArray[np.float64]:
+    x = pcm[: blocks * (SAMPLE_RATE // 100)].reshape(blocks, -1).astype(np.float64)
+    rms: npt.NDArray[np.float64] = np.sqrt(np.mean(x * x, axis=1))
+    return rms
+
+
+class ReferenceShift:
+    """How far the reference is shifted (16 kHz samples) for the tracked delay.
+
+    AEC3 finds a path within `REACH_S` by itself, and re-learns it when it moves there;
+    the reference is shifted only when the path lies outside that reach (before the
+    reference, or later than `REACH_S`): then by as much as brings AEC3 back to the
+    delay it last cancelled at (`SLACK_S` for a path found outside its reach at once),
+    so that it need not re-learn the path.
+    """
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self._learnt = round(SLACK_S * SAMPLE_RATE)  # the delay AEC3 was last left
+
+    def follow(self, delay_s: float | None) -> bool:
+        """Follow a tracked delay; True when the shift moved."""
+        if delay_s is None:
+            return False
+        delay = round(delay_s * SAMPLE_RATE)
+        left = delay - self.samples  # what AEC3 is left to find today
+        if 0 <= left <= REACH_S * SAMPLE_RATE:
+            self._learnt = left
+            return False
+        target = max(0, delay - self._learnt)
+        if abs(target - self.samples) <= MOVE_S * SAMPLE_RATE:
+            return False
+        self.samples = target
+        self._learnt = delay - target
+        return True

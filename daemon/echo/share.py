@@ -1,0 +1,111 @@
+"""How much of a clip is our own echo: one estimated quantity for the own-speech guard.
+
+What the speaker played, placed one echo path later (`daemon/echo/delay.py`), is what our
+echo in the microphone follows, band by band, whatever the room and whatever the
+canceller left of it: its power rises and falls with our syllables, smeared by the
+room's reverberation. A person's speech does not follow it.
+
+Per band (`BANDS` between `LOW_HZ` and `HIGH_HZ`) and 10 ms block, the clip's power `Y`
+is fitted as `Σ g_k · R_k + c`, `R_k` the reference's power spread by reverberation
+tails of `DECAYS_S`, at the best of the `LAGS` blocks after the tracked path, by least
+squares with an intercept: a person's power, which does not move with ours, lands in
+`c` and not in the gains `g_k ≥ 0`. The echo in the clip is `min(Σ g_k · R_k, Y)`, and
+`echo_share` its share of the clip's energy: ~1 for our residual alone, ~0 for a person
+alone, in between for a person over our echo.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.values import SAMPLE_RATE, Pcm
+
+HOP = SAMPLE_RATE // 100  # 10 ms blocks
+N_FFT = 512
+LOW_HZ, HIGH_HZ = 150.0, 6000.0
+BANDS = 12
+DECAYS_S = (0.0, 0.05, 0.2)  # the reverberation's power decays (1/e) fitted together
+LAGS = (0, 1, 2, 3, 4, 6, 8)  # blocks the echo may come after the tracked path
+MIN_BLOCKS = 20
+
+Floats = npt.NDArray[np.float64]
+
+
+def band_powers(pcm: Pcm) -> Floats:
+    """Power per 10 ms block (rows) and band (columns)."""
+    x = pcm.astype(np.float64) / 32768.0
+    blocks = len(x) // HOP
+    if blocks == 0:
+        return np.zeros((0, BANDS))
+    padded = np.concatenate((np.zeros(N_FFT - HOP), x[: blocks * HOP]))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:blocks]
+    spectrum = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2
+    return spectrum @ _band_matrix()
+
+
+def _band_matrix() -> Floats:
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    edges = np.geomspace(LOW_HZ, HIGH_HZ, BANDS + 1)
+    return np.stack(
+        [(freqs >= lo) & (freqs < hi) for lo, hi in itertools.pairwise(edges)],
+        axis=1,
+    ).astype(np.float64)
+
+
+def _spread(power: Floats) -> Floats:
+    """The reference's power as the room spreads it, one exponential tail per decay:
+    (blocks, bands, decays)."""
+    decays = np.array([np.exp(-0.01 / d) if d else 0.0 for d in DECAYS_S])
+    out = np.empty((*power.shape, len(decays)))
+    acc = np.zeros((power.shape[1], len(decays)))
+    for t in range(len(power)):
+        acc = acc * decays + power[t][:, None]
+        out[t] = acc
+    return out
+
+
+def echo_share(clip: Pcm, reference: Pcm) -> float:
+    """The share of `clip`'s energy that is our echo; `reference` is what we played, one
+    echo path earlier, for the same samples plus `max(LAGS)` blocks before them."""
+    y = band_powers(clip)
+    r = _spread(band_powers(reference))
+    lead = max(LAGS)
+    blocks = min(len(y), len(r) - lead)
+    if blocks < MIN_BLOCKS:
+        return 0.0
+    y = y[:blocks]
+    total = float(y.sum())
+    if total <= 0.0:
+        return 0.0
+    best = 0.0
+    for lag in LAGS:
+        ref = r[lead - lag : lead - lag + blocks]
+        best = max(best, _explained(y, ref) / total)
+    return best
+
+
+def _explained(y: Floats, r: Floats) -> float:
+    """Energy of `y` (blocks, bands) explained by non-negative gains on the spread
+    reference `r` (blocks, bands, decays), per band by least squares with an intercept."""
+    explained = 0.0
+    for band in range(y.shape[1]):
+        echo = _fit(y[:, band], r[:, band, :])
+        explained += float(np.minimum(echo, y[:, band]).sum())
+    return explained
+
+
+def _fit(y: Floats, x: Floats) -> Floats:
+    """The non-negative part `x @ g` of the least-squares fit `y ≈ x @ g + c`, g >= 0
+    (the columns with a negative gain are left out, one at a time)."""
+    keep = list(range(x.shape[1]))
+    xc, yc = x - x.mean(axis=0), y - y.mean()
+    while keep:
+        gains, *_ = np.linalg.lstsq(xc[:, keep], yc, rcond=None)
+        if (gains >= 0).all():
+            echo: Floats = x[:, keep] @ gains
+            return echo
+        keep.pop(int(np.argmin(gains)))
+    return np.zeros_like(y)
