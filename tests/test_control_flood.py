@@ -59,6 +59,7 @@ def accounted(op: Operator) -> tuple[int, dict[str, Any]]:
     return len(answered) + dropped, counters
 
 
+@pytest.mark.e2e
 async def test_a_burst_is_answered_or_counted_and_the_fleet_document_applies(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

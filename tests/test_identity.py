@@ -223,6 +223,7 @@ def twin_link(broker: Broker, **options: Any) -> MqttLink:
     )
 
 
+@pytest.mark.e2e
 async def test_two_processes_of_one_device_report_each_other_and_take_turns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -254,6 +255,7 @@ async def test_two_processes_of_one_device_report_each_other_and_take_turns(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@pytest.mark.e2e
 async def test_a_claim_of_an_earlier_run_of_this_device_is_no_conflict() -> None:
     """Only a claim made after this process started is another process (injected clock)."""
     started = 1_800_000_000.0

@@ -26,6 +26,8 @@ from daemon.values import (
     UtteranceStats,
 )
 
+DRIVE_DEADLINE_S = 30.0  # a run takes milliseconds; past this one is stuck, and fails
+
 
 def utt(uid: int) -> Utterance:
     pcm = np.full(480, uid, dtype=np.int16)
@@ -78,11 +80,42 @@ async def drive(
         async for u, event in seq.results():
             out.append((u.id, event))
 
-    async with asyncio.TaskGroup() as group:
+    async with asyncio.timeout(DRIVE_DEADLINE_S), asyncio.TaskGroup() as group:
         group.create_task(produce())
         group.create_task(seq.run())
         group.create_task(consume())
     return out
+
+
+async def test_a_reply_that_overtakes_waits_for_the_one_before() -> None:
+    second_done = asyncio.Event()
+
+    async def translate(u: Utterance, room: RoomSettings) -> AsyncGenerator[TranslationEvent, None]:
+        if u.id == 1:
+            await second_done.wait()  # 1 answers only once 2 has finished
+        yield TextDelta(f"{u.id} ")
+        if u.id == 2:
+            second_done.set()  # all of 2's text is out
+        yield Outcome("translated", text=str(u.id))
+
+    seq = Sequencer(
+        PipelineSettings(max_in_flight=2), translate, LiveRoom(RoomSettings()), Counters()
+    )
+    seq.submit(utt(1))
+    seq.submit(utt(2))
+    seq.close()
+    released: list[int] = []
+
+    async def consume() -> None:
+        async for u, _event in seq.results():
+            released.append(u.id)
+            assert released == [1, 1, 2, 2][: len(released)], f"{u.id} released out of order"
+
+    async with asyncio.timeout(DRIVE_DEADLINE_S), asyncio.TaskGroup() as group:
+        group.create_task(seq.run())
+        group.create_task(consume())
+    assert released == [1, 1, 2, 2]
+    assert second_done.is_set()  # 2 answered first
 
 
 def check_order(out: list[tuple[int, TranslationEvent]], count: int) -> dict[int, Outcome]:

@@ -93,13 +93,15 @@ class TierGuard:
             )
             pytest.fail(self._violations[-1], pytrace=False)
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, None, None]:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         self._item, self._daemons, self._violations = item, [], []
-        yield
-        self._item = None
+        try:
+            return (yield)
+        finally:
+            self._item = None
 
-    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
         yield
         if self._violations:
