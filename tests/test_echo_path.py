@@ -55,7 +55,9 @@ def test_tracker_finds_the_bulk_delay_with_a_person_talking(delay_s: float, rt60
     ref = to_pcm(room.ours)
     tracker = DelayTracker()
     for start in range(0, len(mic) - FRAME, FRAME):
-        tracker.push(ref[start : start + FRAME], mic[start : start + FRAME])
+        tracker.push(
+            ref[start : start + FRAME], mic[start : start + FRAME], mic[start : start + FRAME]
+        )
     assert tracker.delay_s is not None and abs(tracker.delay_s - delay_s) < 0.002
     assert tracker.last is not None and tracker.last.confidence > 10
 
@@ -72,7 +74,8 @@ def test_tracker_finds_nothing_without_our_echo_or_in_a_tone() -> None:
         tracker = DelayTracker()
         ref, heard = to_pcm(ours), to_pcm(mic)
         for start in range(0, len(heard) - FRAME, FRAME):
-            tracker.push(ref[start : start + FRAME], heard[start : start + FRAME])
+            part = heard[start : start + FRAME]
+            tracker.push(ref[start : start + FRAME], part, part)
         assert tracker.delay_s is None
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from daemon.counters import Counters
-from daemon.echo.delay import MOVE_S, DelayTracker, ReferenceShift
+from daemon.echo.delay import CONFIDENT, MOVE_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import CancellationMonitor, Fallback
 from daemon.echo.guard import (
     BLOCK,
@@ -71,6 +71,8 @@ CONVERGE_S = 2.0  # of our speech processed before the canceller counts as conve
 GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
 CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
+LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: not cancelling
+LEAK_HOLD_S = 2.0
 REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
 
 
@@ -108,9 +110,12 @@ class EchoCanceller:
         self._at_path = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what we played, one
         self.last_judgement: dict[str, Any] | None = None  # echo path later, by clock
         self._tracker = DelayTracker()
+        self._leaking_since: float | None = None
         self._shift = ReferenceShift()
         self._monitor = CancellationMonitor()
-        self._fallback = Fallback(audible_until, lambda: counters.add("echo_fallbacks"))
+        self._fallback = Fallback(
+            audible_until, lambda: counters.add("echo_fallbacks"), self._figures
+        )
 
     @property
     def mode(self) -> str:
@@ -122,7 +127,7 @@ class EchoCanceller:
         played = self._reference.reference_for(captured_at, len(frame.pcm))
         self._captured_at = captured_at
         self._follow_restarts(frame)
-        ref = self._aligned(played, frame.pcm, frame.start)
+        ref = self._aligned(played, frame.start)
         if played.any() or ref.any():
             self._last_played = captured_at
         active = self._last_played is not None and captured_at - self._last_played < IDLE_AFTER_S
@@ -135,9 +140,11 @@ class EchoCanceller:
         else:
             out = self._delayed(frame.pcm)
         self._note(frame.start, ref, self._path_pcm(ref), frame.pcm, out)
+        if active or played.any():
+            self._track(played, frame, out)
         self._fallback.update(
             (captured_at, len(frame.pcm) / SAMPLE_RATE),
-            self._monitor.cancelling if self._converged else None,
+            self._cancelling(),
             referenced=self._reference.covers(captured_at),
             found=self._tracker.delay_s is not None,
             loud=self._monitor.loud,
@@ -148,16 +155,46 @@ class EchoCanceller:
         self._history.write(frame.start, out)
         return Frame(frame.start, out)
 
-    def _aligned(self, played: Pcm, mic: Pcm, start: int) -> Pcm:
+    def _track(self, played: Pcm, frame: Frame, out: Pcm) -> None:
+        """Feed the path tracker (what the devices say we played, the microphone, the
+        canceller's output); a path that moved realigns what clips are judged against."""
+        found = self._tracker.delay_s
+        self._tracker.push(played, frame.pcm, out)
+        delay = self._tracker.delay_s
+        if delay is not None and (found is None or abs(delay - found) > MOVE_S):
+            log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
+            self._realign_path(frame, delay)
+
+    def _figures(self) -> str:
+        """What the fallback logs: the path, what the canceller removes, what it leaves."""
+        delay, erle, leak = self._tracker.delay_s, self._monitor.erle_db, self._tracker.leak
+        return ", ".join(
+            (
+                "echo path not found" if delay is None else f"echo path {delay * 1000:.0f} ms",
+                "ERLE unknown" if erle is None else f"ERLE {erle:.0f} dB",
+                "" if leak is None else f"our echo in its output {leak:.0f} σ at the path",
+            )
+        ).rstrip(", ")
+
+    def _cancelling(self) -> bool | None:
+        """Whether the canceller takes our echo out: False once our echo has stood out
+        in its output at the path for LEAK_HOLD_S (re-adapting to a moved path, AEC3
+        leaks for a second or two: the guard judges those clips), True once it no longer
+        does (None while it converges, or while that cannot be told)."""
+        leak = self._tracker.leak
+        if not self._converged or leak is None:
+            self._leaking_since = None
+            return None
+        if leak < LEAKING:
+            self._leaking_since = None
+            return True if leak < LEAKING / 2 else None
+        if self._leaking_since is None:
+            self._leaking_since = self._captured_at
+        return None if self._captured_at - self._leaking_since < LEAK_HOLD_S else False
+
+    def _aligned(self, played: Pcm, start: int) -> Pcm:
         """The reference shifted by the tracked bulk delay of the echo path
-        (`ReferenceShift`), the tracker fed while we play."""
-        if self._active or played.any():
-            found = self._tracker.delay_s
-            self._tracker.push(played, mic)
-            delay = self._tracker.delay_s
-            if delay is not None and (found is None or abs(delay - found) > MOVE_S):
-                log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
-                self._realign_path(start, delay)
+        (`ReferenceShift`)."""
         was = self._shift.samples
         if self._shift.follow(self._tracker.delay_s):
             log.info(
@@ -172,12 +209,13 @@ class EchoCanceller:
             return played
         return self._reference.earlier(self._shift.samples, len(played))
 
-    def _realign_path(self, start: int, delay: float) -> None:
-        """What we played one (new) echo path ago, for the last REALIGN_S: the path moved
-        within the tracker's window, and a clip there is judged against it."""
-        span = min(round(REALIGN_S * SAMPLE_RATE), start)
-        back = round(max(delay, 0.0) * SAMPLE_RATE) + span
-        self._at_path.rewrite(start - span, self._reference.earlier(back, span))
+    def _realign_path(self, frame: Frame, delay: float) -> None:
+        """What we played one (new) echo path ago, for the last REALIGN_S up to this
+        frame's end: the path moved within the tracker's window, and a clip there is
+        judged against it."""
+        span = min(round(REALIGN_S * SAMPLE_RATE), frame.end)
+        back = round(max(delay, 0.0) * SAMPLE_RATE) + span - len(frame.pcm)
+        self._at_path.rewrite(frame.end - span, self._reference.earlier(back, span))
 
     def _realign(self, start: int) -> None:
         """The guard's reference levels of the last REALIGN_S at the new shift: the path
@@ -230,7 +268,6 @@ class EchoCanceller:
         estimate = self._tracker.last
         delay = self._tracker.delay_s
         erle = self._monitor.erle_db
-        residual = self._monitor.residual_db
         reason = self._fallback.state.reason
         return {
             "mode": "aec",
@@ -240,7 +277,6 @@ class EchoCanceller:
             "delay_ms": None if delay is None else round(delay * 1000),
             "delay_confidence": None if estimate is None else round(estimate.confidence, 1),
             "erle_db": None if erle is None else round(erle, 1),
-            "residual_db": None if residual is None else round(residual, 1),
             "fallback": None if reason is None else reason.value,
         }
 

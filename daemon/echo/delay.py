@@ -42,6 +42,7 @@ CONFIDENT = 8.0  # peak prominence (robust sigmas) of an estimate that moves the
 CERTAIN = 30.0  # a first estimate this prominent is taken at once (speech: 30-130)
 AGREE_S = 0.005
 NEAR_S = 0.02  # a move this small follows a drifting path at once
+LEAK_AFTER_S = 0.02  # the canceller's output lags its input (8 ms): searched this far on
 REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
 MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
 PLAYING_RMS = 30.0  # int16 RMS of a 10 ms reference block that counts as playing (-60 dBFS)
@@ -71,6 +72,9 @@ class DelayTracker:
         self._band = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
         self._ref: Floats = np.zeros(self._span, dtype=np.float32)
         self._mic: Floats = np.zeros(self._span, dtype=np.float32)
+        self._out: Floats = np.zeros(self._span, dtype=np.float32)  # the canceller's output
+        self._cross_out: npt.NDArray[np.complex128] | None = None
+        self.leak: float | None = None  # our echo's prominence in the output, at the path
         self._playing = np.zeros(self._span // (RATE // 100), dtype=bool)
         self._cross: npt.NDArray[np.complex128] | None = None
         self._since = 0  # 8 kHz samples of playing since the last estimate
@@ -82,6 +86,9 @@ class DelayTracker:
         """A new output stream or a gap in the capture clock: search afresh."""
         self._ref.fill(0.0)
         self._mic.fill(0.0)
+        self._out.fill(0.0)
+        self._cross_out = None
+        self.leak = None
         self._playing.fill(False)
         self._cross = None
         self._since = 0
@@ -89,13 +96,16 @@ class DelayTracker:
         self.delay_s = None
         self.last = None
 
-    def push(self, ref: Pcm, mic: Pcm) -> DelayEstimate | None:
+    def push(self, ref: Pcm, mic: Pcm, out: Pcm) -> DelayEstimate | None:
         """One frame of the reference (unshifted: what the devices say sounded while the
-        frame was captured) and of the microphone; a new estimate when one was taken."""
+        frame was captured), of the microphone and of the canceller's output; a new
+        estimate when one was taken."""
         ref8, mic8 = _decimate(ref), _decimate(mic)
         blocks = len(ref8) // (RATE // 100)
         playing = _block_rms(ref, blocks) > PLAYING_RMS
         self._shift_in(ref8, mic8, playing)
+        self._out[: -len(ref8)] = self._out[len(ref8) :]
+        self._out[-len(ref8) :] = _decimate(out)
         if playing.any():
             self._since += len(ref8)
         if self._since < EVERY_S * RATE or not self._enough_playing():
@@ -123,39 +133,59 @@ class DelayTracker:
         mic = self._mic[first : first + self._window]
         mic_spec = np.fft.rfft(mic - mic.mean(), self._nfft)
         ref_spec = np.fft.rfft(self._ref - self._ref.mean(), self._nfft)
-        cross = np.conj(mic_spec) * ref_spec
         power = np.abs(ref_spec) ** 2
         # only where we played something: a bin without reference is noise, and a tone
         # (a few bins) then correlates periodically, with no prominent peak
         used = self._band & (power >= REF_FLOOR * power[self._band].mean())
-        cross[~used] = 0.0
-        cross /= np.abs(cross) + 1e-9
-        if self._cross is not None:
-            cross = SMOOTHING * self._cross + (1.0 - SMOOTHING) * cross
-        self._cross = cross
-        # g[k] = sum_n mic[n] ref[n + k]; the mic's first sample is MAX_LAG_S after the
-        # reference's, so an echo delay d peaks at k = MAX_LAG_S - d: reversed, index j
-        # is the delay MIN_LAG_S + j.
-        g = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
+        self._cross, g = self._correlate(mic_spec, ref_spec, used, self._cross)
         peak = int(np.argmax(g))
-        median = float(np.median(g))
-        spread = 1.4826 * float(np.median(np.abs(g - median))) + 1e-12
-        prominence = (float(g[peak]) - median) / spread
-        if used.sum() < MIN_BAND_SHARE * self._band.sum():  # a tone, a hum: no broadband
-            prominence = 0.0  # signal to place in time
+        broadband = used.sum() >= MIN_BAND_SHARE * self._band.sum()  # not a tone, a hum
+        prominence = _prominence(g, peak, peak) if broadband else 0.0
         estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
         self.last = estimate
-        self._follow(estimate, self._still_there(g, median, spread))
+        self._follow(estimate, self._prominence_at_path(g, 0.0) >= CONFIDENT)
+        self._leak(ref_spec, used, first)
         return estimate
 
-    def _still_there(self, g: npt.NDArray[np.float64], median: float, spread: float) -> bool:
-        """The tracked path still stands out in this correlation (within AGREE_S)."""
+    def _correlate(
+        self,
+        spec: npt.NDArray[np.complex128],
+        ref_spec: npt.NDArray[np.complex128],
+        used: npt.NDArray[np.bool_],
+        smoothed: npt.NDArray[np.complex128] | None,
+    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.float64]]:
+        """The smoothed PHAT cross-spectrum and its correlation by echo delay: index j is
+        the delay MIN_LAG_S + j. (g[k] = sum_n x[n] ref[n + k], the window's first sample
+        MAX_LAG_S after the reference's: a delay d peaks at k = MAX_LAG_S - d.)"""
+        cross = np.conj(spec) * ref_spec
+        cross[~used] = 0.0
+        cross /= np.abs(cross) + 1e-9
+        if smoothed is not None:
+            cross = SMOOTHING * smoothed + (1.0 - SMOOTHING) * cross
+        g: npt.NDArray[np.float64] = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
+        return cross, g
+
+    def _prominence_at_path(self, g: npt.NDArray[np.float64], after_s: float) -> float:
+        """How far the tracked path (to `after_s` later) stands out in `g` (0 if none)."""
         if self.delay_s is None:
-            return False
+            return 0.0
         at = round((self.delay_s - MIN_LAG_S) * RATE)
         near = round(AGREE_S * RATE)
-        around = g[max(0, at - near) : at + near + 1]
-        return len(around) > 0 and (float(around.max()) - median) / spread >= CONFIDENT
+        return _prominence(g, max(0, at - near), at + near + round(after_s * RATE))
+
+    def _leak(
+        self, ref_spec: npt.NDArray[np.complex128], used: npt.NDArray[np.bool_], first: int
+    ) -> None:
+        """Our echo still in the canceller's output: its correlation with the reference
+        at the tracked path (a canceller that cancels leaves none there; a person, noise
+        and what its suppressor leaves do not correlate)."""
+        if self.delay_s is None:
+            self.leak = None
+            return
+        out = self._out[first : first + self._window]
+        out_spec = np.fft.rfft(out - out.mean(), self._nfft)
+        self._cross_out, g = self._correlate(out_spec, ref_spec, used, self._cross_out)
+        self.leak = self._prominence_at_path(g, LEAK_AFTER_S)
 
     def _follow(self, estimate: DelayEstimate, still_there: bool) -> None:
         """Move to a confident estimate that a second one confirms; far from the tracked
@@ -171,6 +201,13 @@ class DelayTracker:
                 self.delay_s = estimate.delay_s
         elif agreed and (abs(estimate.delay_s - self.delay_s) <= NEAR_S or not still_there):
             self.delay_s = estimate.delay_s
+
+
+def _prominence(g: npt.NDArray[np.float64], lo: int, hi: int) -> float:
+    """The peak of g[lo..hi] in robust standard deviations of all of g."""
+    median = float(np.median(g))
+    spread = 1.4826 * float(np.median(np.abs(g - median))) + 1e-12
+    return (float(g[lo : hi + 1].max()) - median) / spread
 
 
 def _decimate(pcm: Pcm) -> Floats:

@@ -4,36 +4,28 @@ Whatever the echo path, the room must come to rest: a canceller that cannot find
 echo (a reference that is late, missing, or an echo path beyond what is searched) would
 otherwise let our own voice through to be translated, played and heard again.
 
-`CancellationMonitor` measures the canceller's echo return loss enhancement (ERLE: how
-far it turns our echo down) on the blocks where only we play. The room's coupling (the
-microphone's level over the aligned reference's) is learnt over the last
-`COUPLING_BLOCKS` blocks in which we played and the microphone heard something over the
-room's noise, as its low percentile: a person talking over us only makes a block louder
-than our echo alone. A block within `ECHO_ONLY_DB` of that coupling is our echo alone,
-and it is judged where it stands `JUDGED_OVER_NOISE_DB` over the noise (a canceller
-cannot take a quieter echo further down than the noise; such an echo is no danger);
-the ERLE is the median of what the canceller removed over the last `WINDOW_BLOCKS` such
-blocks (a person who talks all the time adds none, and leaves the figure as it was). A
-canceller that has converged removes 25–40 dB; one that does not find the echo 0–5 dB.
-
-AEC3's suppressor can turn the whole microphone down when its reference is misaligned,
-which looks like a high ERLE; so the ERLE is trusted only where the echo path is found
-(`daemon/echo/delay.py`). The echo stage falls back to gating (`Fallback.gating`):
+The echo stage falls back to gating (`Fallback.gating`):
 - while playback says our speech is audible and no reference has arrived for
   `MISSING_S` (the reference is missing);
 - after `PATH_WAIT_S` of our speech audible, and the microphone hearing something over
-  the room's noise, without the echo path found (a reference
-  that is seconds late, a path beyond the search, a translation with nothing broadband
-  to place in time: a tone);
-- while the path is found and the canceller has converged on it, but it neither turns
-  our echo alone down by `FLOOR_DB` (ERLE) nor leaves less of it than `RESIDUAL_DB` over
-  the room's noise (`CancellationMonitor.cancelling`): what it leaves is loud enough for
-  the segmenter to cut, while in a reverberant room, or with a quiet loudspeaker, a lower
-  ERLE leaves nothing to hear.
+  the room's noise, without the echo path found (a reference that is seconds late, a path
+  beyond the search, a translation with nothing broadband to place in time: a tone);
+- while the path is found, the canceller has converged on it, and our echo is still in
+  its output (`DelayTracker.leak`: the canceller's output correlates with what we played,
+  at the path, as the microphone does; a canceller that cancels leaves nothing there, and
+  a person, noise or what AEC3's suppressor leaves do not correlate).
 It returns to full duplex when none holds. While it gates, the microphone is silenced
 from the moment it fell back until our speech has drained plus the echo path's delay and
-a tail; the canceller keeps running on the microphone meanwhile, so its ERLE is still
-measured.
+a tail; the canceller keeps running on the microphone meanwhile, so it is still judged.
+
+`CancellationMonitor` keeps the room's noise floor (the 5th percentile of 30 s of
+microphone levels) and, for the status, the canceller's echo return loss enhancement
+(ERLE) on the blocks where only we play: the room's coupling (the microphone's level
+over what we played one path ago) is learnt as its low percentile over the last
+`COUPLING_BLOCKS` blocks where we played audibly (a person talking over us only makes a
+block louder than our echo alone); a block within `ECHO_ONLY_DB` of it, and
+`JUDGED_OVER_NOISE_DB` over the noise, is our echo alone, and the ERLE is the median of
+what the canceller removed over the last `WINDOW_BLOCKS` of them.
 """
 
 from __future__ import annotations
@@ -57,12 +49,8 @@ NOISE_BLOCKS = 3000  # the microphone's recent levels, for its noise floor (30 s
 NOISE_PERCENTILE = 5.0
 NOISE_EVERY = 50  # blocks between two noise floor estimates
 AUDIBLE_OVER_NOISE_DB = 10.0
-JUDGED_OVER_NOISE_DB = 15.0  # an echo block judged: over the noise by more than RESIDUAL_DB
+JUDGED_OVER_NOISE_DB = 15.0  # an echo block judged: this far over the noise
 REF_PLAYING_DBFS = -60.0
-FLOOR_DB = 10.0
-RECOVER_DB = 15.0
-RESIDUAL_DB = 10.0  # our echo alone, after the canceller, this far over the noise: heard
-HYSTERESIS_DB = 5.0
 MISSING_S = 1.0
 PATH_WAIT_S = 2.5  # of our speech audible without the echo path found: gate
 TAIL_S = 0.3  # room reverberation after the echo path's delay
@@ -75,7 +63,7 @@ Span = tuple[float, float]  # a frame's capture time and its duration (seconds)
 class Reason(enum.Enum):
     NO_REFERENCE = "no reference"  # playback plays, the reference has nothing
     NO_PATH = "echo path not found"  # we played, our echo is nowhere in the search
-    NOT_CANCELLING = "not cancelling"  # the path is found, the ERLE is low
+    NOT_CANCELLING = "not cancelling"  # the path is found, our echo is in the output
 
 
 class CancellationMonitor:
@@ -84,20 +72,21 @@ class CancellationMonitor:
     def __init__(self) -> None:
         self._coupling: Levels = np.zeros(COUPLING_BLOCKS, dtype=np.float32)  # mic - ref
         self._removed: Levels = np.zeros(WINDOW_BLOCKS, dtype=np.float32)  # mic - out
-        self._left: Levels = np.zeros(WINDOW_BLOCKS, dtype=np.float32)  # out - noise
         self._mic: Levels = np.full(NOISE_BLOCKS, -100.0, dtype=np.float32)
         self._audible = 0  # audible playing blocks noted (for the coupling)
         self._echo_only = 0  # echo-only blocks since the last restart
         self._heard = 0  # microphone blocks heard (for the noise floor)
         self._noise = -100.0
         self.erle_db: float | None = None
-        self.residual_db: float | None = None  # what it leaves of our echo, over the noise
         self.loud = False  # the last frame had a block above the room's noise
 
     def restart(self) -> None:
         self._echo_only = 0
         self.erle_db = None
-        self.residual_db = None
+
+    @property
+    def noise_db(self) -> float:
+        return self._noise
 
     def hear(self, mic_db: Levels) -> None:
         """Every frame's microphone levels: the room's noise floor."""
@@ -124,26 +113,10 @@ class CancellationMonitor:
         echo_only = (coupling <= floor + ECHO_ONLY_DB) & clear
         if judged and echo_only.any():
             removed = (mic_db - out_db)[audible][echo_only]
-            _put(self._left, self._echo_only, (out_db - noise)[audible][echo_only])
             self._echo_only = _put(self._removed, self._echo_only, removed)
         if self._echo_only >= MIN_BLOCKS:
             n = min(self._echo_only, WINDOW_BLOCKS)
             self.erle_db = float(np.median(self._removed[:n]))
-            self.residual_db = float(np.median(self._left[:n]))
-
-    @property
-    def cancelling(self) -> bool | None:
-        """False while the canceller neither turns our echo down by FLOOR_DB nor takes it
-        under RESIDUAL_DB over the room's noise (where the segmenter would cut it), True
-        once it does either by a margin (RECOVER_DB, RESIDUAL_DB - HYSTERESIS_DB); None
-        while it cannot be told (no echo alone heard since it converged)."""
-        if self.erle_db is None or self.residual_db is None:
-            return None
-        if self.erle_db < FLOOR_DB and self.residual_db >= RESIDUAL_DB:
-            return False
-        if self.erle_db >= RECOVER_DB or self.residual_db < RESIDUAL_DB - HYSTERESIS_DB:
-            return True
-        return None
 
 
 def _put(ring: Levels, count: int, values: Levels) -> int:
@@ -160,10 +133,16 @@ class FallbackState:
 
 
 class Fallback:
-    """Full duplex or the gate, from the monitor's ERLE and the reference's presence."""
+    """Full duplex or the gate: the reference's presence, the path, the canceller."""
 
-    def __init__(self, audible_until: Callable[[], float], on_fall_back: Callable[[], None]):
+    def __init__(
+        self,
+        audible_until: Callable[[], float],
+        on_fall_back: Callable[[], None],
+        figures: Callable[[], str],
+    ):
         self._audible_until = audible_until
+        self._figures = figures
         self._on_fall_back = on_fall_back
         self.state = FallbackState(None, 0.0)
         self._unreferenced_since: float | None = None
@@ -180,11 +159,11 @@ class Fallback:
     def update(
         self, frame: Span, cancelling: bool | None, *, referenced: bool, found: bool, loud: bool
     ) -> None:
-        # (`cancelling` is None while the canceller converges: nothing to judge yet)
-        """After each frame (capture time, seconds): `referenced` is whether the
-        reference's time line reaches it (something, silence included, was handed to the
-        speaker then), `found` whether the echo path is known, `loud` whether the
-        microphone heard something over the room's noise (our speech may come back)."""
+        """After each frame (capture time, seconds): `cancelling` whether the canceller
+        takes our echo out (None: it converges, or it cannot be told), `referenced`
+        whether the reference's time line reaches the frame (something, silence included,
+        was handed to the speaker then), `found` whether the echo path is known, `loud`
+        whether the microphone heard something over the room's noise."""
         captured_at, seconds = frame
         audible = captured_at < self._audible_until()
         if referenced or not audible:
@@ -220,11 +199,12 @@ class Fallback:
     def _switch(self, reason: Reason | None, at: float) -> None:
         if reason is not None:
             log.warning(
-                "echo canceller fell back to gating the microphone (%s): people who talk"
-                " over the translation are not heard until it cancels again",
+                "echo canceller fell back to gating the microphone (%s; %s): people who"
+                " talk over the translation are not heard until it cancels again",
                 reason.value,
+                self._figures(),
             )
             self._on_fall_back()
         else:
-            log.info("echo canceller cancels again: full duplex")
+            log.info("echo canceller cancels again (%s): full duplex", self._figures())
         self.state = FallbackState(reason, at)
