@@ -71,6 +71,7 @@ CONVERGE_S = 2.0  # of our speech processed before the canceller counts as conve
 GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
 CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
+MOSTLY_OURS = 0.5  # a clip more than half of whose energy is our echo is not sent
 LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: not cancelling
 LEAK_HOLD_S = 2.0
 REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
@@ -240,7 +241,10 @@ class EchoCanceller:
             utt.end > start and (end is None or utt.start < end) for start, end in self._converging
         )
         verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
-        self._judge_share(utt, verdict)
+        share = self._judge_share(utt, verdict)
+        if verdict is None and share >= MOSTLY_OURS and self._guard.last is not None:
+            verdict = dataclasses.replace(self._guard.last, signal="share")
+            log.info("utterance %d is our own speech: %.0f%% of it our echo", utt.id, share * 100)
         self._last_clip_end = max(self._last_clip_end, utt.end)
         if verdict is not None:  # not sent: the next clip may widen into it (a person's
             return verdict  # first word at the end of our residual)
@@ -249,7 +253,9 @@ class EchoCanceller:
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
 
-    def _judge_share(self, utt: Utterance, verdict: Verdict | None) -> None:
+    def _judge_share(self, utt: Utterance, verdict: Verdict | None) -> float:
+        """The share of the clip that is our echo (`daemon/echo/share.py`), logged and
+        kept with the guard's figures (`last_judgement`)."""
         lead = max(LAGS) * BLOCK
         reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
         share = echo_share(utt.pcm, reference) if reference.any() else 0.0
@@ -263,6 +269,7 @@ class EchoCanceller:
             "fallback": self._fallback.active,
         }
         log.info("utterance %d: %.0f%% of it our echo (estimated)", utt.id, share * 100)
+        return share
 
     def describe(self) -> dict[str, Any]:
         estimate = self._tracker.last

@@ -16,9 +16,10 @@ last few estimates (`SMOOTHING`). Its confidence is how far the peak stands abov
 correlation's other lags, in robust standard deviations (`prominence`): speech through a
 room gives tens, lags with nothing in them about four. The tracked delay moves to a new
 estimate when it is confident (`CONFIDENT`) and a second estimate agrees within
-`AGREE_S` (a first one at once when it is `CERTAIN`), and, when it is more than `NEAR_S`
-from the tracked path, once that path no longer stands out (a translation that repeats
-itself gives a second peak); a new output stream starts the search afresh (`restart`).
+`AGREE_S` (a first one at once when it is `CERTAIN`); more than `NEAR_S` from the
+tracked path, only after `FAR_STREAK` agreeing estimates in a row and once that path no
+longer stands out (a translation that repeats itself gives a second peak while the first
+is still there); a new output stream starts the search afresh (`restart`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ CONFIDENT = 8.0  # peak prominence (robust sigmas) of an estimate that moves the
 CERTAIN = 30.0  # a first estimate this prominent is taken at once (speech: 30-130)
 AGREE_S = 0.005
 NEAR_S = 0.02  # a move this small follows a drifting path at once
+FAR_STREAK = 4  # estimates in a row (1 s) that a far new path needs
 LEAK_AFTER_S = 0.02  # the canceller's output lags its input (8 ms): searched this far on
 REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
 MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
@@ -79,6 +81,7 @@ class DelayTracker:
         self._cross: npt.NDArray[np.complex128] | None = None
         self._since = 0  # 8 kHz samples of playing since the last estimate
         self._candidate: DelayEstimate | None = None
+        self._streak = 0  # estimates in a row that agreed with each other
         self.delay_s: float | None = None  # the tracked delay (None: not found yet)
         self.last: DelayEstimate | None = None  # the newest estimate, confident or not
 
@@ -93,6 +96,7 @@ class DelayTracker:
         self._cross = None
         self._since = 0
         self._candidate = None
+        self._streak = 0
         self.delay_s = None
         self.last = None
 
@@ -192,14 +196,18 @@ class DelayTracker:
         path only once that path has gone (speech that repeats itself, a translation
         played twice, gives a second peak while the first is still there)."""
         if estimate.confidence < CONFIDENT:
-            self._candidate = None
+            self._candidate, self._streak = None, 0
             return
         candidate, self._candidate = self._candidate, estimate
         agreed = candidate is not None and abs(candidate.delay_s - estimate.delay_s) <= AGREE_S
+        self._streak = self._streak + 1 if agreed else 1
         if self.delay_s is None:
             if agreed or estimate.confidence >= CERTAIN:
                 self.delay_s = estimate.delay_s
-        elif agreed and (abs(estimate.delay_s - self.delay_s) <= NEAR_S or not still_there):
+        elif abs(estimate.delay_s - self.delay_s) <= NEAR_S:
+            if agreed:
+                self.delay_s = estimate.delay_s
+        elif self._streak >= FAR_STREAK and not still_there:
             self.delay_s = estimate.delay_s
 
 

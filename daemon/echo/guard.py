@@ -165,13 +165,14 @@ class Verdict:
     converged: bool
     kept_share: float
     drop_db: float  # the output's loudest blocks under the microphone's (95th percentiles)
-    signal: str  # the envelope judged: "cleaned", "microphone" (converging) or "residual"
+    signal: str  # what judged: "cleaned", "microphone" (converging), "residual", "share"
 
     def describe(self) -> str:
         what = {
             "cleaned": "cleaned",
             "microphone": "microphone" + ("" if self.converged else " (canceller converging)"),
             "residual": "microphone (residual)",
+            "share": "estimated echo share over half, cleaned",
         }[self.signal]
         return (
             f"{what} envelope correlation {self.correlation:.2f} ({self.within:.2f} while we"
