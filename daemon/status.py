@@ -102,6 +102,7 @@ def _figures(counters: Counters) -> dict[str, Any]:
         "echo_reference_slips": n("echo_reference_slips"),
         "echo_fallbacks": n("echo_fallbacks"),
         "echo_delay_moves": n("echo_delay_moves"),
+        "echo_canceller_resets": n("echo_canceller_resets"),
         "playback_ducks": n("playback_ducks"),
         "playback_skipped": n("playback_skipped_utterances"),
         "service_errors": {k: round(v) for k, v in counters.group("service_errors").items()},

@@ -41,7 +41,7 @@ import numpy as np
 
 from daemon.counters import Counters
 from daemon.echo.delay import CONFIDENT, MOVE_S, DelayTracker, ReferenceShift
-from daemon.echo.fallback import CancellationMonitor, Fallback
+from daemon.echo.fallback import CancellationMonitor, Fallback, Reason
 from daemon.echo.guard import (
     BLOCK,
     SILENT_DB,
@@ -73,7 +73,7 @@ CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 MOSTLY_OURS = 0.5  # a clip more than half of whose energy is our echo is not sent
 LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: not cancelling
-LEAK_HOLD_S = 2.0
+LEAK_HOLD_S = 6.0  # shorter leaks (AEC3 re-learning a moved path) are left to the guard
 REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
 
 
@@ -114,9 +114,7 @@ class EchoCanceller:
         self._leaking_since: float | None = None
         self._shift = ReferenceShift()
         self._monitor = CancellationMonitor()
-        self._fallback = Fallback(
-            audible_until, lambda: counters.add("echo_fallbacks"), self._figures
-        )
+        self._fallback = Fallback(audible_until, self._fell_back, self._figures)
 
     @property
     def mode(self) -> str:
@@ -165,6 +163,15 @@ class EchoCanceller:
         if delay is not None and (found is None or abs(delay - found) > MOVE_S):
             log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
             self._realign_path(frame, delay)
+
+    def _fell_back(self, reason: Reason) -> None:
+        """Counted; a canceller that has the path and does not cancel starts afresh (AEC3
+        can stay diverged for many seconds; it converges again within two)."""
+        self._counters.add("echo_fallbacks")
+        if reason is Reason.NOT_CANCELLING:
+            self._processor.reset()
+            self._counters.add("echo_canceller_resets")
+            self._restart_convergence()
 
     def _figures(self) -> str:
         """What the fallback logs: the path, what the canceller removes, what it leaves."""
@@ -242,8 +249,9 @@ class EchoCanceller:
         )
         verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
         share = self._judge_share(utt, verdict)
-        if verdict is None and share >= MOSTLY_OURS and self._guard.last is not None:
-            verdict = dataclasses.replace(self._guard.last, signal="share")
+        if verdict is None and share >= MOSTLY_OURS:
+            figures = self._guard.last or Verdict(0.0, 0.0, 0.0, 0.0, 0.0, True, 0.0, 0.0, "")
+            verdict = dataclasses.replace(figures, signal="share")
             log.info("utterance %d is our own speech: %.0f%% of it our echo", utt.id, share * 100)
         self._last_clip_end = max(self._last_clip_end, utt.end)
         if verdict is not None:  # not sent: the next clip may widen into it (a person's

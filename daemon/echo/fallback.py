@@ -138,7 +138,7 @@ class Fallback:
     def __init__(
         self,
         audible_until: Callable[[], float],
-        on_fall_back: Callable[[], None],
+        on_fall_back: Callable[[Reason], None],
         figures: Callable[[], str],
     ):
         self._audible_until = audible_until
@@ -204,7 +204,7 @@ class Fallback:
                 reason.value,
                 self._figures(),
             )
-            self._on_fall_back()
+            self._on_fall_back(reason)
         else:
             log.info("echo canceller cancels again (%s): full duplex", self._figures())
         self.state = FallbackState(reason, at)
