@@ -97,10 +97,10 @@ def test_a_path_beyond_aec3s_reach_is_cancelled(delay_s: float) -> None:
     room.play(our_voice(15.0), 0.5)
     mic = room.mic(echo=echo_of(room, delay_s))
     out, stage = room_echo.run_canceller(mic, room.played24())
-    assert erle_db(mic, out, 8.0, 15.0) >= 25.0
+    assert erle_db(mic, out, 8.0, 15.0) >= 20.0  # AEC3 alone: 0.5-2 dB
     status = stage.describe()
     assert abs(status["delay_ms"] - delay_s * 1000) <= 2
-    assert status["fallback"] is None and status["erle_db"] >= 25.0
+    assert status["fallback"] is None and status["erle_db"] >= 20.0
 
 
 def test_a_jump_of_the_path_is_followed() -> None:

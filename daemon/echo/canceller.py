@@ -148,10 +148,12 @@ class EchoCanceller:
             found=self._tracker.delay_s is not None,
             loud=self._monitor.loud,
         )
-        if self._fallback.gating(captured_at, self._tracker.delay_s):
-            out = np.zeros_like(out)
-            self._counters.add("echo_gated_frames")
         self._history.write(frame.start, out)
+        if self._fallback.gating(captured_at, self._tracker.delay_s):
+            # silenced for the segmenter, but kept for widening: a clip cut as the gate
+            # opens reaches back over a first word said while it gated
+            self._counters.add("echo_gated_frames")
+            return Frame(frame.start, np.zeros_like(out))
         return Frame(frame.start, out)
 
     def _track(self, played: Pcm, frame: Frame, out: Pcm) -> None:
@@ -165,13 +167,10 @@ class EchoCanceller:
             self._realign_path(frame, delay)
 
     def _fell_back(self, reason: Reason) -> None:
-        """Counted; a canceller that has the path and does not cancel starts afresh (AEC3
-        can stay diverged for many seconds; it converges again within two)."""
+        """Counted; a canceller that has the path and does not cancel starts afresh."""
         self._counters.add("echo_fallbacks")
         if reason is Reason.NOT_CANCELLING:
-            self._processor.reset()
-            self._counters.add("echo_canceller_resets")
-            self._restart_convergence()
+            self._start_afresh()
 
     def _figures(self) -> str:
         """What the fallback logs: the path, what the canceller removes, what it leaves."""
@@ -188,17 +187,25 @@ class EchoCanceller:
         """Whether the canceller takes our echo out: False once our echo has stood out
         in its output at the path for LEAK_HOLD_S (re-adapting to a moved path, AEC3
         leaks for a second or two: the guard judges those clips), True once it no longer
-        does (None while it converges, or while that cannot be told)."""
+        does (None while it converges, or while that cannot be told). A converged
+        canceller that leaks starts afresh at once, once: on the rig AEC3 now and then
+        stays diverged from its first seconds; afresh, it converges within about two."""
         leak = self._tracker.leak
         if not self._converged or leak is None:
-            self._leaking_since = None
             return None
         if leak < LEAKING:
             self._leaking_since = None
             return True if leak < LEAKING / 2 else None
         if self._leaking_since is None:
             self._leaking_since = self._captured_at
+            self._start_afresh()
+            return None
         return None if self._captured_at - self._leaking_since < LEAK_HOLD_S else False
+
+    def _start_afresh(self) -> None:
+        self._processor.reset()
+        self._counters.add("echo_canceller_resets")
+        self._restart_convergence()
 
     def _aligned(self, played: Pcm, start: int) -> Pcm:
         """The reference shifted by the tracked bulk delay of the echo path
