@@ -18,6 +18,7 @@ gates of `Voicing` are applied after, never instead.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import numpy as np
@@ -61,7 +62,7 @@ class WebrtcDetector:
         return bool(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE))
 
 
-class _BlockScorer:
+class _BlockScorer(ABC):
     """A model that scores fixed blocks, over a stream of frames of any length (the
     samples of a block not yet complete carry over to the next frame)."""
 
@@ -89,13 +90,13 @@ class _BlockScorer:
         self._filled = 0
         self._last = 0.0
 
+    @abstractmethod
     def _store(self, samples: Pcm, at: int) -> None:
         """Put `samples` at position `at` of the block being filled."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _predict(self) -> float:
         """The score of the complete block."""
-        raise NotImplementedError
 
 
 class EarshotScorer(_BlockScorer):
