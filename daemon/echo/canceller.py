@@ -73,6 +73,7 @@ CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 MOSTLY_OURS = 0.5  # a clip more than half of whose energy is our echo is not sent
 LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: not cancelling
+AFRESH_AFTER_S = 2.0  # (a short translation's echo can leak while AEC3 still converges)
 LEAK_HOLD_S = 6.0  # shorter leaks (AEC3 re-learning a moved path) are left to the guard
 REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
 
@@ -112,6 +113,7 @@ class EchoCanceller:
         self.last_judgement: dict[str, Any] | None = None  # echo path later, by clock
         self._tracker = DelayTracker()
         self._leaking_since: float | None = None
+        self._afresh = False  # started afresh in this leak already
         self._shift = ReferenceShift()
         self._monitor = CancellationMonitor()
         self._fallback = Fallback(audible_until, self._fell_back, self._figures)
@@ -188,8 +190,9 @@ class EchoCanceller:
         in its output at the path for LEAK_HOLD_S (re-adapting to a moved path, AEC3
         leaks for a second or two: the guard judges those clips), True once it no longer
         does (None while it converges, or while that cannot be told). A converged
-        canceller that leaks starts afresh at once, once: on the rig AEC3 now and then
-        stays diverged from its first seconds; afresh, it converges within about two."""
+        canceller that still leaks after AFRESH_AFTER_S starts afresh, once: on the rig
+        AEC3 now and then stays diverged from its first seconds; afresh, it converges
+        within about two."""
         leak = self._tracker.leak
         if not self._converged or leak is None:
             return None
@@ -197,10 +200,12 @@ class EchoCanceller:
             self._leaking_since = None
             return True if leak < LEAKING / 2 else None
         if self._leaking_since is None:
-            self._leaking_since = self._captured_at
+            self._leaking_since, self._afresh = self._captured_at, False
+        leaking_s = self._captured_at - self._leaking_since
+        if leaking_s >= AFRESH_AFTER_S and not self._afresh:
+            self._afresh = True
             self._start_afresh()
-            return None
-        return None if self._captured_at - self._leaking_since < LEAK_HOLD_S else False
+        return None if leaking_s < LEAK_HOLD_S else False
 
     def _start_afresh(self) -> None:
         self._processor.reset()
