@@ -367,15 +367,16 @@ class MqttLink:
         return self._outbox.popleft() if self._outbox else None
 
     def _put_back(self, job: _Job) -> None:
-        """A job whose publish did not complete: finals return to the head of the outbox."""
+        """A job whose publish did not complete: finals return to the head of the outbox
+        (an `online` job is not kept: the next connect says online anyway)."""
+        if job.kind == "online":
+            return
         if job.kind == "status":
             self._status_dirty = True  # the latest status goes out again
         elif job.kind == "retained":
             self._retained.setdefault(job.topic, job.payload)  # unless a newer one waits
         elif job.kind == "claim":
             self._claim_dirty = True
-        elif job.kind == "online":
-            pass  # the next connect says online anyway
         elif job.kind == "reply":
             self._replies.appendleft(job)
         elif job.kind == "partial" or len(self._outbox) >= self._settings.outbox_size:
