@@ -147,6 +147,8 @@ class SegmenterSettings(_Section):
     start_window_ms: int = Field(default=240, ge=30, le=2000)
     start_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
     hangover_ms: int = Field(default=600, ge=60, le=5000)
+    split_pause_ms: int = Field(default=200, ge=60, le=5000)
+    split_after_s: float = Field(default=5.0, ge=0.0, le=60.0)
     post_roll_ms: int = Field(default=150, ge=0, le=2000)
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)

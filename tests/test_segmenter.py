@@ -8,6 +8,7 @@ segmenter path is under test. The truth is where the clips were placed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,7 @@ from tests.scenario import (
 from tests.segscore import Score, Turn, read_rttm, score
 
 DEFAULTS = SegmenterSettings()
+MAX_SPLITS_ONLY = SegmenterSettings(split_after_s=60.0)  # never cut at a pause
 FRAME = SAMPLE_RATE * DEFAULTS.frame_ms // 1000
 PRE_ROLL_S = DEFAULTS.pre_roll_ms / 1000
 POST_ROLL_S = DEFAULTS.post_roll_ms / 1000
@@ -258,17 +260,52 @@ def assert_split_invariants(run: SegmentRun, pcm: Pcm, settings: SegmenterSettin
 
 async def test_long_speech_is_split_at_quiet_frames(tmp_path: Path) -> None:
     pcm = load("es_silero_60s")
-    run = await segment_file(write(pcm, tmp_path / "es.wav"))
+    run = await segment_file(write(pcm, tmp_path / "es.wav"), MAX_SPLITS_ONLY)
     assert sum(u.stats.split for u in run.utterances) >= 1, run.spans
-    assert_split_invariants(run, pcm, DEFAULTS)
+    assert_split_invariants(run, pcm, MAX_SPLITS_ONLY)
+
+
+async def test_long_speech_is_cut_at_its_pauses_once_long_enough(tmp_path: Path) -> None:
+    """A minute of talk: each clip of `split_after_s` or more ends in the first pause of
+    `split_pause_ms` after that (`post_roll_ms` into it), not at `max_utterance_s`; the
+    next clip starts there, so no sample is lost."""
+    pcm = load("es_silero_60s")
+    run = await segment_file(write(pcm, tmp_path / "es.wav"))
+    whole = await segment_file(write(pcm, tmp_path / "es.wav"), MAX_SPLITS_ONLY)
+    assert len(run.utterances) > len(whole.utterances)
+    longest = max(u.end - u.start for u in run.utterances)
+    assert longest < max(u.end - u.start for u in whole.utterances)
+    assert sum(u.stats.split for u in run.utterances) < sum(u.stats.split for u in whole.utterances)
+    source = segmented_source(pcm)
+    cuts = [(u, n) for u, n in itertools.pairwise(run.utterances) if u.end == n.start]
+    assert cuts, run.spans
+    for u, _ in cuts:
+        if u.stats.split:
+            continue
+        held = DEFAULTS.split_after_s - DEFAULTS.split_pause_ms / 1000  # with the pause
+        assert u.end - u.start >= held * SAMPLE_RATE, (u.start, u.end)
+        pause = source[u.end - round(POST_ROLL_S * SAMPLE_RATE) : u.end]
+        speech = source[u.start : u.end]
+        assert dbfs(pause) < dbfs(speech) - 20.0, (u.start, u.end)  # cut in a pause
+
+
+def test_the_last_word_after_a_pause_is_kept() -> None:
+    """A clip long enough is cut in a 0.3 s pause; the short word after it is still sent."""
+    pcm, pause_at, word_end = word_after_split_scene()
+    run = segment_pcm(pcm)
+    first = run.utterances[0]
+    assert not first.stats.split and pause_at < first.end <= pause_at + len(silence(0.3))
+    assert run.utterances[-1].start == first.end
+    assert run.utterances[-1].end >= word_end, (run.spans, run.counters.snapshot())
+    assert run.counters.get("noise_dropped") == 0
 
 
 async def test_back_to_back_clips_are_split_contiguously(tmp_path: Path) -> None:
     """Clips 0.1 s apart (< hangover) make one long stream: ≥ 2 splits, samples contiguous."""
     scene = compose(spaced([*CLIPS[1:], "it_pv_leopard", "mr_rasa_mar_f_wiki"], 0.1), tail_s=2.0)
-    run = await segment_file(write(scene.pcm, tmp_path / "stream.wav"))
+    run = await segment_file(write(scene.pcm, tmp_path / "stream.wav"), MAX_SPLITS_ONLY)
     assert sum(u.stats.split for u in run.utterances) >= 2, run.spans
-    assert_split_invariants(run, scene.pcm, DEFAULTS)
+    assert_split_invariants(run, scene.pcm, MAX_SPLITS_ONLY)
     first, last = run.utterances[0], run.utterances[-1]
     assert first.start <= round(scene.truth[0][0] * SAMPLE_RATE) <= first.end
     assert last.start <= round(scene.truth[-1][1] * SAMPLE_RATE) <= last.end
@@ -306,15 +343,15 @@ def word_after_split_scene() -> tuple[Pcm, int, int]:
 
 def test_the_last_word_after_a_split_is_kept() -> None:
     pcm, pause_at, word_end = word_after_split_scene()
-    unsplit = segment_pcm(pcm, SegmenterSettings(max_utterance_s=30.0))
+    unsplit = segment_pcm(pcm, MAX_SPLITS_ONLY.model_copy(update={"max_utterance_s": 30.0}))
     assert len(unsplit.utterances) == 1 and unsplit.utterances[0].end >= word_end  # control
-    run = segment_pcm(pcm)
+    run = segment_pcm(pcm, MAX_SPLITS_ONLY)
     # the split lands in the pause (its first frames still hold the high-pass's decay)
     first = run.utterances[0]
     assert first.stats.split and pause_at < first.end <= pause_at + len(silence(0.3))
     assert run.utterances[-1].end >= word_end, (run.spans, run.counters.snapshot())
     assert run.counters.get("noise_dropped") == 0
-    assert_split_invariants(run, pcm, DEFAULTS)
+    assert_split_invariants(run, pcm, MAX_SPLITS_ONLY)
 
 
 # ----------------------------------------------------------------------------- (e) short

@@ -6,8 +6,11 @@ window); speech starts when the share of voiced frames in the start window reach
 `start_ratio`, and the utterance begins `pre_roll_ms` before the first voiced frame of
 that window. SPEAKING ends after `hangover_ms` of unvoiced frames; the clip keeps
 `post_roll_ms` after the last voiced frame. Clips with less than `min_speech_ms` of
-voiced frames are noise (dropped, counted). A clip reaching `max_utterance_s` is split at
-the quietest frame of its last `split_search_s`, and the rest carries on as the next
+voiced frames are noise (dropped, counted). A clip already `split_after_s` long is cut in
+its next pause of `split_pause_ms` (`post_roll_ms` into it): what follows the pause is
+the next clip, held to no minimum length and to half the confirmed speech (a last short
+word is kept, a breath is not). A clip reaching `max_utterance_s` is split at the
+quietest frame of its last `split_search_s`, and the rest carries on as the next
 utterance (held to no minimum). Clips carry the conditioned audio.
 """
 
@@ -49,6 +52,7 @@ class Continues(Enum):
     NOTHING = "nothing"  # a new utterance
     DROPPED_PART = "dropped_part"  # the rest of a split clip that was dropped as noise
     SENT_PART = "sent_part"  # the rest of a split clip that was sent
+    AFTER_PAUSE = "after_pause"  # the speech after a pause a clip was cut at
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,8 @@ class Segmenter:
         self._window = max(1, settings.start_window_ms // self._frame_ms)
         self._pre_roll = settings.pre_roll_ms // self._frame_ms
         self._hangover = max(1, settings.hangover_ms // self._frame_ms)
+        self._split_pause = max(1, settings.split_pause_ms // self._frame_ms)
+        self._split_after = int(settings.split_after_s * 1000) // self._frame_ms
         self._post_roll = settings.post_roll_ms // self._frame_ms
         self._min_voiced = settings.min_speech_ms // self._frame_ms
         self._max_frames = int(settings.max_utterance_s * 1000) // self._frame_ms
@@ -150,9 +156,21 @@ class Segmenter:
         utt.silence_run = 0 if scored.voiced else utt.silence_run + 1
         if utt.silence_run >= self._hangover:
             return self._end_utterance()
+        if utt.silence_run == self._split_pause and len(utt.frames) >= self._split_after:
+            return self._split_at_pause()
         if len(utt.frames) >= self._max_frames:
             return self._split()
         return []
+
+    def _split_at_pause(self) -> list[SegmentEvent]:
+        """End the clip in the pause it is in; the rest carries on as the next clip."""
+        utt = self._utt
+        frames = utt.frames
+        cut = len(frames) - utt.silence_run + min(self._post_roll, utt.silence_run)
+        events = self._emit(frames[:cut], split=False, continues=utt.continues)
+        rest = frames[cut:]
+        self._utt = _Utt(rest, Continues.AFTER_PAUSE, len(rest))
+        return events
 
     def _end_utterance(self) -> list[SegmentEvent]:
         utt, self._utt = self._utt, _Utt()
@@ -181,20 +199,25 @@ class Segmenter:
         self._utt = _Utt(rest, continues, silence_run)
         return events
 
+    def _confirmed(self, clip: list[_Heard], continues: Continues) -> bool:
+        if self._confirm is None or continues is Continues.SENT_PART:
+            return True  # SENT_PART: the end of a confirmed utterance
+        needed = self._confirm_frames
+        if continues is Continues.AFTER_PAUSE:
+            needed = -(-needed // 2)
+        return sum(1 for h in clip if h.confirmed) >= needed
+
     def _emit(self, clip: list[_Heard], *, split: bool, continues: Continues) -> list[SegmentEvent]:
-        """An utterance of `clip`; a short one is noise unless it is part of a split, and
+        """An utterance of `clip`; a short one is noise unless it continues a clip, and
         one the confirmer heard too little speech in is noise (unless it is the rest of
-        a split clip that was sent)."""
+        a split clip that was sent; after a pause half the confirmed speech will do)."""
         voiced = sum(1 for h in clip if h.judged.voiced)
-        continued = continues is not Continues.NOTHING
-        if voiced == 0 and continued:
+        if voiced == 0 and continues is not Continues.NOTHING:
             return []  # only the silence after a split: nothing was said
-        if not clip or (voiced < self._min_voiced and not (split or continued)):
+        if not clip or (voiced < self._min_voiced and not split and continues is Continues.NOTHING):
             self._counters.add("noise_dropped")
             return []
-        confirmed = sum(1 for h in clip if h.confirmed)
-        vouched = continues is Continues.SENT_PART  # the end of a confirmed utterance
-        if self._confirm is not None and confirmed < self._confirm_frames and not vouched:
+        if not self._confirmed(clip, continues):
             self._counters.add("noise_dropped")
             self._counters.add("noise_unconfirmed")
             return []
