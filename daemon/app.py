@@ -175,6 +175,8 @@ class Daemon:
             output,
             self.counters,
             max_backlog_s=self.settings.audio.max_playback_backlog_s,
+            max_rate=self.settings.audio.max_playback_rate,
+            more_coming=lambda: self.health.hearing or self.sequencer.unreleased > 1,
             on_event=self._on_playback,
             fmt=self.profile.output if self.profile is not None else None,
             played=played,
@@ -271,6 +273,7 @@ class Daemon:
     def _more_status(self) -> Mapping[str, Any]:
         return {
             "echo": {**self.echo.describe(), "ducking": self.playback.ducked},
+            "playback": {"rate": round(self.playback.pace_rate, 2)},
             "service": {
                 "requests_per_minute": self.load.per_minute(),
                 "throttled": self.load.throttling,

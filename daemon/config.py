@@ -215,6 +215,7 @@ class AudioSettings(_Section):
     echo_tail_ms: int = Field(default=300, ge=0, le=5000)
     duck_db: float = Field(default=10.0, ge=0.0, le=40.0)
     max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
+    max_playback_rate: float = Field(default=1.4, ge=1.0, le=2.0)  # 1.0: never faster
     stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
     ready_timeout_s: float = Field(default=10.0, ge=0.0, le=300.0)
     no_input_restart_s: float = Field(default=120.0, ge=0.0)
