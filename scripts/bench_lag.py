@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import random
@@ -32,8 +33,9 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +262,8 @@ class SceneResult:
     speech_start: float
     max_backlog_s: float
     skipped_s: float
+    feed_cpu_s: float
+    duration_s: float
 
 
 class Run:
@@ -271,9 +275,16 @@ class Run:
         self.room = LiveRoom(RoomSettings())
         self.settings = SegmenterSettings()
         self.sequencer = Sequencer(PipelineSettings(), service.translate, self.room, self.counters)
-        self.playback = Playback(None, self.counters, on_event=self._on_playback)
+        self.playback = Playback(
+            None,
+            self.counters,
+            on_event=self._on_playback,
+            **more_coming(lambda: self.hearing or self.sequencer.unreleased > 1),
+        )
         self.clips: dict[int, Clip] = {}
         self.max_backlog_s = 0.0
+        self.hearing = False  # the segmenter is in speech (the daemon's health.hearing)
+        self.feed_cpu_s = 0.0  # process time in Playback's feeding side (stretch, resample)
         self._done = False
 
     async def main(self) -> SceneResult:
@@ -291,6 +302,8 @@ class Run:
             self.scene.sentences[0][0],
             self.max_backlog_s,
             skipped,
+            self.feed_cpu_s,
+            len(self.scene.audio) / SAMPLE_RATE,
         )
 
     async def _feed(self) -> None:
@@ -304,6 +317,7 @@ class Run:
             for event in segmenter.push(Frame(start, audio[start : start + frame_n].copy())):
                 if isinstance(event, Utterance):
                     self._submit(event, loop.time())
+            self.hearing = segmenter.speaking
         for event in segmenter.flush():
             if isinstance(event, Utterance):
                 self._submit(event, loop.time())
@@ -323,12 +337,16 @@ class Run:
                 if clip.first_text is None:
                     clip.first_text = loop.time()
             elif isinstance(event, AudioChunk):
+                began = time.perf_counter()
                 if not playback.is_open(utt.id):
                     playback.start_utterance(utt.id, utt.timeline)
                 playback.feed(utt.id, event.pcm)
+                self.feed_cpu_s += time.perf_counter() - began
                 self.max_backlog_s = max(self.max_backlog_s, playback.backlog_s())
             elif isinstance(event, Outcome) and playback.is_open(utt.id):
+                began = time.perf_counter()
                 playback.end_utterance(utt.id)
+                self.feed_cpu_s += time.perf_counter() - began
         self._done = True
 
     async def _render(self) -> None:
@@ -350,6 +368,13 @@ class Run:
             clip.audible_at = event.audible_at
         elif isinstance(event, PlaybackSkipped):
             clip.skipped_s += event.seconds
+
+
+def more_coming(check: Callable[[], bool]) -> dict[str, Any]:
+    """Playback's `more_coming` argument as the daemon passes it, where Playback has it."""
+    if "more_coming" in inspect.signature(Playback).parameters:
+        return {"more_coming": check}
+    return {}
 
 
 def run_scene(scene: Scene, service: Service) -> SceneResult:
@@ -401,6 +426,9 @@ def figures(results: list[SceneResult]) -> dict[str, Any]:
         "speech": stats(speech),
         "max_backlog_s": max((r.max_backlog_s for r in meetings), default=0.0),
         "skipped_s": sum(r.skipped_s for r in meetings),
+        "feed_core_pct": 100
+        * sum(r.feed_cpu_s for r in meetings)
+        / max(sum(r.duration_s for r in meetings), 1e-9),
         "monologues": {},
     }
     for r in results:
@@ -467,6 +495,7 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
             row(f"{label} {q} (s)", lambda c, k=key, q=q: c[k][q])
     row("largest playback backlog (s)", lambda c: c["max_backlog_s"])
     row("speech skipped (s)", lambda c: c["skipped_s"])
+    row("playback feeding, % of a core", lambda c: c["feed_core_pct"])
     for mono in first["monologues"]:
         row(f"{mono}: first caption (s)", lambda c, m=mono: c["monologues"][m]["first_caption_s"])
         row(f"{mono}: first heard (s)", lambda c, m=mono: c["monologues"][m]["first_heard_s"])
@@ -546,7 +575,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.ratio_max:.1f}× the clip, streamed {args.audio_pace:.0f}× real time"
     )
     print_table(columns)
+    print_stretch_cost(speech_library(str(args.audio_dir)))
     return 0
+
+
+def print_stretch_cost(library: tuple[Pcm, ...]) -> None:
+    """This tree's time-stretch alone: 30 s of speech far behind (at the full rate), fed
+    in pieces of 10 ms and of 100 ms (what the service streams)."""
+    from daemon.playback.pace import Pace
+
+    speech = np.concatenate(library)[: 30 * OUTPUT_RATE]
+    seconds = len(speech) / OUTPUT_RATE
+    for piece_ms in (10, 100):
+        pace = Pace(OUTPUT_RATE, 1.4, rate=1.4)
+        step = OUTPUT_RATE * piece_ms // 1000
+        began = time.process_time()
+        for offset in range(0, len(speech), step):
+            pace.feed(speech[offset : offset + step], 10.0)
+        pace.finish()
+        share = (time.process_time() - began) / seconds
+        print(
+            f"time-stretch at 1.4×, fed {piece_ms} ms at a time: {share * 0.01 * 1e6:.0f} µs"
+            f" per 10 ms of speech, {share:.2%} of a core (CPU time)"
+        )
 
 
 if __name__ == "__main__":
