@@ -305,6 +305,7 @@ class Daemon:
             self.counters,
             self.source.wall_time,
             confirmer=self._confirmer,
+            may_cut=lambda: not self.load.shed_reason(),  # short of requests: merge
         )
         async for captured in self.source.frames():
             self._last_frame = time.monotonic()

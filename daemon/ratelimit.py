@@ -3,7 +3,8 @@
 The service allows `api.requests_per_minute` requests a minute per account. The translator
 notes every request it sends (each attempt) and every 429; the extra caption languages ask
 `shed_reason()` before sending and are shed (counted) while the service throttles or the
-last minute's requests reach the budget, so the room's speech keeps its share.
+last minute's requests reach the budget, so the room's speech keeps its share; the
+segmenter asks it too, and merges the speech into fewer clips meanwhile.
 """
 
 from __future__ import annotations

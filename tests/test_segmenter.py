@@ -18,7 +18,9 @@ import pytest
 import webrtcvad
 
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
-from daemon.segmenter import conditioned
+from daemon.counters import Counters
+from daemon.ratelimit import ServiceLoad
+from daemon.segmenter import Segmenter, conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
 from tests.legacy_vad import LegacyJudge
 from tests.paths import AUDIO_DIR
@@ -287,6 +289,40 @@ async def test_long_speech_is_cut_at_its_pauses_once_long_enough(tmp_path: Path)
         pause = source[u.end - round(POST_ROLL_S * SAMPLE_RATE) : u.end]
         speech = source[u.start : u.end]
         assert dbfs(pause) < dbfs(speech) - 20.0, (u.start, u.end)  # cut in a pause
+
+
+def test_short_of_requests_the_pause_cuts_are_held_and_the_talk_merges() -> None:
+    """While the service account has no requests to spare (what the daemon asks:
+    `ServiceLoad.shed_reason()`), a clip runs on past its pauses: after the minute's
+    requests reach the budget, no more pause cuts, only the max-length splits."""
+    pcm = load("es_silero_60s")
+    clock = [0.0]
+    load_ = ServiceLoad(Counters(), budget_per_minute=5, clock=lambda: clock[0])
+    run = SegmentRun()
+    segmenter = Segmenter(
+        DEFAULTS,
+        LiveRoom(RoomSettings()),
+        run.counters,
+        lambda sample: sample / SAMPLE_RATE,
+        may_cut=lambda: not load_.shed_reason(),
+    )
+    half = len(pcm) // 2
+    for frame in pcm_frames(pcm):
+        if frame.start == half // FRAME * FRAME:
+            for _ in range(5):  # the budget is reached: extra captions shed, speech merged
+                load_.sent("de")
+        for event in segmenter.push(frame):
+            if isinstance(event, Utterance):
+                run.utterances.append(event)
+    run.utterances += [e for e in segmenter.flush() if isinstance(e, Utterance)]
+    pause_cuts = [
+        u.end
+        for u, n in itertools.pairwise(run.utterances)
+        if u.end == n.start and not u.stats.split
+    ]
+    assert any(end < half for end in pause_cuts)  # cut at its pauses while there was room
+    assert not [end for end in pause_cuts if end > half]  # then merged
+    assert run.counters.get("pause_cuts_held") > 0
 
 
 def test_the_last_word_after_a_pause_is_kept() -> None:

@@ -7,9 +7,11 @@ window); speech starts when the share of voiced frames in the start window reach
 that window. SPEAKING ends after `hangover_ms` of unvoiced frames; the clip keeps
 `post_roll_ms` after the last voiced frame. Clips with less than `min_speech_ms` of
 voiced frames are noise (dropped, counted). A clip already `split_after_s` long is cut in
-its next pause of `split_pause_ms` (`post_roll_ms` into it): what follows the pause is
-the next clip, held to no minimum length and to half the confirmed speech (a last short
-word is kept, a breath is not). A clip reaching `max_utterance_s` is split at the
+its next pause of `split_pause_ms` (`post_roll_ms` into it) while `may_cut()` (the
+service account has requests to spare; otherwise the clip runs on, counted as
+`pause_cuts_held`: fewer, longer requests). What follows the pause is the next clip,
+held to no minimum length and to half the confirmed speech (a last short word is kept, a
+breath is not). A clip reaching `max_utterance_s` is split at the
 quietest frame of its last `split_search_s`, and the rest carries on as the next
 utterance (held to no minimum). Clips carry the conditioned audio.
 """
@@ -85,11 +87,13 @@ class Segmenter:
         *,
         judge: FrameJudge | None = None,
         confirmer: ConfirmerFactory = make_confirmer,
+        may_cut: Callable[[], bool] = lambda: True,
     ) -> None:
         self.s = settings
         self._room = room
         self._counters = counters
         self._wall_time = wall_time
+        self._may_cut = may_cut
         self._next_id = first_id
         self._judge = judge if judge is not None else Voicing(settings, room)
         self._confirm: Confirmer | None = confirmer(settings)
@@ -157,7 +161,9 @@ class Segmenter:
         if utt.silence_run >= self._hangover:
             return self._end_utterance()
         if utt.silence_run == self._split_pause and len(utt.frames) >= self._split_after:
-            return self._split_at_pause()
+            if self._may_cut():
+                return self._split_at_pause()
+            self._counters.add("pause_cuts_held")
         if len(utt.frames) >= self._max_frames:
             return self._split()
         return []
