@@ -14,9 +14,10 @@ meeting recordings against their human speaker-turn references (tests/segscore.p
 Columns: miss (reference speech outside every clip), false alarm (clip time outside the
 reference, as a share of the reference speech), clips, billed seconds (each clip ≥ 1 s),
 clips ending more than 0.3 s inside a speaker's turn, and the segmenter's cost per 30 ms
-frame; then each configuration over the three files together. Then bad input: every shared noise_*.wav alone and all of them concatenated
-(requests and billed seconds; the target is none), and tst00 with a 0.05 DC offset and
-with 50 Hz mains hum (within 1 point of the clean file). Exits 0 whatever the verdict.
+frame; then each configuration over the three files together. Then bad input: every
+shared noise_*.wav alone and all of them concatenated (requests and billed seconds; the
+target is none), and tst00 with a 0.05 DC offset and with 50 Hz mains hum (within 1
+point of the clean file). Exits 0 whatever the verdict.
 """
 
 from __future__ import annotations
