@@ -149,6 +149,7 @@ class SegmenterSettings(_Section):
     hangover_ms: int = Field(default=600, ge=60, le=5000)
     split_pause_ms: int = Field(default=200, ge=60, le=5000)
     split_after_s: float = Field(default=5.0, ge=0.0, le=60.0)
+    split_rest_ms: int = Field(default=300, ge=30, le=5000)
     post_roll_ms: int = Field(default=150, ge=0, le=2000)
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)

@@ -325,15 +325,19 @@ def test_short_of_requests_the_pause_cuts_are_held_and_the_talk_merges() -> None
     assert run.counters.get("pause_cuts_held") > 0
 
 
-def test_the_last_word_after_a_pause_is_kept() -> None:
-    """A clip long enough is cut in a 0.3 s pause; the short word after it is still sent."""
-    pcm, pause_at, word_end = word_after_split_scene()
+def test_a_short_last_word_after_a_pause_is_not_cut_off_on_its_own() -> None:
+    """7 s of speech, a 0.3 s pause, a 0.21 s word: the clip is long enough to be cut in
+    the pause, but less than `split_rest_ms` of speech follows it, so the word ends the
+    clip instead of making a clip of its own (a fragment: a last word, a breath, our
+    echo in a pause). A phrase after the pause is cut off there."""
+    pcm, pause_at, word_end = word_after_split_scene(7.0)
     run = segment_pcm(pcm)
-    first = run.utterances[0]
-    assert not first.stats.split and pause_at < first.end <= pause_at + len(silence(0.3))
-    assert run.utterances[-1].start == first.end
-    assert run.utterances[-1].end >= word_end, (run.spans, run.counters.snapshot())
+    assert len(run.utterances) == 1, run.spans
+    assert run.utterances[0].start < pause_at and run.utterances[0].end >= word_end
     assert run.counters.get("noise_dropped") == 0
+    longer, pause_at, _ = word_after_split_scene(7.0, word_s=1.2)
+    first, rest = segment_pcm(longer).utterances
+    assert pause_at < first.end <= pause_at + len(silence(0.3)) and rest.start == first.end
 
 
 async def test_back_to_back_clips_are_split_contiguously(tmp_path: Path) -> None:
@@ -361,18 +365,19 @@ def loudest(name: str, frames: int) -> Pcm:
     return clip[best * FRAME : (best + frames) * FRAME]
 
 
-def word_after_split_scene() -> tuple[Pcm, int, int]:
-    """Speech for 14.4 s of an utterance, a 0.3 s pause (< hangover), a 0.21 s word, silence.
+def word_after_split_scene(at_s: float = 14.4, word_s: float = 0.21) -> tuple[Pcm, int, int]:
+    """Speech for `at_s` of an utterance (no pause of 200 ms in it), a 0.3 s pause
+    (< hangover), `word_s` of the loudest speech of a recording (0.21 s: a word), silence.
 
-    The pause is the quietest stretch of the split search window (13–15 s into the
-    utterance), so the split lands in it and only (the rest of) the pause and the word remain.
-    Returns the PCM, where the pause begins and where the word ends.
+    At 14.4 s the pause is the quietest stretch of the split search window (13–15 s into
+    the utterance), so the split lands in it and only (the rest of) the pause and the word
+    remain. Returns the PCM, where the pause begins and where the word ends.
     """
     names = ("de_pv_leopard", "fr_pv_leopard", "ja_pv_leopard", "it_pv_leopard")
     speech = np.concatenate([silence(2.01), *(trim(load(name)) for name in names)])
     probe = segment_pcm(speech, SegmenterSettings(max_utterance_s=60.0))
-    pause_at = probe.utterances[0].start + round(14.4 * SAMPLE_RATE)
-    word = loudest("ja_pv_leopard", 7)
+    pause_at = probe.utterances[0].start + round(at_s * SAMPLE_RATE)
+    word = loudest("ja_pv_leopard", round(word_s / 0.03))
     pcm = np.concatenate([speech[:pause_at], silence(0.3), word, silence(2.0)])
     return pcm, pause_at, pause_at + len(silence(0.3)) + len(word)
 

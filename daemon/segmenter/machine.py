@@ -6,14 +6,16 @@ window); speech starts when the share of voiced frames in the start window reach
 `start_ratio`, and the utterance begins `pre_roll_ms` before the first voiced frame of
 that window. SPEAKING ends after `hangover_ms` of unvoiced frames; the clip keeps
 `post_roll_ms` after the last voiced frame. Clips with less than `min_speech_ms` of
-voiced frames are noise (dropped, counted). A clip already `split_after_s` long is cut in
-its next pause of `split_pause_ms` (`post_roll_ms` into it) while `may_cut()` (the
-service account has requests to spare; otherwise the clip runs on, counted as
-`pause_cuts_held`: fewer, longer requests). What follows the pause is the next clip,
-held to no minimum length and to half the confirmed speech (a last short word is kept, a
-breath is not). A clip reaching `max_utterance_s` is split at the
-quietest frame of its last `split_search_s`, and the rest carries on as the next
-utterance (held to no minimum). Clips carry the conditioned audio.
+voiced frames are noise (dropped, counted). A clip already `split_after_s` long ends in
+its last pause of `split_pause_ms` (`post_roll_ms` into it) once `split_rest_ms` of
+speech has followed that pause, and what followed is the next clip: a long turn is
+translated while it goes on, and no fragment (a last word, a breath, the echo of our
+speech in a pause) is cut off on its own. Pauses are cut only while `may_cut()` (the
+service account has requests to spare); otherwise the clip runs on, counted as
+`pause_cuts_held`: fewer, longer requests. A clip reaching `max_utterance_s` is split at
+the quietest frame of its last `split_search_s`. The rest of a cut or split clip
+carries on as the next utterance, held to no minimum, and vouched for by its first part
+when that was sent. Clips carry the conditioned audio.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ class Continues(Enum):
     NOTHING = "nothing"  # a new utterance
     DROPPED_PART = "dropped_part"  # the rest of a split clip that was dropped as noise
     SENT_PART = "sent_part"  # the rest of a split clip that was sent
-    AFTER_PAUSE = "after_pause"  # the speech after a pause a clip was cut at
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,8 @@ class _Utt:
     frames: list[_Heard] = field(default_factory=list)
     continues: Continues = Continues.NOTHING
     silence_run: int = 0  # unvoiced frames at its end
+    pause_cut: int | None = None  # where it ends if enough speech follows its last pause
+    voiced_after: int = 0  # voiced frames since that pause
 
 
 class Segmenter:
@@ -104,6 +107,7 @@ class Segmenter:
         self._hangover = max(1, settings.hangover_ms // self._frame_ms)
         self._split_pause = max(1, settings.split_pause_ms // self._frame_ms)
         self._split_after = int(settings.split_after_s * 1000) // self._frame_ms
+        self._split_rest = max(1, settings.split_rest_ms // self._frame_ms)
         self._post_roll = settings.post_roll_ms // self._frame_ms
         self._min_voiced = settings.min_speech_ms // self._frame_ms
         self._max_frames = int(settings.max_utterance_s * 1000) // self._frame_ms
@@ -159,23 +163,29 @@ class Segmenter:
         utt.frames.append(self._heard(scored))
         utt.silence_run = 0 if scored.voiced else utt.silence_run + 1
         if utt.silence_run >= self._hangover:
-            return self._end_utterance()
+            return self._end_utterance()  # what followed the pause was too little to cut off
         if utt.silence_run == self._split_pause and len(utt.frames) >= self._split_after:
             if self._may_cut():
-                return self._split_at_pause()
-            self._counters.add("pause_cuts_held")
+                pause = len(utt.frames) - utt.silence_run
+                utt.pause_cut = pause + min(self._post_roll, utt.silence_run)
+                utt.voiced_after = 0
+            else:
+                self._counters.add("pause_cuts_held")
+        elif scored.voiced and utt.pause_cut is not None:
+            utt.voiced_after += 1
+            if utt.voiced_after >= self._split_rest:
+                return self._split_at_pause(utt.pause_cut)
         if len(utt.frames) >= self._max_frames:
             return self._split()
         return []
 
-    def _split_at_pause(self) -> list[SegmentEvent]:
-        """End the clip in the pause it is in; the rest carries on as the next clip."""
-        utt = self._utt
-        frames = utt.frames
-        cut = len(frames) - utt.silence_run + min(self._post_roll, utt.silence_run)
-        events = self._emit(frames[:cut], split=False, continues=utt.continues)
-        rest = frames[cut:]
-        self._utt = _Utt(rest, Continues.AFTER_PAUSE, len(rest))
+    def _split_at_pause(self, cut: int) -> list[SegmentEvent]:
+        """End the clip at `cut`, in its last pause; the speech since carries on as the
+        next clip."""
+        frames = self._utt.frames
+        events = self._emit(frames[:cut], split=False, continues=self._utt.continues)
+        continues = Continues.SENT_PART if events else Continues.DROPPED_PART
+        self._utt = _Utt(frames[cut:], continues)
         return events
 
     def _end_utterance(self) -> list[SegmentEvent]:
@@ -205,25 +215,20 @@ class Segmenter:
         self._utt = _Utt(rest, continues, silence_run)
         return events
 
-    def _confirmed(self, clip: list[_Heard], continues: Continues) -> bool:
-        if self._confirm is None or continues is Continues.SENT_PART:
-            return True  # SENT_PART: the end of a confirmed utterance
-        needed = self._confirm_frames
-        if continues is Continues.AFTER_PAUSE:
-            needed = -(-needed // 2)
-        return sum(1 for h in clip if h.confirmed) >= needed
-
     def _emit(self, clip: list[_Heard], *, split: bool, continues: Continues) -> list[SegmentEvent]:
-        """An utterance of `clip`; a short one is noise unless it continues a clip, and
+        """An utterance of `clip`; a short one is noise unless it is part of a split, and
         one the confirmer heard too little speech in is noise (unless it is the rest of
-        a split clip that was sent; after a pause half the confirmed speech will do)."""
+        a split clip that was sent)."""
         voiced = sum(1 for h in clip if h.judged.voiced)
-        if voiced == 0 and continues is not Continues.NOTHING:
+        continued = continues is not Continues.NOTHING
+        if voiced == 0 and continued:
             return []  # only the silence after a split: nothing was said
-        if not clip or (voiced < self._min_voiced and not split and continues is Continues.NOTHING):
+        if not clip or (voiced < self._min_voiced and not (split or continued)):
             self._counters.add("noise_dropped")
             return []
-        if not self._confirmed(clip, continues):
+        confirmed = sum(1 for h in clip if h.confirmed)
+        vouched = continues is Continues.SENT_PART  # the end of a confirmed utterance
+        if self._confirm is not None and confirmed < self._confirm_frames and not vouched:
             self._counters.add("noise_dropped")
             self._counters.add("noise_unconfirmed")
             return []
