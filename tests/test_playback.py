@@ -664,6 +664,21 @@ class Result:
         return tone_runs(self.rec, freqs, self.recorder)
 
 
+def joined(runs: list[Run], device_underflows: int) -> list[Run]:
+    """`runs` with a tone's runs that a gap of at most 0.2 s splits joined, when the
+    device reported underflows (a loaded machine ran its callback late; counted): the
+    gap is the device's, the audio around it is whole. A joined run lasts as long as
+    its parts sounded (its end moves back by the gaps)."""
+    out: list[Run] = []
+    for run in runs:
+        last = out[-1] if out else None
+        if device_underflows and last and run.freq == last.freq and run.start - last.end <= 0.2:
+            last.end += run.duration
+        else:
+            out.append(run)
+    return out
+
+
 def tone_runs(rec: Pcm, freqs: list[int], recorder: Recorder) -> list[Run]:
     """Contiguous stretches where one of `freqs` (multiples of 100 Hz) dominates."""
     count = max(0, (len(rec) - WINDOW) // HOP + 1)
@@ -779,22 +794,25 @@ def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio
 def test_speech_that_waits_plays_faster_on_the_speaker_at_its_pitch(
     rig: AudioRig, tmp_path: Path
 ) -> None:
-    """The second translation waits behind 5 s of the first: it plays faster (eased in),
+    """The second translation waits behind 3 s of the first: it plays faster (eased in),
     whole, at its own frequency; the first plays as spoken."""
     scenario = {
         "max_rate": 1.4,
         "steps": [
             {"op": "start", "utt": 1},
             {"op": "start", "utt": 2},
-            feed(1, 500, 5.0, 2400, 0.002),
-            feed(2, 800, 3.0, 2400, 0.002),
+            feed(1, 500, 3.0, 2400, 0.002),
+            feed(2, 800, 2.0, 2400, 0.002),
         ],
     }
     result = play(rig, scenario, tmp_path)
-    first, second = result.runs([500, 800])
+    underflows = result.counters.get("playback_device_underflows", 0)
+    runs = joined(result.runs([500, 800]), underflows)
+    assert len(runs) == 2, (runs, result.counters)  # each whole: no gap, nothing else
+    first, second = runs
     assert (first.freq, second.freq) == (500, 800)
-    assert first.duration == pytest.approx(5.0, abs=0.05)
-    assert 3.0 / 1.4 - 0.05 <= second.duration <= 2.9, second
+    assert first.duration == pytest.approx(3.0, abs=0.05)
+    assert 2.0 / 1.4 - 0.05 <= second.duration <= 1.9, second
     assert result.counters.get("playback_stretched_seconds", 0) > 0
     assert [e["utt"] for e in result.events("drained")] == [1, 2]
     assert not result.events("skipped")
