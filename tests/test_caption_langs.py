@@ -92,7 +92,6 @@ async def lanes(
         made[lang] = CaptionLane(
             lang,
             translate=translator.translate,
-            load=load,
             pipeline=PipelineSettings(max_in_flight=3, queue_size=16),
             room=room,
             captions=captions,

@@ -1,10 +1,12 @@
-"""What the link and `check` share: the aiomqtt client for `[mqtt]`, the JSON encoding
-and the topic-level check."""
+"""What the broker connections share (the link, the shared budget, `check`, the fleet
+view): the aiomqtt client for `[mqtt]`, its direct inbox, the JSON encoding and the
+topic-level check."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -56,3 +58,18 @@ def tls_parameters(settings: MqttSettings) -> aiomqtt.TLSParameters | None:
         certfile=str(settings.cert_file) if settings.cert_file else None,
         keyfile=str(settings.key_file) if settings.key_file else None,
     )
+
+
+def deliver_at_once(
+    deliver: Callable[[aiomqtt.Message], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An aiomqtt `queue_type` that holds nothing: each message goes to `deliver` the moment
+    paho has read it. aiomqtt's own queue would fill (and discard, uncounted) whenever
+    paho reads faster than its iterator hands messages out; the receiver's structures
+    (the control plane's, the shared budget's) bound and count instead."""
+
+    class Inbox(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            deliver(item)
+
+    return Inbox

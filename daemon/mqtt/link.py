@@ -40,7 +40,7 @@ from daemon.backoff import Backoff
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 from daemon.mqtt.claims import Claims
-from daemon.mqtt.client import broker_client, check_topic_level, encode_json
+from daemon.mqtt.client import broker_client, check_topic_level, deliver_at_once, encode_json
 from daemon.mqtt.outbox import ONLINE, Job, Outbox, RoomTopics
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class MqttLink:
             keepalive=self._settings.keepalive_s,
             timeout=OPERATION_TIMEOUT_S,
             will=aiomqtt.Will(self.topic("availability"), OFFLINE, qos=1, retain=True),
-            queue_type=_inbox(self._deliver),
+            queue_type=deliver_at_once(self._deliver),
         )
 
     async def _reconnect_loop(self) -> None:
@@ -351,7 +351,7 @@ class MqttLink:
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         """Wait for the end of the connection (raises MqttError); the messages themselves
-        are handed to `_deliver()` as they are read (see `_inbox`)."""
+        are handed to `_deliver()` as they are read (see `deliver_at_once`)."""
         async for message in client.messages:
             self._deliver(message)
 
@@ -379,19 +379,6 @@ async def _wait(event: asyncio.Event, limit_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), limit_s)
     return event.is_set()
-
-
-def _inbox(deliver: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """An aiomqtt `queue_type` that holds nothing: each message goes to `deliver` the moment
-    paho has read it. aiomqtt's own queue would fill (and discard, uncounted) whenever
-    paho reads faster than its iterator hands messages out; the receiver's structures
-    (the control plane's) bound and count instead."""
-
-    class Inbox(asyncio.Queue[aiomqtt.Message]):
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            deliver(item)
-
-    return Inbox
 
 
 def _uncancel() -> int:
