@@ -2,9 +2,10 @@
 
 A room with `room.account` set keeps its record (daemon/fleet/record.py) on
 `<prefix>/_account/<account>/<room_id>` over a connection of its own, whose will clears
-the record, and reads the records of every room of the account. Every `TICK_S` it
-computes the account's allocation from the rooms it sees alive (daemon/fleet/share.py)
-and paces its requests to its own part (the service load's pacer, daemon/fleet/pacer.py).
+the record, and reads the records of every room of the account. Every tick (a quarter
+heartbeat) it computes the account's allocation from the rooms it sees alive
+(daemon/fleet/share.py) and paces its requests to its own part (the service load's
+pacer, daemon/fleet/pacer.py).
 
 - A room is alive while its record is refreshed: one not heard of for `STALE_HEARTBEATS`
   heartbeats is forgotten, as is one whose record is cleared (a clean stop, its will);
@@ -50,7 +51,7 @@ from daemon.ratelimit import ServiceLoad
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5
+TICKS_PER_HEARTBEAT = 4
 STALE_HEARTBEATS = 3
 MAX_ROOMS = 2000  # records kept of one account; more are counted and ignored
 KEEPALIVE_S = 10  # the will clears the record within 1.5 × this of a silent death
@@ -95,6 +96,7 @@ class SharedBudget:
         self._client_id = client_id or f"roomtranslate-{mqtt.room_id}-{device_id}-account"
         self._heartbeat_s = heartbeat_s
         self._stale_s = STALE_HEARTBEATS * heartbeat_s
+        self._tick_s = heartbeat_s / TICKS_PER_HEARTBEAT
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
@@ -157,7 +159,7 @@ class SharedBudget:
             account = self._account()
             self._load.pacer = self.pacer if account else None
             if not account:
-                await self._pause(TICK_S)
+                await self._pause(self._tick_s)
                 continue
             try:
                 await self._session(account)
@@ -206,7 +208,7 @@ class SharedBudget:
         try:
             last = self._clock()
             await client.publish(topic, self._record().encode(), qos=1, retain=True)
-            await self._pause(TICK_S)
+            await self._pause(self._tick_s)
             while not self._stop.is_set() and self._account() == account:
                 if receiver.done():
                     receiver.result()  # the connection ended: raises MqttError
@@ -215,7 +217,7 @@ class SharedBudget:
                 if now - last >= self._heartbeat_s or self._new_rejection():
                     await client.publish(topic, self._record().encode(), qos=1, retain=True)
                     last = now
-                await self._pause(TICK_S)
+                await self._pause(self._tick_s)
         finally:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
