@@ -61,6 +61,13 @@ def sim(sim_process: Simulator) -> Simulator:
     """The shared simulator, with stats, faults and latencies reset for this test."""
     sim_process.reset()
     sim_process.control(
-        first_text_ms=5, first_audio_ms=5, chunk_ms=1, jitter_ms=0, retry_after=1, stall_s=30
+        first_text_ms=5,
+        first_audio_ms=5,
+        chunk_ms=1,
+        jitter_ms=0,
+        retry_after=1,
+        stall_s=30,
+        account_rpm=0,
+        account_tpm=0,
     )
     return sim_process
