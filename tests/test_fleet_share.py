@@ -59,9 +59,11 @@ class FakeTime:
 
 
 def pacer(time: FakeTime, share: Share | None = None) -> Pacer:
+    """A pacer on `share`, its buckets full (a minute has passed)."""
     p = Pacer(LIMITS, clock=time.clock, sleep=time.sleep)
     if share is not None:
         p.set_share(share)
+    time.now += 60
     return p
 
 
@@ -184,6 +186,16 @@ async def test_extra_languages_wait_for_their_part_and_the_speech() -> None:
     assert p.shed() == {"speech": 0, "extra": 2}
     span = min(60, max(10, time.now - 1000))  # the room's age, at least 10 s
     assert p.demand().extra.requests == pytest.approx(2 * 60 / span)  # asked, shed or not
+
+
+async def test_a_new_room_sends_one_request_before_it_knows_its_share() -> None:
+    time = FakeTime()
+    p = Pacer(LIMITS, clock=time.clock, sleep=time.sleep)
+    start = time.now
+    assert await p.admit("speech", 100) == ""
+    assert time.now == start
+    assert await p.admit("speech", 100) == ""  # waits for the room alone's rate: 90/min
+    assert time.now - start == pytest.approx(60 / 90, abs=0.3)
 
 
 async def test_a_429_holds_every_request_for_its_retry_after() -> None:

@@ -32,6 +32,7 @@ BURST_S = 15.0
 SPEECH_WAIT_S = 8.0
 EXTRA_WAIT_S = 2.0
 POLL_S = 0.25  # a waiting request looks again this often (shares and holds change)
+MIN_SLEEP_S = 0.01
 MAX_KEPT = 10_000  # entries of a window (the window is pruned first)
 
 Clock = Callable[[], float]
@@ -54,16 +55,13 @@ class Bucket:
         self._capacity = max(0.0, capacity)
         self.level = min(self.level, self._capacity)
 
-    def fill(self) -> None:
-        self.level = self._capacity
-
     def wait_s(self, need: float) -> float:
         """Seconds until the bucket holds `need` (at most its capacity); inf if never."""
         self._refill()
         if self._capacity <= 0:
             return math.inf
         need = min(need, self._capacity)
-        if self.level >= need:
+        if self.level >= need - 1e-9:
             return 0.0
         return (need - self.level) / self._rate if self._rate > 0 else math.inf
 
@@ -107,9 +105,10 @@ class Pacer:
         self._buckets = {name: (Bucket(clock), Bucket(clock)) for name in ("total", "extra")}
         self._share = Share.alone(limits)
         self._apply(self._share)
-        for requests, tokens in self._buckets.values():
-            requests.fill()
-            tokens.fill()
+        # One request to start with (its share is not known yet); the rest accrues.
+        requests, tokens = self._buckets["total"]
+        requests.level = 1.0
+        tokens.level = limits.tokens / limits.requests
         self._held_until = 0.0
         self._hold_why = ""
         self._asks = {"speech": Window(clock), "extra": Window(clock)}
@@ -170,7 +169,7 @@ class Pacer:
                 if self._clock() + wait_s > deadline:
                     self._shed[kind].add(1, tokens)
                     return why
-                await self._sleep(min(wait_s, POLL_S))
+                await self._sleep(min(max(wait_s, MIN_SLEEP_S), POLL_S))
         finally:
             if kind == "speech":
                 self._queue.remove(turn)

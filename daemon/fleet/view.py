@@ -38,7 +38,7 @@ class RoomView:
     def state(self) -> str:
         if self.online is False:
             return "offline"
-        return str(self.status.get("state", "?"))
+        return str(self.status.get("state", "no status"))
 
     def as_json(self) -> dict[str, Any]:
         problems = self.status.get("problems")
