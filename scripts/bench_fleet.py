@@ -2,8 +2,8 @@
 """Fleet benchmark: rooms on one service account, per-room backoff against the shared budget.
 
 Two fleets run side by side in one run on one Mosquitto, each against its own service
-simulator enforcing one account's limits (100 requests and 100,000 tokens a minute,
-429 beyond):
+simulator enforcing one account's limits (`--limit` requests, 100 by default, and
+100,000 tokens a minute; 429 beyond):
 
 - **per-room backoff** (`room.account` unset): each room sends its speech and backs
   off its extra caption languages on its own 429s;
@@ -80,8 +80,7 @@ TARGET = "zh"
 CAPTION_LANGS = ("de", "fr", "es", "it")
 SIM_ARGS = (
     "--first-text-ms", "500", "--first-audio-ms", "300", "--chunk-ms", "30",
-    "--jitter-ms", "500", "--audio-chunk-ms", "500",
-    "--account-rpm", "100", "--account-tpm", "100000",
+    "--jitter-ms", "500", "--audio-chunk-ms", "500", "--account-tpm", "100000",
 )  # fmt: skip
 SAMPLE_S = 0.5
 SPAN_S = 10.0
@@ -157,7 +156,9 @@ class InProcessRoom:
     def __init__(self, fleet: Fleet, name: str, schedule: list[tuple[float, float]]) -> None:
         self.name = name
         self.counters = Counters()
-        api = ApiSettings(base_url=fleet.sim.base_url, upload_format="flac")
+        api = ApiSettings(
+            base_url=fleet.sim.base_url, upload_format="flac", requests_per_minute=fleet.limit
+        )
         self.load = ServiceLoad(self.counters, api.requests_per_minute)
         self.translator = Translator(api, name, self.counters, load=self.load)
         room = RoomSettings(target_lang=TARGET, caption_langs=fleet.langs, account=fleet.account)
@@ -241,7 +242,12 @@ def daemon_settings(args: argparse.Namespace) -> Settings:
                 "account": args.account,
             },
             "segmenter": {"confirm": args.confirm},
-            "api": {"base_url": args.sim, "upload_format": "flac", "check_key_at_start": False},
+            "api": {
+                "base_url": args.sim,
+                "upload_format": "flac",
+                "check_key_at_start": False,
+                "requests_per_minute": args.limit,
+            },
             "audio": {"echo_guard": "off", "output_device": "bench-no-such-speaker"},
             "mqtt": {
                 "host": "127.0.0.1",
@@ -284,7 +290,8 @@ class DaemonRoom:
             sys.executable, __file__, "--daemon-child", "--room", self.name,
             "--prefix", fleet.prefix, "--account", fleet.account, "--port", str(fleet.port),
             "--sim", fleet.sim.base_url, "--state", str(state), "--offset", str(self._offset),
-            "--confirm", fleet.confirm, "--caption-langs", *fleet.langs,
+            "--confirm", fleet.confirm, "--limit", str(fleet.limit),
+            "--caption-langs", *fleet.langs,
         ]  # fmt: skip
         log = (workdir / f"{fleet.prefix}-{self.name}.log").open("wb")
         self._proc = await asyncio.create_subprocess_exec(
@@ -326,7 +333,8 @@ class Fleet:
         self.langs = list(CAPTION_LANGS[: args.langs])
         self.confirm = args.confirm
         self.port = 0
-        self.sim = Simulator(*SIM_ARGS)
+        self.limit = args.limit
+        self.sim = Simulator(*SIM_ARGS, "--account-rpm", str(args.limit))
         self.speech: Pcm = np.zeros(0, dtype=np.int16)
         self.statuses: dict[str, dict[str, Any]] = {}
         self.figures: dict[str, RoomFigures] = {}
@@ -503,7 +511,7 @@ def report(
         f"\nbench_fleet: {args.rooms} rooms per fleet ({args.daemons} real daemons, the rest "
         f"in-process), {seconds / 60:g} min, {len(fleets[0].langs)} extra caption languages, "
         f"{args.clips_per_min:g} clips a minute per in-process room; one account of "
-        "100 requests and 100,000 tokens a minute per fleet\n"
+        f"{args.limit} requests and 100,000 tokens a minute per fleet\n"
     )
     rows: list[tuple[str, Callable[[Fleet], str]]] = [
         ("requests the service received", lambda f: str(f.sim_stats["requests"])),
@@ -609,6 +617,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the run (3)")
     parser.add_argument("--langs", type=int, default=2, help="extra caption languages (2)")
     parser.add_argument("--clips-per-min", type=float, default=8.0, help="speech clips a minute")
+    parser.add_argument("--limit", type=int, default=100, help="the account's requests/min")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--confirm", choices=("off", "silero"), default="off")
     child = parser.add_argument_group("one real daemon (the benchmark starts these)")
