@@ -18,8 +18,8 @@ from it before anything is sent (`screen`).
 Double talk (`double_talk()` is true while our speech plays): while it cancels our
 speech, AEC3's suppressor also turns down a person who talks over it, most at their
 first and last syllables (measured: 20–30 dB for up to ~0.5 s when our playback and the
-person start together, up to ~0.75 s on a loaded machine), so the VAD opens late and
-closes early. A clip during which our speech played is therefore widened from the
+person start together, up to ~0.75 s on a loaded machine, 1.1 s seen once), so the VAD
+opens late and closes early. A clip during which our speech played is therefore widened from the
 cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
 the clip sent before; a clip judged our own speech was not sent) and up to
 `DT_POST_ROLL_S` later (audio the segmenter's hangover has already seen, so no latency is
@@ -64,7 +64,7 @@ IDLE_AFTER_S = 5.0  # no reference for this long: bypass the canceller
 REF_ACTIVE_DBFS = -60.0  # a reference block above this level counts as playing
 REMOVAL_SMOOTHING = 0.02  # per active block, for the status figure
 HISTORY_S = 20.0  # cleaned audio kept for widening (longer than max_utterance_s)
-DT_PRE_ROLL_S = 1.0
+DT_PRE_ROLL_S = 2.0  # (in a dense meeting the clip sent before is nearer)
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
@@ -351,6 +351,14 @@ class EchoCanceller:
             end = min(utt.end + post, self._history.end)
         start = min(max(start - start % BLOCK, self._last_sent_end, 0), utt.start)
         end = max(end, utt.end)  # (the history no longer holds the audio: not widened)
+        log.log(
+            logging.DEBUG if (start, end) == (utt.start, utt.end) else logging.INFO,
+            "utterance %d widened by %.2f s before, %.2f s after (sent up to %.2f s before it)",
+            utt.id,
+            (utt.start - start) / SAMPLE_RATE,
+            (end - utt.end) / SAMPLE_RATE,
+            (utt.start - self._last_sent_end) / SAMPLE_RATE,
+        )
         if start == utt.start and end == utt.end:
             return utt
         if start < utt.start:
