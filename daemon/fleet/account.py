@@ -135,6 +135,9 @@ class SharedBudget:
             "sent": AmountDoc.of(self.pacer.sent()).model_dump(),
             "shed": self.pacer.shed(),
             "rejected": {"room": rejected, "account": rejected + self._others_rejected()},
+            "bad_records": round(self._counters.get("fleet_bad_records")),
+            "rooms_ignored": round(self._counters.get("fleet_rooms_ignored")),
+            "disconnects": round(self._counters.get("fleet_disconnects")),
         }
 
     async def run(self) -> None:
