@@ -83,3 +83,15 @@ def run_cli(
         cwd=PROJECT_ROOT,
         env=None if env is None else dict(env),
     )
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`python scripts/NAME ARGS` from the checkout, output captured; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / name), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+    )

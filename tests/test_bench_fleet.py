@@ -6,12 +6,10 @@ difference."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.procs import run_script
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +22,7 @@ def row(out: str, label: str) -> tuple[str, str]:
 
 def test_a_short_fleet_run_shows_the_shared_budget_against_per_room_backoff() -> None:
     options = "--rooms 3 --daemons 1 --minutes 0.6 --limit 30"
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts" / "bench_fleet.py"), *options.split()],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    result = run_script("bench_fleet.py", *options.split())
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     baseline, shared = row(out, "extra-language requests sent")

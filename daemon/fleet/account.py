@@ -1,22 +1,15 @@
 """One account, many rooms: this room's part in sharing the account's limits.
 
-A room with `room.account` set keeps its record (daemon/fleet/record.py) on
-`<prefix>/_account/<account>/<room_id>` over a connection of its own, whose will clears
-the record, and reads the records of every room of the account. Every tick (a quarter
-heartbeat) it computes the account's allocation from the rooms it sees alive
-(daemon/fleet/share.py) and paces its requests to its own part (the service load's
-pacer, daemon/fleet/pacer.py).
-
-- A room is alive while its record is refreshed: one not heard of for `STALE_HEARTBEATS`
-  heartbeats is forgotten, as is one whose record is cleared (a clean stop, its will);
-  a retained record older than that, found at connect, is not counted.
-- A 429 of any room holds every room of the account for its Retry-After (the record's
-  `hold_s`), and every 429 of the last minute shrinks what the rooms share (share.py).
-- Broker unreachable: the room keeps pacing by its last share (and its own 429s) and
-  reconnects like the link; once back it reads the records afresh.
-- `room.account` is a live setting: a change leaves the old account (its record
-  cleared) and joins the new one; "" stops sharing (the room paces itself alone,
-  daemon/ratelimit.py).
+What it does for the rooms: docs/mqtt.md, "One account, many rooms". While
+`room.account` (a live setting, read every tick) is set, `SharedBudget` keeps the room's
+record (daemon/fleet/record.py) on `<prefix>/_account/<account>/<room_id>` over a
+connection of its own, whose will clears it, reads the records of the account's rooms,
+and every tick (a quarter heartbeat) allocates the account among the rooms alive
+(daemon/fleet/share.py) and hands this room's part to the service load's pacer
+(daemon/fleet/pacer.py). A room is alive while its record is refreshed (forgotten after
+`STALE_HEARTBEATS` heartbeats, or when it is cleared); a retained record older than
+that, found at connect, is not counted. While the broker cannot be reached the
+allocation is not recomputed: the pacer keeps the last share.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ request and its estimated tokens when the buckets hold them (`settle()` corrects
 tokens once the service reports its usage); until then it waits — speech first, in
 order — at most `SPEECH_WAIT_S` (speech) or `EXTRA_WAIT_S` (an extra language), and is
 shed after that, or at once when it cannot go in time. A 429, the room's own or another
-room's of the account, holds every request for its Retry-After.
+room's of the account, holds every request for its Retry-After. A new pacer holds one
+request: its share is not known yet.
 
 The pacer also measures what the room tells the others: its demand (every request
 asked for in the last minute, sent or shed, per minute of its age up to a minute), what

@@ -1,23 +1,10 @@
 """The record each room of an account keeps on the broker, and how it is read.
 
-`<prefix>/_account/<account>/<room_id>`, retained JSON (QoS 1), published every
-`HEARTBEAT_S` and at once after a 429; the room's will (and a clean stop) clears it:
-
-```json
-{"room_id": "room-1", "device_id": "3f9c0a1b2c4d", "at": 1767000000.5, "heartbeat_s": 2.0,
- "limits": {"requests": 100, "tokens": 100000},
- "demand": {"speech": {"requests": 8.1, "tokens": 1130},
-            "extra": {"requests": 16.2, "tokens": 990}},
- "sent": {"requests": 5, "tokens": 690},
- "share": {"requests": 4.6, "tokens": 4400, "extra_requests": 0, "extra_tokens": 0,
-           "speech_fraction": 0.55, "extra_fraction": 0, "rooms": 20},
- "shed": {"speech": 3, "extra": 16}, "rejected": 0, "hold_s": 0}
-```
-
-Rates are per minute; `sent`, `shed` and `rejected` (429s) count the last minute; `at` is
-the publisher's wall time; `hold_s` is what is left of its last 429's Retry-After.
-Anything that does not read as such a record (over `MAX_RECORD_BYTES`, not JSON, a
-negative or non-finite number) is refused with ValueError.
+`<prefix>/_account/<account>/<room_id>`, retained JSON: `Record` below (an example:
+docs/mqtt.md). Rates are per minute; `sent`, `shed` and `rejected` (429s) count the last
+minute; `at` is the publisher's wall time; `hold_s` is what is left of its last 429's
+Retry-After. Anything that does not read as a record (over `MAX_RECORD_BYTES`, not JSON,
+a negative or non-finite number, a field missing) is refused with ValueError.
 """
 
 from __future__ import annotations

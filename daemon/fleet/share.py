@@ -1,18 +1,14 @@
-"""Each room's fair share of one account's requests and tokens per minute.
+"""Each room's share of one account's requests and tokens per minute.
 
-Every room of an account computes the same allocation from the demands it sees
-(daemon/fleet/account.py) and paces itself to its own part (daemon/fleet/pacer.py):
+What it does for the rooms: docs/mqtt.md, "One account, many rooms". Every room of an
+account runs `allocate()` on the demands it sees and paces itself to its own part:
 
-- **Capacity**: the smallest limits any live room states, times `HEADROOM` (the rooms
-  pace independently, so a little is kept back), less `REJECTED_STEP` for every 429 any
-  room of the account got in the last minute (down to `MIN_FACTOR`): a 429 means the
-  account is over, whoever's request it refused.
-- **Speech first, fleet-wide**: every room's speech gets the same fraction of its
-  demand (plus `FLOOR`, so a quiet room can start talking at once): the largest fraction
-  both the requests and the tokens allow, at most all of it.
-- **Then the extra caption languages**, the same way, from what speech leaves.
-- **What neither uses** is spread equally over the rooms (to the extra languages only
-  while no room's speech runs short): a room alone gets all of it.
+- `capacity()`: the smallest limits of the live rooms × `HEADROOM` × (1 − `REJECTED_STEP`
+  per 429 of the account in the last minute, at least `MIN_FACTOR`).
+- Speech first: the largest fraction (at most 1) of every room's speech demand plus
+  `FLOOR` that both the requests and the tokens allow; then the extra languages, the
+  same way from what speech leaves; the rest spread equally over the rooms (to the
+  extra languages only while neither fraction is short).
 """
 
 from __future__ import annotations
