@@ -85,10 +85,16 @@ async def room(broker: Broker, room_id: str, account: str = "acme") -> AsyncIter
             await task
 
 
-async def ask_speech(r: Room, times: int) -> None:
-    """`times` speech requests at once (the room's bucket holds them)."""
-    for _ in range(times):
-        assert await r.load.admit(False, 100) == ""
+@contextlib.asynccontextmanager
+async def asking_speech(r: Room, times: int) -> AsyncIterator[None]:
+    """`times` speech requests asked for at once (each waits for the room's share)."""
+    asks = [asyncio.create_task(r.load.admit(False, 100)) for _ in range(times)]
+    try:
+        yield
+    finally:
+        for ask in asks:
+            ask.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
 
 
 async def test_rooms_of_one_account_split_it_and_a_room_alone_gets_all() -> None:
@@ -112,12 +118,12 @@ async def test_the_speech_of_every_room_goes_before_any_extra_language() -> None
     with Broker() as broker:
         async with room(broker, "talky") as talky, room(broker, "multi") as multi:
             await eventually(lambda: multi.sees(2, ALL / 2))
-            await ask_speech(talky, 20)  # 120 a minute, over the account
-            await eventually(lambda: multi.budget.pacer.share.speech_fraction < 1)
-            why = await multi.load.admit(True, 40)
-            assert "extra caption languages paused: the account goes to the speech" in why
-            assert multi.budget.pacer.share.extra.requests == 0
-            assert multi.budget.figures()["shed"] == {"speech": 0, "extra": 1}
+            async with asking_speech(talky, 20):  # 120 a minute, over the account
+                await eventually(lambda: multi.budget.pacer.share.speech_fraction < 1)
+                why = await multi.load.admit(True, 40)
+                assert "extra caption languages paused: the account goes to the speech" in why
+                assert multi.budget.pacer.share.extra.requests == 0
+                assert multi.budget.figures()["shed"] == {"speech": 0, "extra": 1}
 
 
 async def test_a_429_holds_and_shrinks_the_whole_account() -> None:

@@ -1,5 +1,6 @@
 """One account, many rooms, without a broker: the allocation, the pacer on an injected
-clock, and the translator paced through the real SDK to the simulator.
+clock, the translator paced through the real SDK to the simulator, and the shared
+budget's view of the rooms (records handed in as the broker would).
 
 What is asserted is what came out: the shares, which requests went and when (on the
 fake clock), why the others were shed, what the simulator received.
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from daemon.budget import Budget
-from daemon.config import ApiSettings, RoomSettings
+from daemon.config import ApiSettings, MqttSettings, RoomSettings
 from daemon.counters import Counters
+from daemon.fleet.account import SharedBudget
 from daemon.fleet.pacer import EXTRA_WAIT_S, SPEECH_WAIT_S, Pacer
 from daemon.fleet.record import Record, read_record
 from daemon.fleet.share import (
@@ -266,3 +269,38 @@ async def test_speech_over_the_rooms_share_is_dropped_as_shed_and_not_billed(
     assert sim.stats()["requests"] == 2
     assert budget.snapshot()["clips"] == 2 and budget.snapshot()["reserved_audio_s"] == 0
     assert load.pacer.sent().requests == 2
+
+
+# -- the shared budget's view, without a broker -----------------------------------------
+
+
+def record_message(room: str, at: float) -> aiomqtt.Message:
+    record = Record(room_id=room, at=at, limits={"requests": 100, "tokens": 100000})  # type: ignore[arg-type]
+    return aiomqtt.Message(
+        f"roomtranslate/_account/acme/{room}", record.encode(), 1, False, 1, None
+    )
+
+
+def test_rooms_are_not_forgotten_while_the_rooms_own_record_does_not_come_back() -> None:
+    time = FakeTime()
+    counters = Counters()
+    budget = SharedBudget(
+        MqttSettings(room_id="a"),
+        ApiSettings(),
+        ServiceLoad(counters, 100),
+        lambda: "acme",
+        counters,
+        heartbeat_s=1.0,
+        clock=time.clock,
+        wall_clock=time.clock,
+    )
+    budget._echo_at = time.now  # as at connect
+    budget._receive("acme", record_message("b", time.now))
+    budget._recompute()
+    assert budget.pacer.share.rooms == 2
+    time.now += 10  # b silent, and so is the echo of a's own record: the broker is suspect
+    budget._recompute()
+    assert budget.pacer.share.rooms == 2
+    budget._receive("acme", record_message("a", time.now))  # a's own record is back
+    budget._recompute()
+    assert budget.pacer.share.rooms == 1 and budget.rooms() == ["a"]

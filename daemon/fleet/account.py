@@ -8,8 +8,9 @@ and every tick (a quarter heartbeat) allocates the account among the rooms alive
 (daemon/fleet/share.py) and hands this room's part to the service load's pacer
 (daemon/fleet/pacer.py). A room is alive while its record is refreshed (forgotten after
 `STALE_HEARTBEATS` heartbeats, or when it is cleared); a retained record older than
-that, found at connect, is not counted. While the broker cannot be reached the
-allocation is not recomputed: the pacer keeps the last share.
+that, found at connect, is not counted. While the broker cannot be reached, or the
+room's own record does not come back, the allocation is not recomputed: the pacer
+keeps the last share.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class SharedBudget:
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._published_rejected = 0
+        self._echo_at = 0.0  # when this room's own record last came back
 
     # -- public ---------------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class SharedBudget:
         )
         async with client:
             self._others.clear()
+            self._echo_at = self._clock()
             await client.subscribe(account_topics(self._mqtt.prefix, account), qos=1)
             if self._joined != account:
                 log.info("account %r: sharing its limits with the rooms of it", account)
@@ -232,7 +235,8 @@ class SharedBudget:
     def _read(self, account: str, message: aiomqtt.Message) -> None:
         room = message.topic.value.rsplit("/", 1)[-1]
         if room == self._mqtt.room_id:
-            return  # our own record coming back
+            self._echo_at = self._clock()  # our own record came back: the broker carries
+            return
         raw = message.payload
         payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
         if not payload:
@@ -257,8 +261,12 @@ class SharedBudget:
             self.pacer.hold(record.hold_s, f"room {room} of the account got a 429")
 
     def _recompute(self) -> None:
-        """Forget the rooms gone silent; pace by this room's part of the allocation."""
+        """Forget the rooms gone silent; pace by this room's part of the allocation. Not
+        while this room's own record does not come back (a broker gone silent before
+        the connection is known to be lost): the last share stays."""
         now = self._clock()
+        if now - self._echo_at > self._stale_s:
+            return
         for room, seen in list(self._others.items()):
             if now - seen.at > self._stale_s:
                 del self._others[room]
