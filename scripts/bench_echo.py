@@ -62,20 +62,15 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import echo_matrix  # noqa: E402
-import room_echo  # noqa: E402
-from echo_matrix import load, rms, to_pcm  # noqa: E402
-
-from daemon.config import LiveRoom, RoomSettings, SegmenterSettings  # noqa: E402
-from daemon.counters import Counters  # noqa: E402
-from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict  # noqa: E402
-from daemon.echo.reference import ReferenceAligner  # noqa: E402
-from daemon.segmenter import Segmenter  # noqa: E402
-from daemon.values import SAMPLE_RATE, Frame, Utterance  # noqa: E402
+from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
+from daemon.counters import Counters
+from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict
+from daemon.echo.reference import ReferenceAligner
+from daemon.segmenter import Segmenter
+from daemon.values import SAMPLE_RATE, Frame, Utterance
+from scripts import echo_matrix, room_echo
+from scripts.echo_matrix import load, rms, to_pcm
+from scripts.paths import PROJECT_ROOT as ROOT
 
 RATE = SAMPLE_RATE
 FRAME = 480
@@ -317,7 +312,7 @@ def _run_side(
     tree: Path, seeds: list[int], cache: Path, jobs: int, out: Path
 ) -> tuple[list[echo_matrix.RoomRun], float, float]:
     """The rooms with the daemon package of `tree`: runs, peak RSS (MB), wall seconds."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(ROOT / "scripts")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(ROOT)]))
     started = time.monotonic()
     subprocess.run(
         [

@@ -56,8 +56,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-AUDIO = Path(os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio"))
+from scripts import room_echo
+from scripts.paths import AUDIO_DIR
+
 RATE = 16_000
 FRAME = 480  # the daemon's VAD frame
 CHUNK = 8 * FRAME  # the room's echo is computed this far ahead of the microphone
@@ -104,7 +105,7 @@ def _recording(name: str) -> Floats:
     import soundfile as sf
     import soxr
 
-    data, rate = sf.read(str(AUDIO / f"{name}.wav"), dtype="float64", always_2d=True)
+    data, rate = sf.read(str(AUDIO_DIR / f"{name}.wav"), dtype="float64", always_2d=True)
     mono = data.mean(axis=1)
     if rate != RATE:
         mono = soxr.resample(mono, rate, RATE)
@@ -127,7 +128,7 @@ def to_pcm(x: Floats) -> npt.NDArray[np.int16]:
 def catalogue() -> dict[str, list[tuple[str, float]]]:
     """Speech recordings (name, seconds) by language, and "noise"; from manifest.csv."""
     by_lang: dict[str, list[tuple[str, float]]] = {}
-    with open(AUDIO / "manifest.csv", newline="") as f:
+    with open(AUDIO_DIR / "manifest.csv", newline="") as f:
         for row in csv.DictReader(f):
             name = row["file"].removesuffix(".wav")
             lang = "noise" if name.startswith("noise_") else row["language"].split()[0]
@@ -248,8 +249,6 @@ def impulse_responses(params: RoomParams, cache_dir: Path) -> tuple[Floats, Floa
     """The people's and the loudspeaker's impulse response: slow to simulate (up to 4 s
     for RT60 1.2 s), so kept in `cache_dir` and shared by the rooms of one RT60 and
     placement."""
-    import room_echo
-
     path = cache_dir / f"rir-v1-{params.rt60_s:.2f}-{params.placement}.npz"
     if path.exists():
         with np.load(path) as f:
@@ -356,8 +355,6 @@ class EchoPath:
     """
 
     def __init__(self, params: RoomParams, speaker_h: Floats, n: int) -> None:
-        import room_echo
-
         self.ratio = 1.0 + params.ppm * 1e-6
         self.bulk = round(params.bulk_ms * RATE / 1000)
         self.jump = round(params.jump_ms * RATE / 1000)

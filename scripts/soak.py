@@ -50,16 +50,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from daemon.app import Daemon
+from daemon.config import Settings, apply_overrides
+from daemon.filesource import FileSource
+from daemon.heap import heap_figures
+from daemon.values import SAMPLE_RATE, Frame, Pcm
+from scripts.paths import AUDIO_DIR
+from scripts.paths import PROJECT_ROOT as ROOT
 
-from daemon.app import Daemon  # noqa: E402
-from daemon.config import Settings, apply_overrides  # noqa: E402
-from daemon.filesource import FileSource  # noqa: E402
-from daemon.heap import heap_figures  # noqa: E402
-from daemon.values import SAMPLE_RATE, Frame, Pcm  # noqa: E402
-
-AUDIO_DIR = Path(os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio"))
 FAULT_CYCLE = ["429", "500", "cut", "cut0", "stream_error", "stall", "garbage", "401"]
 FRAME_MS = 30
 PACE_FRAMES = 32  # frames between pacing sleeps

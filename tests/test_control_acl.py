@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
 from tests.control_util import Operator, Plane, control_plane
 
 pytestmark = pytest.mark.e2e

@@ -44,14 +44,14 @@ import soundfile as sf
 import soxr
 from scipy.signal import correlate
 
-from tests.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session, require_programs
-from tests.paths import AUDIO_DIR
-from tests.procs import stop_process
-from tests.rigutil import load_script
-from tests.scenario import compose, write
-from tests.simproc import Simulator
+from scripts import room_echo
+from scripts.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session
+from scripts.paths import AUDIO_DIR
+from scripts.procs import stop_process
+from scripts.scenario import compose, write
+from scripts.simproc import Simulator
+from tests.rigutil import require_programs
 
-room_echo = load_script("room_echo")
 RATE = 16_000
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rig]

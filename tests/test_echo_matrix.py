@@ -11,10 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.rigutil import load_script
+from scripts import echo_matrix as em
 
-load_script("room_echo")  # echo_matrix imports it by name, as scripts/ does
-em = load_script("echo_matrix")
 RATE = 16_000
 
 

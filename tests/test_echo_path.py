@@ -18,10 +18,9 @@ from daemon.echo.canceller import AEC_DELAY_SAMPLES
 from daemon.echo.delay import REACH_S, SLACK_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import PATH_WAIT_S
 from daemon.values import SAMPLE_RATE
-from tests.rigutil import load_script
+from scripts import room_echo
 from tests.test_echo_canceller import Room, erle_db, level, speech, to_pcm
 
-room_echo = load_script("room_echo")
 Floats = npt.NDArray[np.float64]
 RATE = SAMPLE_RATE
 FRAME = 480
