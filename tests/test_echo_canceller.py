@@ -26,6 +26,7 @@ from daemon.values import SAMPLE_RATE, Utterance
 from scripts import room_echo
 from scripts.scenario import load, segment_pcm, to_float, trim
 
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 Floats = npt.NDArray[np.float64]
 RATE = SAMPLE_RATE
 ECHO = {"delay_s": 0.060, "gain_db": -3.0}

@@ -21,6 +21,7 @@ from daemon.values import SAMPLE_RATE
 from scripts import room_echo
 from tests.test_echo_canceller import Room, erle_db, level, speech, to_pcm
 
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 Floats = npt.NDArray[np.float64]
 RATE = SAMPLE_RATE
 FRAME = 480

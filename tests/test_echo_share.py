@@ -12,6 +12,7 @@ from daemon.values import SAMPLE_RATE
 from scripts import room_echo
 from tests.test_echo_canceller import level, speech, to_pcm
 
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 RATE = SAMPLE_RATE
 LEAD = max(LAGS) * RATE // 100
 
