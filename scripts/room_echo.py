@@ -4,21 +4,21 @@
 The rig of scripts/audio_rig.py has no acoustics: its speaker (`spk`) and microphone
 (`micfeed` → `mic`) are separate null sinks. This makes it behave like a meeting room:
 
-    parec spk.monitor ─▶ room impulse response (reverberation) ─▶ delay ─▶ gain ─▶ pacat micfeed
+    spk.monitor ─▶ room impulse response (reverberation) ─▶ delay ─▶ gain ─▶ micfeed
 
 mixed by PulseAudio with whatever else is played into `micfeed` (the people). The
 impulse response is simulated with pyroomacoustics (image source method, a shoebox room,
 `rt60` seconds of reverberation, speaker and microphone 1.5–2.5 m apart), normalised to
 unit energy, its direct path moved to the start. `--delay-ms` is the whole delay from the
-speaker to the microphone: the two PulseAudio streams add `STREAM_DELAY_MS` (measured on
-the rig with a click, 26-28 ms), the delay line the rest.
+speaker to the microphone: the rig adds `STREAM_DELAY_MS`, the delay line the rest; the
+path stays there however busy the machine is (`Streams`).
 
     python scripts/room_echo.py run --gain-db -3 --delay-ms 60       # with PULSE_SERVER set
 
 Also a module: `room_impulse_response()`, `RoomEcho` (streaming convolution), `echo_of()`
 and `run_canceller()` (the daemon's echo stage on an offline room, with device clocks)
 serve the offline echo tests and scripts/bench_echo.py. A test
-and benchmark helper: needs numpy, scipy and pyroomacoustics (the dev extras).
+and benchmark helper: needs numpy, scipy, pyroomacoustics and pasimple (the dev extras).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -38,8 +37,11 @@ RATE = 16_000
 BLOCK_MS = 10
 ROOM_DIM = (6.0, 4.5, 2.8)
 LEAD_SAMPLES = 8  # kept before the direct path of the impulse response
-STREAM_DELAY_MS = 26.0  # parec spk.monitor → pacat micfeed → mic, measured on the rig
-STREAM_LATENCY_MS = 10  # each stream's buffer
+STREAM_DELAY_MS = 26.0  # spk.monitor → the room's streams → micfeed → mic, measured on the rig
+STREAM_TARGET_MS = 5.0  # what the room's two streams hold (PulseAudio says 2.5-4.5 ms on the rig)
+STREAM_BUFFER_BLOCKS = 3  # the feed's buffer: a stall shorter than this does not underrun
+CORRECT_EVERY = 25  # blocks between two looks at the streams' latency
+CORRECT_SLACK = 320  # samples (20 ms) the streams may hold beyond it: PulseAudio's jitter
 
 Floats = npt.NDArray[np.float64]
 
@@ -176,19 +178,57 @@ def _int16(x: Floats) -> npt.NDArray[np.int16]:
 # ---------------------------------------------------------------------- the rig process
 
 
-def _streams(extra: list[str]) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    common = ["--raw", "--format=s16le", f"--rate={RATE}", "--channels=1", *extra]
-    record = subprocess.Popen(
-        ["parec", "--device=spk.monitor", f"--latency-msec={STREAM_LATENCY_MS}", *common],
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
-    play = subprocess.Popen(
-        ["pacat", "--playback", "--device=micfeed", f"--latency-msec={STREAM_LATENCY_MS}", *common],
-        stdin=subprocess.PIPE,
-        start_new_session=True,
-    )
-    return record, play
+class Streams:
+    """The room's two PulseAudio streams (the simple API: `pasimple`): the speaker's
+    monitor in, the microphone's feed out, and their latencies.
+
+    Both run on the server's one clock, so nothing drifts; but a stall of this process
+    (a busy machine) underruns the feed, and the silence PulseAudio plays meanwhile
+    would stay in the path for good (in and out then run at one rate: the backlog never
+    drains). `excess()` says how much longer the two streams hold the room's sound than
+    STREAM_TARGET_MS, which `run` takes back out: the room's path stays where it was set.
+    """
+
+    def __init__(self, block: int) -> None:
+        from pasimple import PA_SAMPLE_S16LE, PA_STREAM_PLAYBACK, PA_STREAM_RECORD, PaSimple
+
+        size = block * 2
+        self.record = PaSimple(
+            PA_STREAM_RECORD, PA_SAMPLE_S16LE, 1, RATE, "room", device_name="spk.monitor",
+            fragsize=size,
+        )  # fmt: skip
+        self.play = PaSimple(
+            PA_STREAM_PLAYBACK, PA_SAMPLE_S16LE, 1, RATE, "room", device_name="micfeed",
+            tlength=size * STREAM_BUFFER_BLOCKS, prebuf=size, minreq=size,
+        )  # fmt: skip
+        self._size = size
+
+    def read(self) -> Floats:
+        return np.frombuffer(self.record.read(self._size), dtype="<i2").astype(np.float64)
+
+    def write(self, y: Floats) -> None:
+        self.play.write(np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes())
+
+    def backlog(self) -> int:
+        """Samples the streams hold beyond STREAM_TARGET_MS + CORRECT_SLACK (0 when
+        within it, or while PulseAudio has no timing to tell)."""
+        from pasimple import PaSimpleError
+
+        try:
+            held_us = self.record.get_latency() + self.play.get_latency()
+        except PaSimpleError:
+            return 0
+        excess = round((held_us / 1e6 - STREAM_TARGET_MS / 1000) * RATE)
+        if os.environ.get("ROOM_DEBUG"):
+            print(f"room: streams hold {held_us / 1000:.1f} ms", flush=True)
+        if excess <= CORRECT_SLACK:
+            return 0
+        print(f"room: {excess / RATE * 1000:.0f} ms backlog in the streams, left out", flush=True)
+        return excess
+
+    def close(self) -> None:
+        self.record.close()
+        self.play.close()
 
 
 def _realtime() -> None:
@@ -227,33 +267,30 @@ def run(gain_db: float, delay_ms: float, rt60: float, seed: int, jump_ms: float 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_jump)
     _realtime()
-    record, play = _streams([])
-    assert record.stdout is not None and play.stdin is not None
+    streams = Streams(block)
     print("room: running", flush=True)
+    blocks = 0
+    debt = 0  # samples of the room's output still to leave out (a backlog given back)
     try:
         while not stop:
-            raw = record.stdout.read(block * 2)
-            if len(raw) < block * 2:
-                break
-            x = np.frombuffer(raw, dtype="<i2").astype(np.float64)
+            x = streams.read()
             if made < jumps:
                 made += 1
                 pending = np.concatenate((pending, np.zeros(round(jump_ms * RATE / 1000))))
                 print(f"room: the echo path is {jump_ms:.0f} ms longer", flush=True)
             pending = np.concatenate((pending, room.process(x)))
+            blocks += 1
+            if blocks % CORRECT_EVERY == 0 and not debt:
+                debt = streams.backlog()
             out, pending = pending[:block], pending[block:]
-            y = np.clip(np.rint(out), -32768, 32767).astype("<i2")
-            play.stdin.write(y.tobytes())
-            play.stdin.flush()
-    except (BrokenPipeError, KeyboardInterrupt):
+            left_out = min(debt, block)
+            debt -= left_out
+            if left_out < block:
+                streams.write(out[left_out:])
+    except KeyboardInterrupt:
         pass
     finally:
-        for proc in (record, play):
-            proc.terminate()
-            try:
-                proc.wait(2.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        streams.close()
     return 0
 
 
