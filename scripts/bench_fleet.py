@@ -44,12 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from daemon.config import MqttSettings  # noqa: E402
-from daemon.fleet.view import collect, format_view  # noqa: E402
-from scripts.fleet_rooms import (  # noqa: E402
+from daemon.config import MqttSettings
+from daemon.fleet.view import collect, format_view
+from scripts.broker import Broker, Recorder
+from scripts.fleet_rooms import (
     CAPTION_LANGS,
     DaemonRoom,
     Fleet,
@@ -59,8 +57,7 @@ from scripts.fleet_rooms import (  # noqa: E402
     meeting,
     room_names,
 )
-from scripts.soak import load_room_audio, recordings  # noqa: E402
-from tests.broker import Broker, Recorder  # noqa: E402
+from scripts.soak import load_room_audio, recordings
 
 ACCOUNT = "bench"
 SAMPLE_S = 0.5

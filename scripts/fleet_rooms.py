@@ -24,13 +24,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from daemon.app import Daemon  # noqa: E402
-from daemon.captions import Captions  # noqa: E402
-from daemon.captions.lanes import CaptionLane, CaptionLanes  # noqa: E402
-from daemon.config import (  # noqa: E402
+from daemon.app import Daemon
+from daemon.captions import Captions
+from daemon.captions.lanes import CaptionLane, CaptionLanes
+from daemon.config import (
     ApiSettings,
     LiveRoom,
     MqttSettings,
@@ -39,14 +36,14 @@ from daemon.config import (  # noqa: E402
     Settings,
     apply_overrides,
 )
-from daemon.counters import Counters  # noqa: E402
-from daemon.fleet.account import SharedBudget  # noqa: E402
-from daemon.ratelimit import ServiceLoad  # noqa: E402
-from daemon.sequencer import Sequencer  # noqa: E402
-from daemon.translator import Translator  # noqa: E402
-from daemon.values import SAMPLE_RATE, Pcm, Utterance, UtteranceStats  # noqa: E402
-from scripts.soak import PacedSource, load_room_audio, recordings  # noqa: E402
-from tests.simproc import Simulator  # noqa: E402
+from daemon.counters import Counters
+from daemon.fleet.account import SharedBudget
+from daemon.ratelimit import ServiceLoad
+from daemon.sequencer import Sequencer
+from daemon.translator import Translator
+from daemon.values import SAMPLE_RATE, Pcm, Utterance, UtteranceStats
+from scripts.simproc import Simulator
+from scripts.soak import PacedSource, load_room_audio, recordings
 
 TARGET = "zh"
 CAPTION_LANGS = ("de", "fr", "es", "it")

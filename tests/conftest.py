@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.paths import AUDIO_DIR, PROJECT_ROOT
-from tests.simproc import Simulator
+from scripts.paths import AUDIO_DIR, PROJECT_ROOT
+from scripts.simproc import Simulator
 from tests.tiers import TierGuard
 
 __all__ = ["AUDIO_DIR", "PROJECT_ROOT", "read_clip"]

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.procs import run_script
+from scripts.procs import run_script
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from daemon.counters import Counters
 from daemon.fleet.account import SharedBudget
 from daemon.mqtt import MqttLink
 from daemon.ratelimit import ServiceLoad
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
 from tests.control_util import Operator, Plane, control_plane
 
 pytestmark = pytest.mark.e2e

@@ -24,10 +24,10 @@ from daemon.echo.canceller import AEC_DELAY_SAMPLES
 from daemon.echo.guard import BLOCK, EchoLedger, OwnSpeechGuard
 from daemon.echo.reference import ReferenceAligner
 from daemon.values import SAMPLE_RATE, Utterance, UtteranceStats
-from tests.rigutil import load_script
-from tests.scenario import load, segment_pcm, to_float, trim
+from scripts import room_echo
+from scripts.scenario import load, segment_pcm, to_float, trim
 
-room_echo = load_script("room_echo")
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 Floats = npt.NDArray[np.float64]
 RATE = SAMPLE_RATE
 ECHO = {"delay_s": 0.060, "gain_db": -3.0}

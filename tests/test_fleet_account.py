@@ -25,8 +25,8 @@ from daemon.counters import Counters
 from daemon.fleet.account import SharedBudget
 from daemon.fleet.share import HEADROOM
 from daemon.ratelimit import ServiceLoad
-from tests.broker import Broker, Recorder, eventually, retained
-from tests.paths import PROJECT_ROOT
+from scripts.broker import Broker, Recorder, eventually, retained
+from scripts.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 

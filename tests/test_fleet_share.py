@@ -32,8 +32,8 @@ from daemon.fleet.share import (
 from daemon.ratelimit import ServiceLoad
 from daemon.translator import Translator
 from daemon.values import Outcome, Utterance, UtteranceStats
+from scripts.simproc import Simulator
 from tests.conftest import read_clip
-from tests.simproc import Simulator
 
 LIMITS = Amount(100, 100_000)
 CAPACITY = capacity(LIMITS, 0)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.fleet.record import Record
-from tests.broker import Broker, free_port
-from tests.procs import run_cli
+from scripts.broker import Broker, free_port
+from scripts.procs import run_cli
 
 
 def record(room: str, share: float, sent: float, shed: tuple[int, int], rejected: int) -> bytes:

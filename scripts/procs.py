@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.paths import PROJECT_ROOT
+from scripts.paths import PROJECT_ROOT
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float, *, resume: bool = False) -> int:
