@@ -34,6 +34,7 @@ from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
 from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
+from daemon.fleet.account import SharedBudget
 from daemon.heap import fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
@@ -144,6 +145,7 @@ class Daemon:
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
         self.mqtt = self._make_mqtt()
+        self.shared = self._make_shared_budget()
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
             self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
@@ -200,6 +202,20 @@ class Daemon:
         self.control.attach(link, device_id=self.device_id)
         return link
 
+    def _make_shared_budget(self) -> SharedBudget | None:
+        """The account shared with the other rooms of it (needs the broker)."""
+        if not self.settings.mqtt.enabled:
+            return None
+        s, room = self.settings, self.room
+        return SharedBudget(
+            s.mqtt,
+            s.api,
+            self.load,
+            lambda: room.current.account,
+            self.counters,
+            device_id=self.device_id,
+        )
+
     def _make_status(self) -> StatusSource:
         return StatusSource(
             self.counters,
@@ -245,7 +261,6 @@ class Daemon:
         return CaptionLane(
             lang,
             translate=self._translate,  # caption languages are billed: behind the budget
-            load=self.load,
             pipeline=self.settings.pipeline,
             room=self.room,
             captions=self._captions_for(lang),
@@ -286,6 +301,7 @@ class Daemon:
             "room_id": self.settings.mqtt.room_id,
             "device_id": self.device_id,
             "budget": self.budget.snapshot(),
+            "fleet": self.shared.figures() if self.shared is not None else {"account": ""},
         }
 
     def _publish_status(self, status: Mapping[str, Any]) -> None:
@@ -513,6 +529,8 @@ class Daemon:
                 ]
                 if self.mqtt is not None:
                     others.append(start("mqtt", self.mqtt.run()))
+                if self.shared is not None:
+                    others.append(start("shared-budget", self.shared.run()))
                 await self._stop.wait()
                 await self._shutdown(listen, dispatch, deliver, others)
         finally:
@@ -539,6 +557,8 @@ class Daemon:
         drained = await self.playback.drain(self.settings.audio.stop_cap_s, skip_waiting=True)
         if not drained:
             log.warning("speech still playing after %.1f s: cut", self.settings.audio.stop_cap_s)
+        if self.shared is not None:
+            await self.shared.close()  # the account's other rooms share at once
         if self.mqtt is not None:
             self.health.stopping = True
             self.recent.clear()  # a room's words do not stay on the broker

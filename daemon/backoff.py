@@ -1,5 +1,5 @@
 """The one reconnect policy of every I/O service: the audio devices
-(`device_lifecycle.py`: the microphone and the speaker) and the broker (`mqtt.py`).
+(`device_lifecycle.py`: the microphone and the speaker) and the broker (`mqtt/link.py`).
 
 Delays start at `low` and double up to `high`; `reset()` after a session that worked
 starts again at `low`. With `jitter` j each delay is drawn from [d·(1-j), d], so rooms

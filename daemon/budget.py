@@ -7,7 +7,8 @@ cap is refused, so clips in flight at once (`pipeline.max_in_flight`) can never 
 it together. When the clip ends, the reservation becomes what the service reported as
 billed (`usage.prompt_tokens_details.audio_tokens` / 12.5); without a usage report it is
 kept if the service produced output (it worked on the clip) and released if it did not
-(a refused or unreachable request is not billed).
+(a refused or unreachable request is not billed); a clip shed before it was sent
+(dropped) only gives its reservation back.
 
 The cap is read for every clip from `cap()` (the live room settings), so a cap raised
 while running (`config/set {"daily_audio_s": …}`, any layer) applies to the next clip.
@@ -161,6 +162,10 @@ class Budget:
         self._reserved += seconds
         return Ticket(seconds, self._day)
 
+    def release(self, ticket: Ticket) -> None:
+        """The clip was not sent: its reservation goes, nothing is counted."""
+        self._reserved = max(0.0, self._reserved - ticket.seconds)
+
     def settle(self, ticket: Ticket, billed_s: float) -> None:
         """The clip ended: `billed_s` replaces its reservation (kept in today's file)."""
         self._reserved = max(0.0, self._reserved - ticket.seconds)
@@ -193,7 +198,10 @@ class Budget:
                         usage = event.usage or usage
                     yield event
             finally:
-                self.settle(ticket, _billed(ticket, usage, outcome))
+                if outcome is not None and outcome.kind == "dropped":
+                    self.release(ticket)  # shed before it was sent
+                else:
+                    self.settle(ticket, _billed(ticket, usage, outcome))
 
         return guarded
 

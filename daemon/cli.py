@@ -1,4 +1,5 @@
-"""The `roomtranslate` command: run, translate-file, devices, check, display-config, simulator."""
+"""The `roomtranslate` command: run, translate-file, devices, check, display-config, fleet,
+simulator."""
 
 from __future__ import annotations
 
@@ -76,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
             help="let Mosquitto serve the caption display: listener snippet, ACL, page",
         )
     )
+    fleet = sub.add_parser(
+        "fleet",
+        parents=after,
+        help="the rooms on the broker: health, account share, requests a minute, what they shed",
+    )
+    fleet.add_argument(
+        "--wait", type=float, default=1.0, help="seconds to read the retained topics (1)"
+    )
+    fleet.add_argument("--json", action="store_true", help="one JSON document")
     sim = sub.add_parser(
         "simulator", help="run the local service simulator", add_help=False, prefix_chars="\0"
     )
@@ -197,6 +207,18 @@ def _display_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from daemon.fleet.view import show_fleet
+
+    settings = load_settings(args.config)
+    status, text = show_fleet(settings.mqtt, args.wait, args.json)
+    if status:
+        print(f"roomtranslate: fleet: {text}", end="", file=sys.stderr)
+    else:
+        print(text, end="")
+    return status
+
+
 def _simulator(args: argparse.Namespace) -> int:
     from daemon.simulator import main as simulator_main
 
@@ -209,6 +231,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "devices": _devices,
     "check": _check,
     "display-config": _display_config,
+    "fleet": _fleet,
     "simulator": _simulator,
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
@@ -73,6 +74,8 @@ def _check_file(value: Path | None) -> Path | None:
 MAX_CAPTION_LANGS = 4
 # A smaller daily budget than this would pause the room at its first clip.
 MIN_DAILY_AUDIO_S = 1.0
+MAX_ACCOUNT_CHARS = 64
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class _Section(BaseModel):
@@ -93,6 +96,19 @@ class RoomSettings(_Section):
     caption_langs: list[str] = Field(default_factory=list, max_length=MAX_CAPTION_LANGS)
     # Seconds of input audio the service may bill per local day, 0 = unlimited (budget.py).
     daily_audio_s: float = Field(default=0.0, ge=0.0, le=86400.0)
+    # The service account the room shares with the other rooms of it on the broker
+    # ("" = none: the room paces itself alone); daemon/fleet/.
+    account: str = Field(default="", max_length=MAX_ACCOUNT_CHARS)
+
+    @field_validator("account")
+    @classmethod
+    def _check_account(cls, value: str) -> str:
+        if value and not ACCOUNT_NAME.fullmatch(value):
+            raise ValueError(
+                "account must be letters, digits, '-', '_' or '.' (it is a topic level), "
+                f"not {value!r}"
+            )
+        return value
 
     @field_validator("daily_audio_s")
     @classmethod
@@ -186,6 +202,7 @@ class ApiSettings(_Section):
     fatal_pause_s: float = Field(default=60.0, ge=0)
     speech_rate: float | None = Field(default=None, ge=0.5, le=2.0)
     requests_per_minute: int = Field(default=100, ge=1, le=100_000)
+    tokens_per_minute: int = Field(default=100_000, ge=100, le=100_000_000)
     check_key_at_start: bool = True
 
     @field_validator("base_url")

@@ -1,7 +1,7 @@
 """Who this device is: a stable per-device id and the default room id.
 
 The device id keeps two devices apart on the broker (it is part of the MQTT client id
-and of the retained `device` claim, see daemon/mqtt.py). It is derived from
+and of the retained `device` claim, see daemon/mqtt/claims.py). It is derived from
 `/etc/machine-id` (or D-Bus's copy) the way `sd_id128_get_machine_app_specific()`
 does it — an HMAC-SHA256 keyed by the machine id — so the machine id itself, which
 systemd asks to keep confidential, never leaves the device. Without a machine id, a

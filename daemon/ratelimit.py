@@ -1,10 +1,12 @@
 """The service account's load: requests per minute and whether the service throttles us.
 
 The service allows `api.requests_per_minute` requests a minute per account. The translator
-notes every request it sends (each attempt) and every 429; the extra caption languages ask
-`shed_reason()` before sending and are shed (counted) while the service throttles or the
-last minute's requests reach the budget, so the room's speech keeps its share; the
-segmenter asks it too, and merges the speech into fewer clips meanwhile.
+asks `admit()` before every request it sends (each attempt) and notes every 429. A room
+alone sends its speech at once and sheds (counts) an extra caption language while the
+service throttles or the last minute's requests reach the budget, so the room's speech
+keeps its share (and the segmenter makes fewer, longer clips meanwhile). A room that
+shares an account with others (`room.account`) is paced to its share instead (`pacer`,
+set by daemon/fleet/account.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from daemon.counters import Counters
+from daemon.fleet.pacer import Pacer
 
 WINDOW_S = 60.0
 # How long to shed after a 429 that gave no Retry-After.
@@ -36,6 +39,19 @@ class ServiceLoad:
         self._clock = clock
         self._sent: deque[float] = deque(maxlen=MAX_KEPT)
         self._throttled_until = 0.0
+        self.pacer: Pacer | None = None  # while the room shares an account
+
+    async def admit(self, extra: bool, tokens: float) -> str:
+        """Before a request (each attempt) of about `tokens`: "" to send it, else why it is
+        shed. `extra`: an extra caption language's request."""
+        if self.pacer is not None:
+            return await self.pacer.admit("extra" if extra else "speech", tokens)
+        return self.shed_reason() if extra else ""
+
+    def settle(self, extra: bool, estimated: float, actual: float) -> None:
+        """The tokens a request used, as the service reported them."""
+        if self.pacer is not None:
+            self.pacer.settle("extra" if extra else "speech", estimated, actual)
 
     def sent(self, lang: str) -> None:
         """One request (attempt) went out for `lang`."""
@@ -45,8 +61,10 @@ class ServiceLoad:
 
     def throttled(self, retry_after_s: float | None) -> None:
         """The service answered 429."""
-        until = self._clock() + (retry_after_s if retry_after_s else DEFAULT_THROTTLE_S)
-        self._throttled_until = max(self._throttled_until, until)
+        seconds = retry_after_s if retry_after_s else DEFAULT_THROTTLE_S
+        self._throttled_until = max(self._throttled_until, self._clock() + seconds)
+        if self.pacer is not None:
+            self.pacer.rejected(seconds)
 
     def per_minute(self) -> int:
         """Requests sent in the last 60 s."""

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import io
 import logging
+import math
 import random
 import time
 import wave
@@ -46,6 +47,7 @@ from daemon.values import (
 
 log = logging.getLogger(__name__)
 AUDIO_TOKENS_PER_S = 12.5
+TEXT_TOKENS_PER_S = 4.0  # the translated text, roughly, per second of speech
 
 # Failure kinds (the `reason` of a failed Outcome and the key of service_errors.*).
 FATAL_KINDS = frozenset({"auth", "access_denied", "model_not_found", "account"})
@@ -118,6 +120,14 @@ def build_request(utt: Utterance, room: RoomSettings, api: ApiSettings) -> dict[
     if with_speech:
         request["audio"] = {"voice": room.voice, "format": "wav"}
     return request
+
+
+def estimate_tokens(duration_s: float, speech: bool) -> float:
+    """The tokens a request for a clip will likely use: its audio in, as much audio out
+    with speech, and `TEXT_TOKENS_PER_S` of text."""
+    billed_s = max(1.0, duration_s)
+    audio = math.ceil(AUDIO_TOKENS_PER_S * billed_s)
+    return audio * (2 if speech else 1) + TEXT_TOKENS_PER_S * billed_s
 
 
 def probe_utterance() -> Utterance:
@@ -285,23 +295,31 @@ class Translator:
         return f"refused: {self._pause_reason}; the next clip tries again"
 
     async def translate(
-        self, utt: Utterance, room: RoomSettings, *, retry_throttled: bool = True
+        self, utt: Utterance, room: RoomSettings, *, extra: bool = False
     ) -> AsyncGenerator[TranslationEvent, None]:
         """Events of one utterance; the last is always its Outcome.
 
-        `retry_throttled=False` (extra caption languages): a 429 is not retried, so the
-        request that carries the speech gets the quota."""
+        Each attempt waits for the service load's `admit()` (paced, or shed: dropped
+        "shed"). `extra` (an extra caption language): it is paced as one, and a 429 is not
+        retried, so the request that carries the speech gets the quota."""
         if self.paused:
             left = self._paused_until - time.monotonic()
             detail = f"not sent: service paused {left:.0f} s more after {self._pause_reason}"
             yield Outcome("failed", self._pause_kind, detail)
             return
         request = build_request(utt, room, self.api)
+        tokens = estimate_tokens(utt.duration_s, len(request["modalities"]) > 1)
         for attempt in range(1, self.api.max_attempts + 1):
+            if why := await self.load.admit(extra, tokens):
+                if not extra:
+                    self._counters.add("dropped.shed")
+                yield Outcome("dropped", "shed", why)
+                return
             parser = StreamParser()
             try:
                 async for event in self._attempt(utt, request, parser):
                     yield event
+                self._settle(extra, tokens, parser.usage)
                 yield self._finished(parser, attempt)
                 return
             except Exception as exc:
@@ -311,7 +329,10 @@ class Translator:
             delay = self._retry_delay(error, attempt)
             if error.kind == "rate_limited":
                 self.load.throttled(error.retry_after)
-                delay = delay if retry_throttled else None
+                delay = None if extra else delay
+                self.load.settle(extra, tokens, 0.0)  # refused: nothing used
+            else:
+                self._settle(extra, tokens, parser.usage)
             if produced or delay is None:
                 yield self._failed(error, attempt, parser, produced)
                 return
@@ -320,6 +341,10 @@ class Translator:
             )
             yield Retrying(error.kind, delay, attempt)
             await asyncio.sleep(delay)
+
+    def _settle(self, extra: bool, estimated: float, usage: Usage | None) -> None:
+        if usage is not None:
+            self.load.settle(extra, estimated, usage.prompt_tokens + usage.completion_tokens)
 
     async def _attempt(
         self, utt: Utterance, request: dict[str, Any], parser: StreamParser

@@ -16,14 +16,14 @@ running it; then the ratios against `off`.
 
     .venv/bin/python scripts/bench_echo.py            # all three modes, ~1 min
 
-`--matrix` runs the room matrix instead (scripts/echo_matrix.py: the rooms and what is
-drawn per room): `--rooms` rooms (default 200; `--quick`: 20), seeds 0..N-1, even seeds
-the calibration half, odd the held-out half, each in closed loop through the `aec`
-stage of `daemon.echo.make_echo_stage`, on `--jobs` (at most 2) processes; and the same
-rooms, same run, with the daemon package of git ref `--baseline` (default today's main,
-`none` to skip), exported with `git archive` to a temporary directory and imported
-first by a subprocess (PYTHONPATH). Per room, per half and per bucket of the held-out
-half, per side:
+`--matrix` runs the room matrix instead (scripts/echo_matrix.py; the rooms and what is
+drawn per room: scripts/echo_rooms.py): `--rooms` rooms (default 200; `--quick`: 20),
+seeds 0..N-1, even seeds the calibration half, odd the held-out half, each in closed loop
+through the `aec` stage of `daemon.echo.make_echo_stage`, on `--jobs` (at most 2)
+processes; and the same rooms, same run, with the daemon package of git ref `--baseline`
+(default today's main, `none` to skip), exported with `git archive` to a temporary
+directory and imported first by a subprocess (PYTHONPATH). Per room, per half and per
+bucket of the held-out half, per side:
 
 - people cut, sent: the share of the people's speech (voiced 10 ms frames of their
   turns) inside the clips the segmenter cut, and inside sent clips;
@@ -62,20 +62,15 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import echo_matrix  # noqa: E402
-import room_echo  # noqa: E402
-from echo_matrix import load, rms, to_pcm  # noqa: E402
-
-from daemon.config import LiveRoom, RoomSettings, SegmenterSettings  # noqa: E402
-from daemon.counters import Counters  # noqa: E402
-from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict  # noqa: E402
-from daemon.echo.reference import ReferenceAligner  # noqa: E402
-from daemon.segmenter import Segmenter  # noqa: E402
-from daemon.values import SAMPLE_RATE, Frame, Utterance  # noqa: E402
+from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
+from daemon.counters import Counters
+from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict
+from daemon.echo.reference import ReferenceAligner
+from daemon.segmenter import Segmenter
+from daemon.values import SAMPLE_RATE, Frame, Utterance
+from scripts import echo_matrix, echo_rooms, room_echo
+from scripts.echo_rooms import load, rms, to_pcm
+from scripts.paths import PROJECT_ROOT as ROOT
 
 RATE = SAMPLE_RATE
 FRAME = 480
@@ -262,13 +257,13 @@ def one_mode(mode: str) -> dict[str, float]:
 # ------------------------------------------------------------------ the room matrix
 
 BASELINE = "b949742"
-Bucket = tuple[str, Callable[[echo_matrix.RoomParams], bool]]
+Bucket = tuple[str, Callable[[echo_rooms.RoomParams], bool]]
 
 
 def _bands(label: str, key: str, edges: list[float]) -> list[Bucket]:
     """Buckets of |`key`| between consecutive `edges` (the last one closed)."""
 
-    def within(lo: float, hi: float, last: bool) -> Callable[[echo_matrix.RoomParams], bool]:
+    def within(lo: float, hi: float, last: bool) -> Callable[[echo_rooms.RoomParams], bool]:
         return lambda p: lo <= abs(getattr(p, key)) < hi or (last and abs(getattr(p, key)) == hi)
 
     pairs = list(itertools.pairwise(edges))
@@ -317,7 +312,7 @@ def _run_side(
     tree: Path, seeds: list[int], cache: Path, jobs: int, out: Path
 ) -> tuple[list[echo_matrix.RoomRun], float, float]:
     """The rooms with the daemon package of `tree`: runs, peak RSS (MB), wall seconds."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(ROOT / "scripts")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(ROOT)]))
     started = time.monotonic()
     subprocess.run(
         [
@@ -370,7 +365,7 @@ def _print_table(
         print(f"{label:24} {len(seeds):>5} " + " | ".join(cells))
 
 
-def _dump(path: Path, params: dict[int, echo_matrix.RoomParams], sides: dict[str, Any]) -> None:
+def _dump(path: Path, params: dict[int, echo_rooms.RoomParams], sides: dict[str, Any]) -> None:
     with open(path, "w") as f:
         for side, runs in sides.items():
             for seed, run in runs.items():
@@ -394,7 +389,7 @@ def _dump(path: Path, params: dict[int, echo_matrix.RoomParams], sides: dict[str
 def matrix(rooms: int, jobs: int, baseline: str, dump: Path | None, cache: Path) -> int:
     """The room matrix, today's checkout beside `baseline` (a git ref, or "none")."""
     seeds = list(range(rooms))
-    params = {s: echo_matrix.draw_room(s) for s in seeds}
+    params = {s: echo_rooms.draw_room(s) for s in seeds}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="echo-matrix-") as tmp:
         cache.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_latency.py [--quick] [--soak-minutes 10] [--utterances 10]
 
 Runs `roomtranslate run` on the private PulseAudio rig against the simulator with FIXED
-service delays (tests/e2e_harness.py: rig + Mosquitto + simulator + daemon), plays a
+service delays (scripts/e2e_harness.py: rig + Mosquitto + simulator + daemon), plays a
 scenario of real recordings into the microphone in real time and reports:
 
 - added latency per utterance, p50 / p95, target ≤ 20 ms at p95 (PASS/FAIL):
@@ -32,9 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.e2e_harness import (
+from scripts.e2e_harness import (
     Harness,
     Scene,
     Session,

@@ -5,7 +5,7 @@
 
 For each configuration (webrtcvad as it was before issue 7, webrtcvad fixed, earshot,
 silero, and each with the Silero clip confirmation) the Segmenter runs over real AMI
-meeting recordings against their human speaker-turn references (tests/segscore.py):
+meeting recordings against their human speaker-turn references (scripts/segscore.py):
 
 - en_ami_tst00.wav  (+ .rttm)            JUDGED: nothing was tuned on it
 - en_ami_EN2002a_30s.wav (tests/data/*.rttm)  TUNED on (with the composed scenarios)
@@ -31,15 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.segmenter import FrameJudge, Segmenter
 from daemon.values import SAMPLE_RATE, Pcm, Utterance
-from tests.legacy_vad import LegacyJudge
-from tests.scenario import load, pcm_frames
-from tests.segscore import MIN_BILLED_S, Score, Turn, read_rttm, score
+from scripts.legacy_vad import LegacyJudge
+from scripts.scenario import load, pcm_frames
+from scripts.segscore import MIN_BILLED_S, Score, Turn, read_rttm, score
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AUDIO_DIR = ROOT.parent / "shared" / "audio"

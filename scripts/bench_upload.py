@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from daemon.config import Settings
+from daemon.filemode import utterances_of
+from daemon.translator import audio_data_uri
+from daemon.values import Utterance
 
-from daemon.config import Settings  # noqa: E402
-from daemon.filemode import utterances_of  # noqa: E402
-from daemon.translator import audio_data_uri  # noqa: E402
-from daemon.values import Utterance  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def encode(clips: list[Utterance], fmt: str) -> tuple[int, float]:

@@ -31,17 +31,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from audio_rig import AudioRig  # noqa: E402
-
-from daemon.display.install import (  # noqa: E402
+from daemon.display.install import (
     DisplayConfig,
     display_url,
     terminal_qr,
     write_config,
 )
+from scripts.audio_rig import AudioRig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 DEMO_CLIPS = (

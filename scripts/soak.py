@@ -25,41 +25,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import gc
-import json
 import logging
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import tracemalloc
-import urllib.request
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from daemon.app import Daemon
+from daemon.config import Settings, apply_overrides
+from daemon.filesource import FileSource
+from daemon.values import SAMPLE_RATE, Frame, Pcm
+from scripts.broker import Broker
+from scripts.paths import AUDIO_DIR
+from scripts.simproc import Simulator
+from scripts.soak_memory import HeapTrace, malloc_trim, memory_detail
 
-from daemon.app import Daemon  # noqa: E402
-from daemon.config import Settings, apply_overrides  # noqa: E402
-from daemon.filesource import FileSource  # noqa: E402
-from daemon.heap import heap_figures  # noqa: E402
-from daemon.values import SAMPLE_RATE, Frame, Pcm  # noqa: E402
-
-AUDIO_DIR = Path(os.environ.get("ROOMTRANSLATE_AUDIO_DIR", ROOT.parent / "shared" / "audio"))
 FAULT_CYCLE = ["429", "500", "cut", "cut0", "stream_error", "stall", "garbage", "401"]
 FRAME_MS = 30
 PACE_FRAMES = 32  # frames between pacing sleeps
@@ -134,106 +122,6 @@ class PacedSource:
         await asyncio.Event().wait()  # a microphone never ends; the soak stops the daemon
 
 
-# ----------------------------------------------------------------------- child processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Mosquitto:
-    """Mosquitto on a loopback port, restartable on the same port; stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                ["mosquitto", "-c", str(self.conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            with socket.socket() as sock, contextlib.suppress(OSError):
-                sock.settimeout(0.2)
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise SystemExit("soak: mosquitto did not start")
-
-    def stop(self) -> None:
-        stop_child(self.proc)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-        self.restarts += 1
-
-
-class SimulatorProcess:
-    """`python -m daemon.simulator` on a free port; stopped by PID."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.simulator", "--port", "0", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            stop_child(self.proc)
-            raise SystemExit(f"soak: the simulator did not start: {line!r}")
-        self.base_url = line.removeprefix("READY ").strip()
-        self.root = self.base_url.removesuffix("/compatible-mode/v1")
-
-    def control(self, **changes: Any) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.root + "/_sim/control",
-            data=json.dumps(changes).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            result: dict[str, Any] = json.loads(response.read())
-            return result
-
-    def requests(self) -> int:
-        with urllib.request.urlopen(self.root + "/_sim/stats", timeout=10) as response:
-            return int(json.loads(response.read())["requests"])
-
-    def stop(self) -> None:
-        stop_child(self.proc)
-
-
-def stop_child(proc: subprocess.Popen[Any] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(5.0)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5.0)
-
-
 # ----------------------------------------------------------------------------- figures
 
 
@@ -282,136 +170,10 @@ def sample(daemon: Daemon, source: PacedSource, began: float) -> Sample:
     )
 
 
-class HeapTrace:
-    """`--trace-malloc N`: where the Python heap grows, and which object types multiply.
-
-    A tracemalloc snapshot and a count of the gc-tracked objects by type are taken at the
-    warm-up report; every later report prints the N allocation sites and the N types that
-    grew most since then. tracemalloc sees what Python and numpy allocate and still hold:
-    growth in RSS that it does not show is elsewhere (holes in glibc's heap, pymalloc's
-    arenas, PortAudio, onnxruntime): see `--memory-detail`.
-    """
-
-    def __init__(self, top: int, frames: int) -> None:
-        self._top = top
-        self._base: tracemalloc.Snapshot | None = None
-        self._types: Counter[str] = Counter()
-        tracemalloc.start(frames)
-
-    @staticmethod
-    def _snapshot() -> tracemalloc.Snapshot:
-        return tracemalloc.take_snapshot().filter_traces(
-            (tracemalloc.Filter(False, tracemalloc.__file__),)
-        )
-
-    @staticmethod
-    def _count_types() -> Counter[str]:
-        gc.collect()
-        return Counter(type(o).__qualname__ for o in gc.get_objects())
-
-    def mark(self) -> None:
-        self._base = self._snapshot()
-        self._types = self._count_types()
-        traced, _ = tracemalloc.get_traced_memory()
-        print(f"  trace-malloc: baseline, {traced / 1e6:.2f} MB traced", flush=True)
-
-    def report(self) -> None:
-        if self._base is None:
-            return
-        now = self._snapshot()
-        traced, _ = tracemalloc.get_traced_memory()
-        base_size = sum(s.size for s in self._base.statistics("filename"))
-        print(
-            f"  trace-malloc: {traced / 1e6:.2f} MB traced "
-            f"({(traced - base_size) / 1e6:+.3f} MB since the baseline)"
-        )
-        key = "traceback" if self._frames() > 1 else "lineno"
-        for stat in now.compare_to(self._base, key)[: self._top]:
-            where = stat.traceback.format(limit=self._frames())
-            print(f"    {stat.size_diff / 1e3:+9.1f} kB {stat.count_diff:+7d} blocks  {where[0]}")
-            for line in where[1:]:
-                print(f"        {line}")
-        small = small_blocks(now) - small_blocks(self._base)
-        print(
-            "    small blocks (pymalloc's, ≤ 512 B) grown most: "
-            + ", ".join(f"{where} {n:+d}" for where, n in small.most_common(self._top))
-        )
-        types = self._count_types()
-        grown = sorted(((types[k] - self._types[k], k) for k in types), reverse=True)
-        print(
-            "    objects: "
-            + ", ".join(f"{name} {diff:+d} ({types[name]})" for diff, name in grown[: self._top]),
-            flush=True,
-        )
-
-    @staticmethod
-    def _frames() -> int:
-        return tracemalloc.get_traceback_limit()
-
-
-def small_blocks(snapshot: tracemalloc.Snapshot) -> Counter[str]:
-    """Blocks of at most 512 bytes (pymalloc's) held, by the line that allocated them."""
-    held: Counter[str] = Counter()
-    for trace in snapshot.traces:
-        if trace.size <= 512:
-            frame = trace.traceback[0]
-            held[f"{Path(frame.filename).name}:{frame.lineno}"] += 1
-    return held
-
-
-def memory_detail() -> str:
-    """`--memory-detail`: where the RSS is. Anonymous vs file-backed pages (libraries'
-    code paged in), glibc's heap (in use, free but kept, mmapped), pymalloc's arenas
-    (the Python objects' allocator, which frees an arena only when it is empty)."""
-    rollup = {}
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
-        name, value, *_ = line.split()
-        rollup[name.rstrip(":")] = int(value) / 1024
-    heap = heap_figures()
-    mb = 1024 * 1024
-    glibc = (
-        f"malloc in use {heap['in_use'] / mb:.1f} MB, free {heap['free'] / mb:.1f} MB, "
-        f"mmapped {heap['mmapped'] / mb:.1f} MB ({heap['mmaps']})"
-        if heap
-        else "not glibc"
-    )
-    return (
-        f"  memory: anon {rollup['Anonymous']:.1f} MB, "
-        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB; {glibc}; "
-        f"pymalloc {pymalloc_arenas()} arenas, {sys.getallocatedblocks()} blocks; "
-        f"{len(gc.get_objects())} gc objects"
-    )
-
-
-def pymalloc_arenas() -> str:
-    """pymalloc's current arena count (1 MiB each), from sys._debugmallocstats (which
-    writes to the C stderr)."""
-    with tempfile.TemporaryFile() as out:
-        saved = os.dup(2)
-        try:
-            os.dup2(out.fileno(), 2)
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        out.seek(0)
-        for line in out.read().decode(errors="replace").splitlines():
-            if line.startswith("# arenas allocated current"):
-                return line.split("=")[-1].strip()
-    return "?"
-
-
-def malloc_trim() -> None:
-    """`--malloc-trim`: glibc gives freed heap back to the system before each figure, so
-    fragmentation of its arenas shows as the difference from a run without it."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc_trim(0)
-
-
 # -------------------------------------------------------------------------------- soak
 
 
-def soak_settings(args: argparse.Namespace, sim: SimulatorProcess, broker: Mosquitto) -> Settings:
+def soak_settings(args: argparse.Namespace, sim: Simulator, broker: Broker) -> Settings:
     base = Settings()
     return apply_overrides(
         base,
@@ -444,7 +206,7 @@ def soak_settings(args: argparse.Namespace, sim: SimulatorProcess, broker: Mosqu
     ).model_copy(update={"state_dir": args.workdir / "state"})
 
 
-async def faults_loop(sim: SimulatorProcess, every_s: float, stop: asyncio.Event) -> int:
+async def faults_loop(sim: Simulator, every_s: float, stop: asyncio.Event) -> int:
     cycles = 0
     rng = random.Random(1)
     while not stop.is_set():
@@ -458,39 +220,37 @@ async def faults_loop(sim: SimulatorProcess, every_s: float, stop: asyncio.Event
     return cycles
 
 
-async def broker_loop(broker: Mosquitto, every_s: float, stop: asyncio.Event) -> None:
+async def broker_loop(broker: Broker, every_s: float, stop: asyncio.Event) -> int:
+    restarts = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
         if not stop.is_set():
             await asyncio.to_thread(broker.restart)
+            restarts += 1
+    return restarts
 
 
 async def run_soak(args: argparse.Namespace) -> int:
     pieces = await load_room_audio(recordings())
-    broker = Mosquitto(args.workdir)
-    broker.start()
-    sim = SimulatorProcess(
+    sim = Simulator(
         "--first-text-ms", "20", "--first-audio-ms", "20", "--chunk-ms", "1",
         "--jitter-ms", "30", "--retry-after", "0.2", "--stall-s", "2",
         "--audio-chunk-ms", "500",
     )  # fmt: skip
-    try:
+    with Broker() as broker, sim:
         settings = soak_settings(args, sim, broker)
         source = PacedSource(pieces, args.hours * 3600, args.speed)
         daemon = Daemon(settings, "soak", None, settings.audio.output_device, source=source)
         return await drive(args, daemon, source, sim, broker)
-    finally:
-        sim.stop()
-        broker.stop()
 
 
 async def drive(
     args: argparse.Namespace,
     daemon: Daemon,
     source: PacedSource,
-    sim: SimulatorProcess,
-    broker: Mosquitto,
+    sim: Simulator,
+    broker: Broker,
 ) -> int:
     stop = asyncio.Event()
     began = time.monotonic()
@@ -521,7 +281,7 @@ async def drive(
         await asyncio.sleep(0.2)
     stop.set()
     cycles = await faults
-    await restarts
+    broker_restarts = await restarts
     final = sample(daemon, source, began)
     daemon.stop()
     await run
@@ -532,8 +292,8 @@ async def drive(
         final=final,
         after=after,
         cycles=cycles,
-        restarts=broker.restarts,
-        requests=sim.requests(),
+        restarts=broker_restarts,
+        requests=int(sim.stats()["requests"]),
         daemon=daemon,
         args=args,
     )

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.paths import AUDIO_DIR, PROJECT_ROOT
-from tests.simproc import Simulator
+from scripts.paths import AUDIO_DIR, PROJECT_ROOT
+from scripts.simproc import Simulator
 from tests.tiers import TierGuard
 
 __all__ = ["AUDIO_DIR", "PROJECT_ROOT", "read_clip"]
@@ -61,6 +61,13 @@ def sim(sim_process: Simulator) -> Simulator:
     """The shared simulator, with stats, faults and latencies reset for this test."""
     sim_process.reset()
     sim_process.control(
-        first_text_ms=5, first_audio_ms=5, chunk_ms=1, jitter_ms=0, retry_after=1, stall_s=30
+        first_text_ms=5,
+        first_audio_ms=5,
+        chunk_ms=1,
+        jitter_ms=0,
+        retry_after=1,
+        stall_s=30,
+        account_rpm=0,
+        account_tpm=0,
     )
     return sim_process

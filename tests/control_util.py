@@ -24,7 +24,7 @@ from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.mqtt import MqttLink
 from daemon.status import Health
-from tests.broker import Broker, Received, Recorder, eventually
+from scripts.broker import Broker, Received, Recorder, eventually
 
 PREFIX = "rt"
 ROOM = "room-7"

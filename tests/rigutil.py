@@ -1,4 +1,5 @@
-"""Helpers for tests on the private PulseAudio rig (scripts/audio_rig.py).
+"""Helpers for tests on the private PulseAudio rig (scripts/audio_rig.py) and the end-to-end
+harness (scripts/e2e_harness.py).
 
 Tests that use the rig skip (with the reason) only when PulseAudio is not installed.
 Anything on the rig that must see PortAudio devices runs in a subprocess with
@@ -7,7 +8,6 @@ Anything on the rig that must see PortAudio devices runs in a subprocess with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,33 +22,38 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.paths import AUDIO_DIR
+from scripts import audio_rig
+from scripts.audio_rig import AudioRig
+from scripts.e2e_harness import Harness, missing_programs
+from scripts.paths import AUDIO_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 AUDIO = AUDIO_DIR
 
 
-def load_script(name: str) -> Any:
-    """A module of scripts/ (audio_rig, room_echo), imported once."""
-    if name in sys.modules:  # imported already (scripts/ on sys.path)
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-audio_rig = load_script("audio_rig")
-AudioRig = audio_rig.AudioRig
-
-
 def skip_without_pulseaudio() -> None:
     missing = audio_rig.missing_programs()
     if missing:
         pytest.skip(f"PulseAudio is not installed (missing {', '.join(missing)})")
+
+
+def require_programs() -> None:
+    """Skip the module when the harness's programs are missing, except in CI (`CI` set),
+    which installs them (scripts/setup.sh): a skip there would hide a broken install."""
+    if missing := missing_programs():
+        why = f"not installed: {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def module_harness(factory: pytest.TempPathFactory, name: str, **options: Any) -> Iterator[Harness]:
+    """A module's harness (rig, broker, simulator) in a fresh work directory."""
+    require_programs()
+    with Harness(factory.mktemp(name), **options) as harness:
+        harness.reset_simulator()
+        yield harness
 
 
 def started_rig(directory: Path | None = None) -> Iterator[Any]:

@@ -20,7 +20,7 @@ from daemon.counters import Counters
 from daemon.sequencer import Sequencer
 from daemon.translator import Translator
 from daemon.values import SAMPLE_RATE, Outcome, Utterance, UtteranceStats
-from tests.simproc import Simulator
+from scripts.simproc import Simulator
 
 ROOM = RoomSettings(target_lang="zh", speech=False)
 

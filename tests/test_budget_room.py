@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from daemon.budget import NOTICE
-from tests.e2e_harness import Daemon, Harness, Session, Tap, module_harness
+from scripts.e2e_harness import Daemon, Harness, Session, Tap
+from tests.rigutil import module_harness
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

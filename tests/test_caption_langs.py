@@ -33,9 +33,9 @@ from daemon.ratelimit import ServiceLoad
 from daemon.simulator.speech import clip_digest
 from daemon.translator import Translator
 from daemon.values import Utterance, UtteranceStats
-from tests.broker import eventually
+from scripts.broker import eventually
+from scripts.simproc import Simulator
 from tests.conftest import read_clip
-from tests.simproc import Simulator
 
 FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.2, "fatal_pause_s": 30.0}
 LANGS = ["de", "fr"]
@@ -92,7 +92,6 @@ async def lanes(
         made[lang] = CaptionLane(
             lang,
             translate=translator.translate,
-            load=load,
             pipeline=PipelineSettings(max_in_flight=3, queue_size=16),
             room=room,
             captions=captions,

@@ -25,6 +25,7 @@ from daemon.config import AudioSettings
 from daemon.counters import Counters
 from daemon.profiles import InputProfile, Profile
 from daemon.values import Frame
+from scripts.broker import eventually
 
 
 class PortAudioError(Exception):
@@ -202,6 +203,18 @@ async def collect(
     return frames
 
 
+async def still_listening_when(capture: Capture, happened: Callable[[], bool]) -> None:
+    """`happened` comes true while the capture is still being read: nothing was raised."""
+    listening = asyncio.create_task(collect(capture, 60.0))
+    try:
+        await eventually(lambda: happened() or listening.done(), within_s=30.0)
+        assert not listening.done(), listening
+        assert happened()
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
 def assert_consecutive(frames: list[Frame], size: int = 480) -> None:
     assert frames[0].start == 0
     assert all(len(f.pcm) == size for f in frames)
@@ -348,10 +361,7 @@ async def test_a_missing_device_is_retried_not_raised(backend: FakeBackend) -> N
     capture = Capture(
         AudioSettings(input_device="Jabra"), counters, reopen_min_s=0.05, reopen_max_s=0.05
     )
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.3):
-            await collect(capture, 1.0)
-    assert counters.get("capture_open_failures") >= 3
+    await still_listening_when(capture, lambda: counters.get("capture_open_failures") >= 3)
 
 
 async def test_callback_faults_and_overflows_are_counted(backend: FakeBackend) -> None:
@@ -376,11 +386,9 @@ async def test_a_silent_stream_is_a_stall_and_is_reopened(backend: FakeBackend) 
         reopen_min_s=0.05,
         reopen_max_s=0.05,
     )
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.5):
-            await collect(capture, 1.0)
-    assert counters.get("capture_stalls") >= 2
-    assert backend.opens >= 2
+    await still_listening_when(
+        capture, lambda: counters.get("capture_stalls") >= 2 and backend.opens >= 2
+    )
 
 
 async def test_frames_cannot_be_iterated_twice(backend: FakeBackend) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from tests.broker import Broker
+from scripts.broker import Broker
+from scripts.simproc import Simulator
 from tests.rigutil import ROOT, client_env, started_rig
-from tests.simproc import Simulator
 from tests.test_mqtt_tls import make_ca, make_cert
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
@@ -139,7 +139,7 @@ def test_no_service_skips_the_clip(
 
 
 def test_no_broker(rig: Any, broker: Broker, service: Simulator, tmp_path: Path) -> None:
-    from tests.broker import free_port
+    from scripts.broker import free_port
 
     config = write_config(tmp_path, broker, service, mqtt_port=str(free_port()))
     found = assert_only_failing(check(rig, config, "--no-service"), "broker")

@@ -18,8 +18,8 @@ from daemon.config import (
     load_settings,
     resolve_api_key,
 )
-from tests.paths import AUDIO_DIR, PROJECT_ROOT
-from tests.procs import run_cli
+from scripts.paths import AUDIO_DIR, PROJECT_ROOT
+from scripts.procs import run_cli
 
 
 def roomtranslate(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import ConfigError, check_environment, load_settings
-from tests.procs import run_cli
+from scripts.procs import run_cli
 
 SECRET = "sk-hunter2-secret"
 

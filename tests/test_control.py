@@ -15,7 +15,7 @@ import pytest
 from daemon.config import RoomSettings
 from daemon.control.layers import MAX_PAYLOAD_BYTES, settable_keys
 from daemon.control.state import FILE_NAME
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
 from tests.control_util import (
     CONFIG,
     FLEET,

@@ -8,6 +8,7 @@ broker keeps the order), and only the allowed one arrives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from contextlib import AbstractAsyncContextManager
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config import ApiSettings, MqttSettings
+from daemon.counters import Counters
+from daemon.fleet.account import SharedBudget
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, eventually, retained
+from daemon.ratelimit import ServiceLoad
+from scripts.broker import Broker, eventually, retained
 from tests.control_util import Operator, Plane, control_plane
 
 pytestmark = pytest.mark.e2e
@@ -148,3 +153,42 @@ async def test_displays_read_and_cannot_write(broker: Broker, tmp_path: Path) ->
             assert [r["transaction"] for r in fleet.responses()] == [reply["transaction"]]
             assert cp.room.current.mute is False
             assert not display.on(f"{BASE1}/config/response")  # answers are not for displays
+
+
+async def test_rooms_share_their_account_within_their_own_records(broker: Broker) -> None:
+    with broker:
+        budgets = [shared_budget(broker, room_id) for room_id in ("room-1", "room-2")]
+        tasks = [asyncio.create_task(b.run()) for b in budgets]
+        try:
+            async with who(broker, "room-1") as intruder, who(broker, "fleet") as fleet:
+                await eventually(lambda: all(b.pacer.share.rooms == 2 for b in budgets))
+                forged = b'{"room_id": "room-2", "at": 0, "limits": {"requests": 1}}'
+                await intruder.publish(f"{ACCOUNT}/room-2", forged, retain=True)  # denied
+                await intruder.publish(f"{ACCOUNT}/room-9", forged, retain=True)  # denied
+                await eventually(lambda: bool(fleet.on(f"{ACCOUNT}/room-2")))  # fleet reads
+                await asyncio.sleep(0.5)
+                assert all(b.pacer.share.rooms == 2 for b in budgets)
+                assert budgets[0].pacer.share.capacity.requests == 90  # no forged limit
+                assert forged not in [m.payload for m in fleet.recorder.messages]
+        finally:
+            for budget in budgets:
+                await budget.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+ACCOUNT = "roomtranslate/_account/acme"
+
+
+def shared_budget(broker: Broker, room_id: str) -> SharedBudget:
+    mqtt = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        room_id=room_id,
+        username=room_id,
+        password=PASSWORD,  # type: ignore[arg-type]
+        site="hq",
+    )
+    load = ServiceLoad(Counters(), 100)
+    return SharedBudget(mqtt, ApiSettings(), load, lambda: "acme", Counters(), heartbeat_s=0.3)

@@ -20,7 +20,7 @@ from daemon.control import ControlPlane
 from daemon.control.plane import QUEUE_LIMIT
 from daemon.counters import Counters
 from daemon.status import Health, StatusPublisher, StatusSource
-from tests.broker import Broker, eventually
+from scripts.broker import Broker, eventually
 from tests.control_util import FLEET, SET, SITE_TOPIC, Operator, Plane, control_plane
 
 BURST = 5000

@@ -23,7 +23,7 @@ from daemon.config import RoomSettings
 from daemon.control.layers import settable_keys
 from daemon.control.state import StateFile
 from daemon.languages import LANGUAGES, VOICES
-from tests.broker import Broker, eventually
+from scripts.broker import Broker, eventually
 from tests.control_util import FLEET, SET, SITE_TOPIC, Operator, Plane, control_plane
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import pytest
 
 from daemon.languages import LANGUAGES, VOICES
 from daemon.status import StatusSource
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
 from tests.control_util import (
     BASE,
     CONFIG,

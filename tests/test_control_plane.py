@@ -113,6 +113,17 @@ async def test_layers_file_fleet_room_and_null_falls_back(tmp_path: Path) -> Non
         assert r.out.on(CONFIG)[-1]["layers"]["target_lang"] == "fleet"
 
 
+async def test_a_retained_request_is_answered_and_not_applied(tmp_path: Path) -> None:
+    async with room(tmp_path) as r:
+        before = r.live.current
+        await r.send(SET, {"volume": 5, "transaction": "t"}, retained=True)
+        answer = r.out.on(RESPONSE)[-1]
+        assert answer["status"] == "error" and answer["errors"][0]["field"] == "payload"
+        assert "retained" in answer["errors"][0]["message"]
+        assert r.live.current == before and not (tmp_path / FILE_NAME).exists()
+        assert r.counters.get("config.rejected.retained") == 1
+
+
 @pytest.mark.parametrize("payload", [b"\xff", b"not json", b"[1]", b"{" + b" " * 17_000 + b"}"])
 async def test_unreadable_requests_are_answered(tmp_path: Path, payload: bytes) -> None:
     async with room(tmp_path) as r:

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from daemon.control.state import FILE_NAME, SavedState, StateFile
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
+from scripts.e2e_harness import Daemon
+from scripts.procs import stop_process
 from tests.control_util import Operator
-from tests.e2e_harness import Daemon
-from tests.procs import stop_process
 
 BASE = "roomtranslate/room-1"
 CONFIG = f"{BASE}/config"

@@ -2,7 +2,7 @@
 
 Mosquitto serves the page itself (a websockets listener with `http_dir`, the page copied
 there as `roomtranslate display-config` does) beside its TCP listener. The real daemon
-runs on the sound rig against the simulator (tests/e2e_harness.py), or the daemon's own
+runs on the sound rig against the simulator (scripts/e2e_harness.py), or the daemon's own
 caption builder and MQTT link publish crafted events. What is asserted is what the page
 shows: its lines (text, partial or final), its banner, its QR code decoded from pixels.
 Screenshots are kept in test-artifacts/.
@@ -32,11 +32,12 @@ from daemon.display import PAGE_DIR
 from daemon.display.install import copy_page
 from daemon.mqtt import MqttLink
 from daemon.values import Outcome, Timeline, Utterance, UtteranceStats
-from tests.broker import Broker, Recorder, eventually, free_port
+from scripts.broker import Broker, Recorder, eventually, free_port
+from scripts.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session
+from scripts.paths import PROJECT_ROOT
+from scripts.procs import stop_process
 from tests.browser import PHONE, TV, artifact_dir, chromium, missing
-from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, Session, require_programs
-from tests.paths import PROJECT_ROOT
-from tests.procs import stop_process
+from tests.rigutil import require_programs
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

@@ -21,8 +21,8 @@ import aiomqtt
 import pytest
 
 from daemon.display import PAGE_DIR, page_files
-from tests.broker import free_port, port_open
-from tests.procs import run_cli, stop_process
+from scripts.broker import free_port, port_open
+from scripts.procs import run_cli, stop_process
 
 HOST = "127.0.0.1"
 

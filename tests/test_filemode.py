@@ -16,9 +16,9 @@ from daemon.config import Settings
 from daemon.filemode import utterances_of
 from daemon.simulator.speech import caption_text, clip_digest, tone_samples
 from daemon.values import Utterance
+from scripts.procs import run_cli
+from scripts.simproc import Simulator
 from tests.conftest import AUDIO_DIR
-from tests.procs import run_cli
-from tests.simproc import Simulator
 
 MEETING = AUDIO_DIR / "en_ami_EN2002a_30s.wav"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from scripts.simproc import Simulator
 from tests.conftest import AUDIO_DIR, PROJECT_ROOT
-from tests.simproc import Simulator
 from tests.test_filemode import MEETING, translate_file
 
 pytestmark = pytest.mark.slow

@@ -22,9 +22,9 @@ import pytest
 from daemon.config import ApiSettings
 from daemon.counters import Counters
 from daemon.translator import Translator
-from tests.broker import Broker, retained
-from tests.procs import soundless_daemon_env, start_daemon, stop_process
-from tests.simproc import Simulator
+from scripts.broker import Broker, retained
+from scripts.procs import soundless_daemon_env, start_daemon, stop_process
+from scripts.simproc import Simulator
 from tests.test_budget import ROOM, clip
 
 DEAD_URL = "http://127.0.0.1:9/compatible-mode/v1"  # nothing listens: connection refused

@@ -21,8 +21,8 @@ from daemon.config import MqttSettings, Settings
 from daemon.counters import Counters
 from daemon.identity import default_room_id, device_id
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, Recorder, eventually, retained
-from tests.procs import soundless_daemon_env, start_daemon, stop_process
+from scripts.broker import Broker, Recorder, eventually, retained
+from scripts.procs import soundless_daemon_env, start_daemon, stop_process
 
 ROOM = "shared-room"
 

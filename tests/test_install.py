@@ -22,9 +22,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from tests.broker import free_port, port_open
+from scripts.broker import free_port, port_open
+from scripts.procs import stop_process
 from tests.conftest import PROJECT_ROOT
-from tests.procs import stop_process
 from tests.test_systemd import receive_until
 
 pytestmark = pytest.mark.e2e

@@ -45,9 +45,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.broker import Broker, retained
+from scripts.broker import Broker, retained
+from scripts.simproc import Simulator, wait_for
 from tests.conftest import PROJECT_ROOT
-from tests.simproc import Simulator, wait_for
 from tests.test_install import _sudo, accounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

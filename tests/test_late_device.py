@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_harness import Daemon, Harness, Session, Tap, audio_rig, module_harness
+from scripts import audio_rig
+from scripts.e2e_harness import Daemon, Harness, Session, Tap
+from tests.rigutil import module_harness
 
 pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 

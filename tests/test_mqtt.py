@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, Received, Recorder, eventually, retained
+from scripts.broker import Broker, Received, Recorder, eventually, retained
 
 PREFIX = "rt"
 ROOM = "room-7"

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, eventually
+from scripts.broker import Broker, eventually
 
 pytestmark = [
     pytest.mark.e2e,

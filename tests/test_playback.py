@@ -42,11 +42,9 @@ from daemon.playback import (
 )
 from daemon.playback.pace import CALM_S, FULL_S, SLEW_PER_S, Pace, target_rate
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
+from scripts.audio_rig import AudioRig
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from audio_rig import AudioRig  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
 # The jitter buffer and backlog logic, without a device

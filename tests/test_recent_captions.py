@@ -12,7 +12,7 @@ from daemon.captions.recent import RecentCaptions
 from daemon.config import MqttSettings
 from daemon.counters import Counters
 from daemon.mqtt import MqttLink
-from tests.broker import Broker, eventually, retained
+from scripts.broker import Broker, eventually, retained
 
 pytestmark = pytest.mark.e2e
 

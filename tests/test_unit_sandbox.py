@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from tests.broker import Broker, Recorder
+from scripts.broker import Broker, Recorder
+from scripts.simproc import Simulator
 from tests.conftest import AUDIO_DIR
 from tests.rigutil import ROOT, client_env, started_rig
-from tests.simproc import Simulator
 
 UNIT = ROOT / "systemd" / "roomtranslate.service"
 SANDBOX = ROOT / "tests" / "sandbox_exec.py"

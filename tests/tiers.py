@@ -28,6 +28,7 @@ SERVERS = {
     "demo.py": "e2e",
     "soak.py": "e2e",
     "bench_latency.py": "e2e",
+    "bench_fleet.py": "e2e",
 }
 
 

@@ -7,11 +7,12 @@ on `captions/<lang>`. A lane receives each utterance when the main pipeline does
 request runs beside the main one; a slow language never holds up the speech or another
 language.
 
-Shedding: before sending, a lane asks the service load (daemon/ratelimit.py); while the
-service throttles (a 429 within its Retry-After) or the last minute's requests reach the
-budget, the request is not sent. A lane's request that gets a 429 is not retried. Both end
-the utterance for that language as dropped("shed") — an incomplete final on its topic —
-counted under the lane's `dropped.shed`. The main request is never shed.
+Shedding: a lane's request is an extra one for the service load (daemon/ratelimit.py):
+a room alone does not send it while the service throttles (a 429 within its Retry-After)
+or the last minute's requests reach the budget; a room sharing an account sends it only
+from the extra languages' part of its share. A lane's request that gets a 429 is not
+retried. Both end the utterance for that language as dropped("shed") — an incomplete
+final on its topic — counted under the lane's `dropped.shed`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, Protocol
 from daemon.captions.events import Captions
 from daemon.config import LiveRoom, PipelineSettings, RoomSettings
 from daemon.counters import Counters
-from daemon.ratelimit import ServiceLoad
 from daemon.sequencer import Sequencer
 from daemon.values import Outcome, TextDelta, Timeline, TranslationEvent, Utterance
 
@@ -36,7 +36,7 @@ SHED = "shed"
 
 class TextTranslate(Protocol):
     def __call__(
-        self, utt: Utterance, room: RoomSettings, *, retry_throttled: bool = ...
+        self, utt: Utterance, room: RoomSettings, *, extra: bool = ...
     ) -> AsyncGenerator[TranslationEvent, None]: ...
 
 
@@ -48,7 +48,6 @@ class CaptionLane:
         lang: str,
         *,
         translate: TextTranslate,
-        load: ServiceLoad,
         pipeline: PipelineSettings,
         room: LiveRoom,
         captions: Captions,
@@ -56,7 +55,6 @@ class CaptionLane:
         self.lang = lang
         self.counters = Counters()
         self._translate = translate
-        self._load = load
         self._captions = captions
         self.sequencer = Sequencer(pipeline, self._one, room, self.counters)
         self.tasks: list[asyncio.Task[None]] = []  # dispatch, deliver (once started)
@@ -74,12 +72,9 @@ class CaptionLane:
         if self.lang not in room.caption_langs:
             yield self._dropped("language_removed", "no longer in room.caption_langs")
             return
-        if why := self._load.shed_reason():
-            yield self._dropped(SHED, why)
-            return
         text_room = room.model_copy(update={"target_lang": self.lang, "speech": False})
-        async for event in self._translate(utt, text_room, retry_throttled=False):
-            if isinstance(event, Outcome) and event.reason == "rate_limited":
+        async for event in self._translate(utt, text_room, extra=True):
+            if isinstance(event, Outcome) and event.reason in ("rate_limited", SHED):
                 yield self._dropped(SHED, event.detail)
                 return
             yield event

@@ -18,8 +18,8 @@ from it before anything is sent (`screen`).
 Double talk (`double_talk()` is true while our speech plays): while it cancels our
 speech, AEC3's suppressor also turns down a person who talks over it, most at their
 first and last syllables (measured: 20–30 dB for up to ~0.5 s when our playback and the
-person start together, up to ~0.75 s on a loaded machine), so the VAD opens late and
-closes early. A clip during which our speech played is therefore widened from the
+person start together, up to ~0.75 s on a loaded machine, 1.1 s seen once), so the VAD
+opens late and closes early. A clip during which our speech played is therefore widened from the
 cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
 the clip sent before; a clip judged our own speech was not sent) and up to
 `DT_POST_ROLL_S` later (audio the segmenter's hangover has already seen, so no latency is
@@ -64,7 +64,7 @@ IDLE_AFTER_S = 5.0  # no reference for this long: bypass the canceller
 REF_ACTIVE_DBFS = -60.0  # a reference block above this level counts as playing
 REMOVAL_SMOOTHING = 0.02  # per active block, for the status figure
 HISTORY_S = 20.0  # cleaned audio kept for widening (longer than max_utterance_s)
-DT_PRE_ROLL_S = 1.0
+DT_PRE_ROLL_S = 2.0  # (in a dense meeting the clip sent before is nearer)
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
@@ -72,7 +72,9 @@ GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
 CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 MOSTLY_OURS = 0.5  # a clip more than half of whose energy is our echo is not sent
-LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: not cancelling
+LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: leaking ...
+CANCELLING_DB = 10.0  # ... unless it removed this much of it (converged: 30-60 dB; a
+# person talking over us makes it read 12-20; re-learning a moved path: 3-8)
 AFRESH_AFTER_S = 2.0  # (a short translation's echo can leak while AEC3 still converges)
 LEAK_HOLD_S = 6.0  # shorter leaks (AEC3 re-learning a moved path) are left to the guard
 REALIGN_S = 2.5  # on a shift, the guard's reference levels are realigned this far back
@@ -177,28 +179,34 @@ class EchoCanceller:
     def _figures(self) -> str:
         """What the fallback logs: the path, what the canceller removes, what it leaves."""
         delay, erle, leak = self._tracker.delay_s, self._monitor.erle_db, self._tracker.leak
-        return ", ".join(
-            (
-                "echo path not found" if delay is None else f"echo path {delay * 1000:.0f} ms",
-                "ERLE unknown" if erle is None else f"ERLE {erle:.0f} dB",
-                "" if leak is None else f"our echo in its output {leak:.0f} σ at the path",
-            )
-        ).rstrip(", ")
+        removal = self._tracker.removal_db
+        figures = [
+            "echo path not found" if delay is None else f"echo path {delay * 1000:.0f} ms",
+            "ERLE unknown" if erle is None else f"ERLE {erle:.0f} dB",
+        ]
+        if leak is not None:
+            figures.append(f"our echo in its output {leak:.0f} σ at the path")
+        if removal is not None:
+            figures.append(f"{removal:.0f} dB of it removed")
+        return ", ".join(figures)
 
     def _cancelling(self) -> bool | None:
         """Whether the canceller takes our echo out: False once our echo has stood out
-        in its output at the path for LEAK_HOLD_S (re-adapting to a moved path, AEC3
+        in its output at the path, and it removed less than CANCELLING_DB of it
+        (`DelayTracker.removal_db`: in a loud room a cancelled echo still stands out
+        over the room's noise), for LEAK_HOLD_S (re-adapting to a moved path, AEC3
         leaks for a second or two: the guard judges those clips), True once it no longer
         does (None while it converges, or while that cannot be told). A converged
         canceller that still leaks after AFRESH_AFTER_S starts afresh, once: on the rig
         AEC3 now and then stays diverged from its first seconds; afresh, it converges
         within about two."""
-        leak = self._tracker.leak
+        leak, removal = self._tracker.leak, self._tracker.removal_db
         if not self._converged or leak is None:
             return None
-        if leak < LEAKING:
+        removes = removal is not None and removal >= CANCELLING_DB  # however loud the room
+        if leak < LEAKING or removes:
             self._leaking_since = None
-            return True if leak < LEAKING / 2 else None
+            return True if leak < LEAKING / 2 or removes else None
         if self._leaking_since is None:
             self._leaking_since, self._afresh = self._captured_at, False
         leaking_s = self._captured_at - self._leaking_since
@@ -351,6 +359,14 @@ class EchoCanceller:
             end = min(utt.end + post, self._history.end)
         start = min(max(start - start % BLOCK, self._last_sent_end, 0), utt.start)
         end = max(end, utt.end)  # (the history no longer holds the audio: not widened)
+        log.log(
+            logging.DEBUG if (start, end) == (utt.start, utt.end) else logging.INFO,
+            "utterance %d widened by %.2f s before, %.2f s after (sent up to %.2f s before it)",
+            utt.id,
+            (utt.start - start) / SAMPLE_RATE,
+            (end - utt.end) / SAMPLE_RATE,
+            (utt.start - self._last_sent_end) / SAMPLE_RATE,
+        )
         if start == utt.start and end == utt.end:
             return utt
         if start < utt.start:

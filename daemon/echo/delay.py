@@ -45,6 +45,7 @@ AGREE_S = 0.005
 NEAR_S = 0.02  # a move this small follows a drifting path at once
 FAR_STREAK = 4  # estimates in a row (1 s) that a far new path needs
 LEAK_AFTER_S = 0.02  # the canceller's output lags its input (8 ms): searched this far on
+EARLY_S = 0.1  # of the path's response (after its first arrival) the removal is taken on
 REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
 MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
 PLAYING_RMS = 30.0  # int16 RMS of a 10 ms reference block that counts as playing (-60 dBFS)
@@ -77,6 +78,8 @@ class DelayTracker:
         self._out: Floats = np.zeros(self._span, dtype=np.float32)  # the canceller's output
         self._cross_out: npt.NDArray[np.complex128] | None = None
         self.leak: float | None = None  # our echo's prominence in the output, at the path
+        self.removal_db: float | None = None  # how much of our echo the canceller removed
+        self._coupling: tuple[float, float] | None = None  # (microphone, output), smoothed
         self._playing = np.zeros(self._span // (RATE // 100), dtype=bool)
         self._cross: npt.NDArray[np.complex128] | None = None
         self._since = 0  # 8 kHz samples of playing since the last estimate
@@ -92,6 +95,8 @@ class DelayTracker:
         self._out.fill(0.0)
         self._cross_out = None
         self.leak = None
+        self.removal_db = None
+        self._coupling = None
         self._playing.fill(False)
         self._cross = None
         self._since = 0
@@ -148,7 +153,7 @@ class DelayTracker:
         estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
         self.last = estimate
         self._follow(estimate, self._prominence_at_path(g, 0.0) >= CONFIDENT)
-        self._leak(ref_spec, used, first)
+        self._leak(mic_spec, ref_spec, used, first)
         return estimate
 
     def _correlate(
@@ -178,18 +183,52 @@ class DelayTracker:
         return _prominence(g, max(0, at - near), at + near + round(after_s * RATE))
 
     def _leak(
-        self, ref_spec: npt.NDArray[np.complex128], used: npt.NDArray[np.bool_], first: int
+        self,
+        mic_spec: npt.NDArray[np.complex128],
+        ref_spec: npt.NDArray[np.complex128],
+        used: npt.NDArray[np.bool_],
+        first: int,
     ) -> None:
         """Our echo still in the canceller's output: its correlation with the reference
         at the tracked path (a canceller that cancels leaves none there; a person, noise
-        and what its suppressor leaves do not correlate)."""
+        and what its suppressor leaves do not correlate), and `removal_db`."""
         if self.delay_s is None:
-            self.leak = None
+            self.leak = self.removal_db = None
             return
         out = self._out[first : first + self._window]
         out_spec = np.fft.rfft(out - out.mean(), self._nfft)
         self._cross_out, g = self._correlate(out_spec, ref_spec, used, self._cross_out)
         self.leak = self._prominence_at_path(g, LEAK_AFTER_S)
+        self._removal(mic_spec, out_spec, ref_spec, used)
+
+    def _removal(
+        self,
+        mic_spec: npt.NDArray[np.complex128],
+        out_spec: npt.NDArray[np.complex128],
+        ref_spec: npt.NDArray[np.complex128],
+        used: npt.NDArray[np.bool_],
+    ) -> None:
+        """How much of our echo the canceller removed (dB): the energy of the plain
+        (unwhitened) cross-correlation with the reference over the path's early response,
+        in the microphone against in the output. Whatever does not follow the reference
+        (a person, noise) averages out of both, so however loud our echo is against the
+        room, this is the canceller's own figure: a leak in a loud room that cancels
+        30 dB is still cancelling."""
+        assert self.delay_s is not None
+        at = round((self.delay_s - MIN_LAG_S) * RATE)
+        span = slice(max(0, at - round(AGREE_S * RATE)), at + round(EARLY_S * RATE))
+        energies = []
+        for spec in (mic_spec, out_spec):
+            cross = np.conj(spec) * ref_spec
+            cross[~used] = 0.0
+            g = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
+            energies.append(float(np.sum(g[span] ** 2)))
+        mic, out = energies
+        if self._coupling is not None:
+            mic = SMOOTHING * self._coupling[0] + (1.0 - SMOOTHING) * mic
+            out = SMOOTHING * self._coupling[1] + (1.0 - SMOOTHING) * out
+        self._coupling = (mic, out)
+        self.removal_db = 10.0 * float(np.log10((mic + 1e-9) / (out + 1e-9)))
 
     def _follow(self, estimate: DelayEstimate, still_there: bool) -> None:
         """Move to a confident estimate that a second one confirms; far from the tracked

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import soundfile as sf
 
+from daemon.simulator.account import Account
 from daemon.simulator.protocol import ApiError, ClipRequest
 
 FAULTS = ("ok", "429", "500", "401", "403", "cut", "cut0", "stream_error", "stall", "garbage")
@@ -24,6 +26,8 @@ NUMERIC_SETTINGS = (
     "retry_after",
     "stall_s",
     "audio_chunk_ms",
+    "account_rpm",
+    "account_tpm",
 )
 
 
@@ -61,6 +65,8 @@ class Settings:
     retry_after: float = 1.0
     stall_s: float = 30.0
     audio_chunk_ms: float = 100.0
+    account_rpm: float = 0.0  # the account's requests a minute, 0 = no limit (account.py)
+    account_tpm: float = 0.0  # its tokens a minute, 0 = no limit
     speech_dir: str = ""  # speak with recordings from here instead of tones
     keep_clips: str = ""  # write every clip received to <n>-<digest>.wav here
 
@@ -79,9 +85,15 @@ class SimState:
     """All mutable simulator state, guarded by one lock."""
 
     def __init__(
-        self, settings: Settings, faults: Iterable[str], seed: int, api_key: str | None
+        self,
+        settings: Settings,
+        faults: Iterable[str],
+        seed: int,
+        api_key: str | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_key = api_key
+        self._account = Account(clock)
         self._lock = threading.Lock()
         self._settings = settings
         self._faults: deque[str] = deque(faults)
@@ -94,6 +106,13 @@ class SimState:
     def settings(self) -> Settings:
         with self._lock:
             return self._settings
+
+    def charge(self, tokens: int) -> ApiError | None:
+        """The account's limits: None when a request of `tokens` fits (it is counted),
+        else the 429 that refuses it."""
+        with self._lock:
+            s = self._settings
+            return self._account.admit(s.account_rpm, s.account_tpm, tokens)
 
     def admit(self, clip: ClipRequest, header_fault: str | None) -> tuple[str, float]:
         """Pick the fault for a valid request, record its clip; return (fault, jitter_s)."""
@@ -109,10 +128,11 @@ class SimState:
                 sf.write(str(Path(self._settings.keep_clips) / name), clip.pcm, clip.rate)
             return fault, jitter_s
 
-    def count(self, status: int) -> None:
+    def count(self, status: int, key: str | None = None) -> None:
         with self._lock:
             self._requests += 1
             self._by_status[str(status)] += 1
+            self._account.count(key, status)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -122,6 +142,7 @@ class SimState:
                 "faults_left": list(self._faults),
                 "clips": [dict(c) for c in self._clips],
                 "settings": asdict(self._settings),
+                "account": self._account.snapshot(),
             }
 
     def control(self, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +164,7 @@ class SimState:
             self._requests = 0
             self._by_status.clear()
             self._clips.clear()
+            self._account.reset()
 
 
 def non_negative(name: str, value: object) -> float:

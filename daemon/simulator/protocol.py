@@ -121,12 +121,13 @@ class ClipRequest:
         return caption_text(self.target, self.duration_s, self.digest)
 
 
-def check_auth(header: str | None, api_key: str | None) -> None:
-    """401 unless the request carries a bearer key (the configured one, if any)."""
+def check_auth(header: str | None, api_key: str | None) -> str:
+    """The request's bearer key; 401 unless it carries one (the configured one, if any)."""
     scheme, _, key = (header or "").strip().partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key or (api_key is not None and key != api_key):
         raise ApiError(401, "invalid_api_key", "Incorrect API key provided.")
+    return key
 
 
 def parse_request(body: bytes) -> ClipRequest:

@@ -36,7 +36,7 @@ from daemon.simulator.protocol import (
     parse_request,
 )
 from daemon.simulator.speech import speech_library
-from daemon.simulator.stream import Ending, Event, apply_fault, build_plan
+from daemon.simulator.stream import Ending, Event, apply_fault, build_plan, usage_for
 
 
 class SimServer(ThreadingHTTPServer):
@@ -135,13 +135,16 @@ class SimHandler(BaseHTTPRequestHandler):
 
     def _chat(self) -> None:
         state = self.server.state
+        key: str | None = None
         try:
             body = self._read_body()
-            check_auth(self.headers.get("Authorization"), state.api_key)
+            key = check_auth(self.headers.get("Authorization"), state.api_key)
             clip = parse_request(body)
             header_fault = self._header_fault()
+            if refused := state.charge(usage_for(clip)["total_tokens"]):
+                raise refused
         except ApiError as err:
-            state.count(err.status)
+            state.count(err.status, key)
             self._send_api_error(err)
             return
         self._digest = clip.digest
@@ -149,10 +152,10 @@ class SimHandler(BaseHTTPRequestHandler):
         settings = state.settings
         if fault in ("429", "500", "401", "403"):
             failure = fault_error(fault, settings.retry_after)
-            state.count(failure.status)
+            state.count(failure.status, key)
             self._send_api_error(failure)
             return
-        state.count(200)
+        state.count(200, key)
         plan, ending = apply_fault(build_plan(clip, settings, jitter_s), fault)
         self._stream(plan, ending, settings.stall_s)
 
@@ -256,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list consumed one per request: {','.join(FAULTS)}",
     )
     p.add_argument("--retry-after", type=float, default=d.retry_after)
+    p.add_argument(
+        "--account-rpm", type=float, default=d.account_rpm, help="the account's requests/min"
+    )
+    p.add_argument(
+        "--account-tpm", type=float, default=d.account_tpm, help="the account's tokens/min"
+    )
     p.add_argument("--stall-s", type=float, default=d.stall_s)
     p.add_argument(
         "--speech-dir",

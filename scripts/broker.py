@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tests.procs import stop_process
+from scripts.procs import stop_process
 
 HOST = "127.0.0.1"
 MOSQUITTO = "mosquitto"

@@ -32,7 +32,7 @@ from daemon.counters import Counters
 from daemon.filesource import FileSource
 from daemon.segmenter import FrameJudge, Segmenter, SegmentEvent, SpeechStarted, conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
-from tests.paths import AUDIO_DIR
+from scripts.paths import AUDIO_DIR
 
 TRIM_FRAME = SAMPLE_RATE // 100  # 10 ms frames for the energy trim
 TRIM_BELOW_PEAK_DB = 35.0  # leading/trailing 10 ms frames this far below the peak are cut

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.paths import PROJECT_ROOT
+from scripts.paths import PROJECT_ROOT
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float, *, resume: bool = False) -> int:
@@ -82,4 +82,16 @@ def run_cli(
         timeout=timeout,
         cwd=PROJECT_ROOT,
         env=None if env is None else dict(env),
+    )
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`python scripts/NAME ARGS` from the checkout, output captured; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / name), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
     )

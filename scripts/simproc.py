@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.procs import stop_process
+from scripts.procs import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_PREFIX = "READY "

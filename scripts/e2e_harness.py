@@ -9,11 +9,11 @@
             tones = speaker.stop_and_detect()         # [Tone(hz, start_s, end_s), ...]
         assert s.returncode == 0
 
-Used by tests/test_e2e.py and scripts/bench_latency.py (which puts the project root on
-sys.path first). Every child process (PulseAudio and its helpers, mosquitto, the
-simulator, the daemon, paplay/parecord) is started in its own session and stopped by its
-PID. Times are time.monotonic(): the MQTT receive stamps of the tap and the daemon's
-`timeline {json}` log lines share that clock (CLOCK_MONOTONIC is system-wide on Linux).
+Used by the end-to-end tests and scripts/bench_latency.py. Every child process (PulseAudio
+and its helpers, mosquitto, the simulator, the daemon, paplay/parecord) is started in its
+own session and stopped by its PID. Times are time.monotonic(): the MQTT receive stamps of
+the tap and the daemon's `timeline {json}` log lines share that clock (CLOCK_MONOTONIC is
+system-wide on Linux).
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-import pytest
-import soundfile as sf
 
-from tests.broker import Broker, Received, Recorder
-from tests.procs import stop_process
-from tests.scenario import compose, write
-from tests.simproc import Simulator
+from scripts import audio_rig
+from scripts.broker import Broker, Received, Recorder
+from scripts.procs import stop_process
+from scripts.scenario import compose, write
+from scripts.simproc import Simulator
+from scripts.tones import SpeakerRecording
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "roomtranslate/room-1"
@@ -60,13 +59,7 @@ POLL_S = 0.02
 CLIP_RE = re.compile(r"clip (\d+\.\d+)s #([0-9a-f]{8})")
 TIMELINE_RE = re.compile(r"timeline (\{.*\})\s*$")
 
-FloatArray = npt.NDArray[np.float64]
-
-
 # ------------------------------------------------------------------------- prerequisites
-
-
-from tests.rigutil import audio_rig  # noqa: E402
 
 
 def missing_programs() -> list[str]:
@@ -74,24 +67,6 @@ def missing_programs() -> list[str]:
     missing: list[str] = list(audio_rig.missing_programs())
     missing += [p for p in ("mosquitto", "mosquitto_pub") if shutil.which(p) is None]
     return missing
-
-
-def require_programs() -> None:
-    """Skip the module when the rig's programs are missing, except in CI (`CI` set), which
-    installs them (scripts/setup.sh): a skip there would hide a broken install."""
-    if missing := missing_programs():
-        why = f"not installed: {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-def module_harness(factory: pytest.TempPathFactory, name: str, **options: Any) -> Iterator[Harness]:
-    """A module's harness (rig, broker, simulator) in a fresh work directory."""
-    require_programs()
-    with Harness(factory.mktemp(name), **options) as harness:
-        harness.reset_simulator()
-        yield harness
 
 
 # ------------------------------------------------------------------------------ scenes
@@ -146,123 +121,6 @@ class Playing:
 
     def stop(self) -> None:
         stop_process(self.proc, 2.0)
-
-
-# ------------------------------------------------------------------------------- tones
-
-
-@dataclass(frozen=True)
-class Tone:
-    """One steady tone found in a recording."""
-
-    hz: float
-    start_s: float
-    end_s: float
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-
-WINDOW_S = 0.05  # analysis window
-ON_DBFS = -45.0  # a window quieter than this holds no tone
-SAME_HZ = 20.0  # windows within this of a run's frequency continue the run
-MIN_WINDOWS = 3  # shorter runs are clicks/transients, not tones
-PAD = 4  # FFT zero padding factor: 5 Hz bins at 48 kHz
-EDGE_BLOCK_S = 0.005  # resolution of the refined tone edges
-EDGE_FRACTION = 0.5  # an edge is where the 5 ms RMS crosses this share of the tone's RMS
-
-
-def _windows(x: FloatArray, win: int) -> FloatArray:
-    count = len(x) // win
-    return x[: count * win].reshape(count, win)
-
-
-def window_levels(x: FloatArray, rate: int) -> tuple[FloatArray, FloatArray]:
-    """(dominant frequency, RMS) of each 50 ms window of `x` (float, full scale 1.0)."""
-    frames = _windows(x, round(rate * WINDOW_S))
-    if len(frames) == 0:
-        return np.zeros(0), np.zeros(0)
-    rms = np.sqrt(np.mean(frames * frames, axis=1))
-    taper = np.hanning(frames.shape[1])
-    size = frames.shape[1] * PAD
-    peaks = np.concatenate(
-        [
-            np.argmax(np.abs(np.fft.rfft(frames[i : i + 256] * taper, n=size, axis=1)), axis=1)
-            for i in range(0, len(frames), 256)
-        ]
-    )
-    return peaks * rate / size, rms
-
-
-def tone_runs(hz: FloatArray, rms: FloatArray) -> list[tuple[float, int, int]]:
-    """Runs of loud windows with one dominant frequency: (hz, first, last window)."""
-    runs: list[tuple[float, int, int]] = []
-    current: list[int] = []
-
-    def close() -> None:
-        if len(current) >= MIN_WINDOWS:
-            runs.append((float(np.median(hz[current])), current[0], current[-1]))
-        current.clear()
-
-    loud = rms >= 10 ** (ON_DBFS / 20)
-    for i in range(len(hz)):
-        if current and (not loud[i] or abs(hz[i] - np.median(hz[current])) > SAME_HZ):
-            close()
-        if loud[i]:
-            current.append(i)
-    close()
-    return runs
-
-
-def _refine(x: FloatArray, rate: int, lo: int, hi: int, level: float) -> tuple[float, float]:
-    """Start and end (s) of the tone in x[lo:hi], where its 5 ms RMS passes `level`/2."""
-    block = round(rate * EDGE_BLOCK_S)
-    env = np.sqrt(np.mean(_windows(x[lo:hi], block) ** 2, axis=1))
-    on = np.flatnonzero(env >= level * EDGE_FRACTION)
-    if len(on) == 0:
-        return lo / rate, hi / rate
-    return float(lo + on[0] * block) / rate, float(lo + (on[-1] + 1) * block) / rate
-
-
-def detect_tones(pcm: npt.NDArray[Any], rate: int) -> list[Tone]:
-    """The sequence of steady tones in a recording, in order, with refined edges."""
-    x = pcm.astype(np.float64)
-    if pcm.dtype == np.int16:
-        x /= 32768.0
-    hz, rms = window_levels(x, rate)
-    runs = tone_runs(hz, rms)
-    win = round(rate * WINDOW_S)
-    tones: list[Tone] = []
-    for index, (freq, first, last) in enumerate(runs):
-        lo = max((first - 1) * win, runs[index - 1][2] * win + win if index else 0)
-        hi = min((last + 2) * win, runs[index + 1][1] * win if index + 1 < len(runs) else len(x))
-        level = float(np.median(rms[first : last + 1]))
-        start, end = _refine(x, rate, lo, hi, level)
-        tones.append(Tone(freq, float(start), float(end)))
-    return tones
-
-
-def tones_in_wav(path: Path) -> list[Tone]:
-    pcm, rate = sf.read(str(path), dtype="int16", always_2d=True)
-    return detect_tones(pcm.mean(axis=1), int(rate))
-
-
-class SpeakerRecording:
-    """What the rig's speaker plays, recorded (parecord of spk.monitor) into a WAV."""
-
-    def __init__(self, rig: Any, path: Path) -> None:
-        self.path = path
-        self.started_at = time.monotonic()
-        self._proc: subprocess.Popen[bytes] = rig.record_speaker(path)
-
-    def stop(self) -> Path:
-        """Stop parecord (SIGTERM: it finalises the WAV header) and return the file."""
-        stop_process(self._proc, 3.0)
-        return self.path
-
-    def stop_and_detect(self) -> list[Tone]:
-        return tones_in_wav(self.stop())
 
 
 # ------------------------------------------------------------------------------- MQTT
