@@ -3,8 +3,9 @@
 benchmark's process (the daemon's sequencer, caption lanes, translator and shared budget,
 fed clips of real speech on a seeded schedule) and a real daemon in its own process.
 
-Run as a script it is one real daemon (`daemon.app.Daemon`) on a file source of the
-shared recordings in real time, until SIGTERM; the benchmark starts these.
+Run as a script it is one real daemon (`daemon.app.Daemon`, its API key the room's name)
+on a file source of the shared recordings in real time (`--seconds` of them, then
+silence), until SIGTERM; the benchmark and tests/test_fleet_rig.py start these.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from daemon.config import (
     MqttSettings,
     PipelineSettings,
     RoomSettings,
+    SegmenterSettings,
     Settings,
     apply_overrides,
 )
@@ -207,7 +209,7 @@ def daemon_settings(args: argparse.Namespace) -> Settings:
                 "caption_langs": args.caption_langs,
                 "account": args.account,
             },
-            "segmenter": {"confirm": args.confirm},
+            "segmenter": {"confirm": args.confirm, "max_utterance_s": args.max_utterance_s},
             "api": {
                 "base_url": args.sim,
                 "upload_format": "flac",
@@ -221,7 +223,7 @@ def daemon_settings(args: argparse.Namespace) -> Settings:
                 "prefix": args.prefix,
                 "room_id": args.room,
                 "device_id": f"{args.prefix}-{args.room}",  # one client id per fleet
-                "status_interval_s": 5.0,
+                "status_interval_s": args.status_s,
                 "ha_discovery": False,
             },
             "log": {"level": "WARNING"},
@@ -233,7 +235,7 @@ async def daemon_child(args: argparse.Namespace) -> int:
     """One real daemon on the recordings (from the `--offset`th on), until SIGTERM."""
     pieces = await load_room_audio(recordings())
     k = args.offset % len(pieces)
-    source = PacedSource(pieces[k:] + pieces[:k], 24 * 3600, 1.0)
+    source = PacedSource(pieces[k:] + pieces[:k], args.seconds, 1.0)
     settings = daemon_settings(args)
     daemon = Daemon(settings, args.room, None, settings.audio.output_device, source=source)
     return await daemon.run()
@@ -355,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--limit", type=int, required=True)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=24 * 3600, help="of speech")
+    parser.add_argument("--status-s", type=float, default=5.0, help="status interval")
+    parser.add_argument(
+        "--max-utterance-s", type=float, default=SegmenterSettings().max_utterance_s
+    )
     parser.add_argument("--caption-langs", nargs="*", default=[])
     return asyncio.run(daemon_child(parser.parse_args(argv)))
 
