@@ -185,7 +185,7 @@ class Streams:
     Both run on the server's one clock, so nothing drifts; but a stall of this process
     (a busy machine) underruns the feed, and the silence PulseAudio plays meanwhile
     would stay in the path for good (in and out then run at one rate: the backlog never
-    drains). `excess()` says how much longer the two streams hold the room's sound than
+    drains). `backlog()` says how much longer the two streams hold the room's sound than
     STREAM_TARGET_MS, which `run` takes back out: the room's path stays where it was set.
     """
 
@@ -219,8 +219,6 @@ class Streams:
         except PaSimpleError:
             return 0
         excess = round((held_us / 1e6 - STREAM_TARGET_MS / 1000) * RATE)
-        if os.environ.get("ROOM_DEBUG"):
-            print(f"room: streams hold {held_us / 1000:.1f} ms", flush=True)
         if excess <= CORRECT_SLACK:
             return 0
         print(f"room: {excess / RATE * 1000:.0f} ms backlog in the streams, left out", flush=True)

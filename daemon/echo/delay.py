@@ -199,31 +199,35 @@ class DelayTracker:
         out_spec = np.fft.rfft(out - out.mean(), self._nfft)
         self._cross_out, g = self._correlate(out_spec, ref_spec, used, self._cross_out)
         self.leak = self._prominence_at_path(g, LEAK_AFTER_S)
-        self._removal(mic_spec, out_spec, ref_spec, used)
+        at = round((self.delay_s - MIN_LAG_S) * RATE)
+        early = slice(max(0, at - round(AGREE_S * RATE)), at + round(EARLY_S * RATE))
+        self._removal(
+            *(
+                float(np.sum(self._plain(spec, ref_spec, used)[early] ** 2))
+                for spec in (mic_spec, out_spec)
+            )
+        )
 
-    def _removal(
+    def _plain(
         self,
-        mic_spec: npt.NDArray[np.complex128],
-        out_spec: npt.NDArray[np.complex128],
+        spec: npt.NDArray[np.complex128],
         ref_spec: npt.NDArray[np.complex128],
         used: npt.NDArray[np.bool_],
-    ) -> None:
+    ) -> npt.NDArray[np.float64]:
+        """The unwhitened correlation with the reference by echo delay (as `_correlate`)."""
+        cross = np.conj(spec) * ref_spec
+        cross[~used] = 0.0
+        g: npt.NDArray[np.float64] = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
+        return g
+
+    def _removal(self, mic: float, out: float) -> None:
         """How much of our echo the canceller removed (dB): the energy of the plain
-        (unwhitened) cross-correlation with the reference over the path's early response,
-        in the microphone against in the output. Whatever does not follow the reference
-        (a person, noise) averages out of both, so however loud our echo is against the
-        room, this is the canceller's own figure: a leak in a loud room that cancels
-        30 dB is still cancelling."""
-        assert self.delay_s is not None
-        at = round((self.delay_s - MIN_LAG_S) * RATE)
-        span = slice(max(0, at - round(AGREE_S * RATE)), at + round(EARLY_S * RATE))
-        energies = []
-        for spec in (mic_spec, out_spec):
-            cross = np.conj(spec) * ref_spec
-            cross[~used] = 0.0
-            g = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
-            energies.append(float(np.sum(g[span] ** 2)))
-        mic, out = energies
+        (unwhitened) correlation with the reference over the path's early response, in
+        the microphone (`mic`) against in the output (`out`), smoothed like the
+        cross-spectrum. Whatever does not follow the reference (a person, noise) averages
+        out of both, so however loud our echo is against the room, this is the
+        canceller's own figure: a leak in a loud room that cancels 30 dB is still
+        cancelling."""
         if self._coupling is not None:
             mic = SMOOTHING * self._coupling[0] + (1.0 - SMOOTHING) * mic
             out = SMOOTHING * self._coupling[1] + (1.0 - SMOOTHING) * out

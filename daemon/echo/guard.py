@@ -207,16 +207,16 @@ class OwnSpeechGuard:
         playing = ref_db > REF_PLAYING_DBFS
         share = float(playing.mean())
         drop = loudest_drop(mic_db, out_db)
-        if share < MIN_PLAYING_SHARE and drop < RESIDUAL_DROP_DB:
-            return None
-        removal = float(np.median(mic_db[playing] - out_db[playing])) if playing.any() else 0.0
         kept = kept_share(mic_db, out_db)
-        if share < MIN_PLAYING_SHARE:  # the end of our speech, all of it cancelled
-            own, signal, figures = True, "residual", envelope_match(mic_db, ref_db)
-        else:
+        if share >= MIN_PLAYING_SHARE:
             own, signal, figures = _judged(
                 mic_db, ref_db, out_db, (kept, drop), converged=converged
             )
+        elif drop >= RESIDUAL_DROP_DB:  # the end of our speech, all of it cancelled
+            own, signal, figures = True, "residual", envelope_match(mic_db, ref_db)
+        else:
+            return None
+        removal = float(np.median(mic_db[playing] - out_db[playing])) if playing.any() else 0.0
         verdict = Verdict(*figures, removal, share, converged, kept, drop, signal)
         self.last = verdict
         log.info(
