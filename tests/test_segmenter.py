@@ -279,11 +279,10 @@ async def test_long_speech_is_cut_at_its_pauses_once_long_enough(tmp_path: Path)
     assert longest < max(u.end - u.start for u in whole.utterances)
     assert sum(u.stats.split for u in run.utterances) < sum(u.stats.split for u in whole.utterances)
     source = segmented_source(pcm)
-    cuts = [(u, n) for u, n in itertools.pairwise(run.utterances) if u.end == n.start]
+    cuts = [(u, n) for u, n in itertools.pairwise(run.utterances) if u.stats.pause_cut]
     assert cuts, run.spans
-    for u, _ in cuts:
-        if u.stats.split:
-            continue
+    for u, n in cuts:
+        assert n.start == u.end
         held = DEFAULTS.split_after_s - DEFAULTS.split_pause_ms / 1000  # with the pause
         assert u.end - u.start >= held * SAMPLE_RATE, (u.start, u.end)
         pause = source[u.end - round(POST_ROLL_S * SAMPLE_RATE) : u.end]
@@ -315,11 +314,7 @@ def test_short_of_requests_the_pause_cuts_are_held_and_the_talk_merges() -> None
             if isinstance(event, Utterance):
                 run.utterances.append(event)
     run.utterances += [e for e in segmenter.flush() if isinstance(e, Utterance)]
-    pause_cuts = [
-        u.end
-        for u, n in itertools.pairwise(run.utterances)
-        if u.end == n.start and not u.stats.split
-    ]
+    pause_cuts = [u.end for u in run.utterances if u.stats.pause_cut]
     assert any(end < half for end in pause_cuts)  # cut at its pauses while there was room
     assert not [end for end in pause_cuts if end > half]  # then merged
     assert run.counters.get("pause_cuts_held") > 0
@@ -351,6 +346,22 @@ async def test_back_to_back_clips_are_split_contiguously(tmp_path: Path) -> None
     assert last.start <= round(scene.truth[-1][1] * SAMPLE_RATE) <= last.end
     joined = np.concatenate([u.pcm for u in run.utterances])
     np.testing.assert_array_equal(joined, segmented_source(scene.pcm)[first.start : last.end])
+
+
+@pytest.mark.parametrize("gap_s", [0.7, 0.85])
+def test_a_clip_soon_after_the_last_one_starts_where_it_ended(gap_s: float) -> None:
+    """Two recordings `gap_s` apart: the first clip ends after the hangover, the second
+    begins within `hangover_ms` + `pre_roll_ms` of its end, and starts at that end (no
+    stretch between them left out of both, e.g. quiet speech the detector missed); after
+    a longer pause it starts `pre_roll_ms` before its first voiced frame."""
+    scene = compose([("fr_pv_leopard", 1.0), ("de_pv_leopard", gap_s)], tail_s=1.0)
+    first, second = segment_pcm(scene.pcm).utterances
+    assert first.end < round(scene.truth[1][0] * SAMPLE_RATE), (first.end, scene.truth)
+    assert second.start == first.end
+    apart = compose([("fr_pv_leopard", 1.0), ("de_pv_leopard", 2.0)], tail_s=1.0)
+    first, second = segment_pcm(apart.pcm).utterances
+    gap = second.start - first.end
+    assert gap > round((2.0 - PRE_ROLL_S - POST_ROLL_S - 0.3) * SAMPLE_RATE), (first, second)
 
 
 def silence(seconds: float) -> Pcm:

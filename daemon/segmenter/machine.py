@@ -1,21 +1,23 @@
 """Segmenter: a QUIET/SPEAKING state machine cutting judged frames into utterances.
 
 Each frame is judged first (`Voicing`: DC/rumble high-pass, level, room noise, the speech
-detector; see daemon/segmenter/voicing.py). QUIET keeps a short history (pre-roll + start
-window); speech starts when the share of voiced frames in the start window reaches
-`start_ratio`, and the utterance begins `pre_roll_ms` before the first voiced frame of
-that window. SPEAKING ends after `hangover_ms` of unvoiced frames; the clip keeps
-`post_roll_ms` after the last voiced frame. Clips with less than `min_speech_ms` of
-voiced frames are noise (dropped, counted). A clip already `split_after_s` long ends in
-its last pause of `split_pause_ms` (`post_roll_ms` into it) once `split_rest_ms` of
-speech has followed that pause, and what followed is the next clip: a long turn is
-translated while it goes on, and no fragment (a last word, a breath, the echo of our
-speech in a pause) is cut off on its own. Pauses are cut only while `may_cut()` (the
-service account has requests to spare); otherwise the clip runs on, counted as
-`pause_cuts_held`: fewer, longer requests. A clip reaching `max_utterance_s` is split at
-the quietest frame of its last `split_search_s`. The rest of a cut or split clip
-carries on as the next utterance, held to no minimum, and vouched for by its first part
-when that was sent. Clips carry the conditioned audio.
+detector; see daemon/segmenter/voicing.py). QUIET keeps a short history (pre-roll, start
+window and a hangover's worth); speech starts when the share of voiced frames in the
+start window reaches `start_ratio`, and the utterance begins `pre_roll_ms` before the
+first voiced frame of that window, or where the last clip ended if that was at most
+`hangover_ms` earlier (a pause in the talk: nothing between two clips is left out of
+both, such as quiet speech the detector missed). SPEAKING ends after `hangover_ms` of
+unvoiced frames; the clip keeps `post_roll_ms` after the last voiced frame. Clips with
+less than `min_speech_ms` of voiced frames are noise (dropped, counted). A clip already
+`split_after_s` long ends in its last pause of `split_pause_ms` (`post_roll_ms` into it)
+once `split_rest_ms` of speech has followed that pause, and what followed is the next
+clip: a long turn is translated while it goes on, and no fragment (a last word, a breath,
+the echo of our speech in a pause) is cut off on its own. Pauses are cut only while
+`may_cut()` (the service account has requests to spare); otherwise the clip runs on,
+counted as `pause_cuts_held`: fewer, longer requests. A clip reaching `max_utterance_s`
+is split at the quietest frame of its last `split_search_s`. The rest of a cut or split
+clip carries on as the next utterance, held to no minimum, and vouched for by its first
+part when that was sent. Clips carry the conditioned audio.
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ class Segmenter:
         self._min_voiced = settings.min_speech_ms // self._frame_ms
         self._max_frames = int(settings.max_utterance_s * 1000) // self._frame_ms
         self._search = max(1, int(settings.split_search_s * 1000) // self._frame_ms)
-        self._history: deque[Judged] = deque(maxlen=self._pre_roll + self._window)
+        history = self._pre_roll + self._window + self._hangover  # holds the last clip's end
+        self._history: deque[Judged] = deque(maxlen=history)
         self._recent_voiced: deque[bool] = deque(maxlen=self._window)
+        self._after_end: int | None = None  # history frames since the last clip's end
         self._state = SegmenterState.QUIET
         self._utt = _Utt()
 
@@ -144,6 +148,10 @@ class Segmenter:
     def _push_quiet(self, scored: Judged) -> list[SegmentEvent]:
         self._history.append(scored)
         self._recent_voiced.append(scored.voiced)
+        if self._after_end is not None:
+            self._after_end += 1
+            if self._after_end > len(self._history):
+                self._after_end = None
         if sum(self._recent_voiced) < self.s.start_ratio * self._window:
             return []
         history = list(self._history)
@@ -151,10 +159,14 @@ class Segmenter:
         first_voiced = next(i for i in range(window_start, len(history)) if history[i].voiced)
         if self._confirm is not None:
             self._confirm.reset()
-        start = history[max(0, first_voiced - self._pre_roll) :]
+        begin = max(0, first_voiced - self._pre_roll)
+        if self._after_end is not None:  # no gap after the last clip
+            begin = min(begin, len(history) - self._after_end)
+        start = history[begin:]
         self._utt = _Utt([self._heard(judged) for judged in start])
         self._history.clear()
         self._recent_voiced.clear()
+        self._after_end = None
         self._state = SegmenterState.SPEAKING
         return [SpeechStarted(start[0].frame.start)]
 
@@ -183,7 +195,7 @@ class Segmenter:
         """End the clip at `cut`, in its last pause; the speech since carries on as the
         next clip."""
         frames = self._utt.frames
-        events = self._emit(frames[:cut], split=False, continues=self._utt.continues)
+        events = self._emit(frames[:cut], split=False, continues=self._utt.continues, pause=True)
         continues = Continues.SENT_PART if events else Continues.DROPPED_PART
         self._utt = _Utt(frames[cut:], continues)
         return events
@@ -195,8 +207,10 @@ class Segmenter:
         last_voiced = max((i for i, h in enumerate(frames) if h.judged.voiced), default=-1)
         cut = min(len(frames), last_voiced + 1 + self._post_roll)
         clip, rest = frames[:cut], frames[cut:]
-        for leftover in rest[-self._history.maxlen :] if self._history.maxlen else []:
+        kept = rest[-self._history.maxlen :] if self._history.maxlen else []
+        for leftover in kept:
             self._history.append(leftover.judged)
+        self._after_end = len(kept) if len(kept) == len(rest) else None
         return self._emit(clip, split=False, continues=utt.continues)
 
     def _split(self) -> list[SegmentEvent]:
@@ -215,7 +229,9 @@ class Segmenter:
         self._utt = _Utt(rest, continues, silence_run)
         return events
 
-    def _emit(self, clip: list[_Heard], *, split: bool, continues: Continues) -> list[SegmentEvent]:
+    def _emit(
+        self, clip: list[_Heard], *, split: bool, continues: Continues, pause: bool = False
+    ) -> list[SegmentEvent]:
         """An utterance of `clip`; a short one is noise unless it is part of a split, and
         one the confirmer heard too little speech in is noise (unless it is the rest of
         a split clip that was sent)."""
@@ -246,6 +262,7 @@ class Segmenter:
                 mean_dbfs=dbfs(pcm),
                 peak_dbfs=max(levels),
                 split=split,
+                pause_cut=pause,
             ),
             wall_start=self._wall_time(start),
             wall_end=self._wall_time(end),
