@@ -99,12 +99,13 @@ class SampleBuffer:
     def write_at(self, start: int, block: Block) -> None:
         """`block` from position `start`, which becomes the newest data: positions between
         `written` and `start` read as zeros; before `written`, what follows is dropped."""
-        if start > self._written:
-            self._claimed = start
-            self._fill_zeros(max(self._written, start - self._capacity), start)
-        elif start < self._written:
-            self._floor = min(self.oldest, start)
-        self._written = start
+        if start != self._written:
+            if start > self._written:
+                self._claimed = start
+                self._fill_zeros(max(self._written, start - self._capacity), start)
+            else:
+                self._floor = min(self.oldest, start)
+            self._written = start
         self.write(block)
 
     def rewrite(self, start: int, block: Block) -> None:
@@ -155,12 +156,11 @@ class SampleBuffer:
         while first < last:
             slot = pos % capacity
             count = min(last - first, capacity - slot)
-            dest = store[slot : slot + count]
             if columns is None:
-                dest[...] = block[first : first + count]
+                store[slot : slot + count] = block[first : first + count]
             else:
                 for j, column in enumerate(columns):
-                    dest[:, j] = block[first : first + count, column]
+                    store[slot : slot + count, j] = block[first : first + count, column]
             first += count
             pos += count
 
