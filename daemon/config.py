@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import os
 import re
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,19 +29,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from daemon import moved_keys
 from daemon.identity import default_room_id
 from daemon.languages import LANGUAGES, check_voice
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/roomtranslate/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/roomtranslate")
@@ -245,11 +237,13 @@ class AudioSettings(_Section):
     no_input_restart_s: float = Field(default=120.0, ge=0.0)
 
 
-def _check_topic_level(name: str, value: str, *, required: bool) -> None:
-    """ValueError unless `value` can be one MQTT topic level (or empty, when allowed)."""
-    if (required and not value) or any(c in value for c in "+#/\0"):
-        what = "a non-empty topic level" if required else "a topic level"
-        raise ValueError(f"{name} must be {what} without + # /")
+def _topic_level(value: str) -> str:
+    if any(c in value for c in "+#/\0"):
+        raise ValueError("must be one topic level, without + # /")
+    return value
+
+
+TopicLevel = Annotated[str, AfterValidator(_topic_level)]
 
 
 class MqttSettings(_Section):
@@ -265,9 +259,9 @@ class MqttSettings(_Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    prefix: str = "roomtranslate"
-    room_id: str = ""  # "" = the hostname, filled in by `load_settings` (`with_room_id`)
-    device_id: str = ""  # "" = derived from /etc/machine-id (daemon.identity.device_id)
+    prefix: TopicLevel = Field(default="roomtranslate", min_length=1)
+    room_id: TopicLevel = ""  # "" = the hostname, filled in by `load_settings` (`with_room_id`)
+    device_id: TopicLevel = ""  # "" = derived from /etc/machine-id (identity.device_id)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     outbox_size: int = Field(default=200, ge=1, le=100_000)
     status_interval_s: float = Field(default=30.0, ge=1.0)
@@ -280,10 +274,7 @@ class MqttSettings(_Section):
         return _check_file(value)
 
     @model_validator(mode="after")
-    def _check_topics(self) -> MqttSettings:
-        _check_topic_level("prefix", self.prefix, required=True)
-        _check_topic_level("room_id", self.room_id, required=False)
-        _check_topic_level("device_id", self.device_id, required=False)
+    def _check_pairs(self) -> MqttSettings:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not be greater than reconnect_max_s")
         if self.key_file is not None and self.cert_file is None:
@@ -301,27 +292,15 @@ class CaptionSettings(_Section):
 class RemoteConfigSettings(_Section):
     """Room settings changed over MQTT (daemon/control/): the site layer, the rate limit."""
 
-    site: str = ""
+    site: TopicLevel = ""  # "" = no site layer
     changes_per_s: float = Field(default=5.0, gt=0, le=1000)
-
-    @field_validator("site")
-    @classmethod
-    def _check_site(cls, value: str) -> str:
-        _check_topic_level("site", value, required=False)  # "" = no site layer
-        return value
 
 
 class HomeAssistantSettings(_Section):
     """Home Assistant MQTT discovery (daemon/control/homeassistant.py)."""
 
     discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-
-    @field_validator("discovery_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        _check_topic_level("discovery_prefix", value, required=True)
-        return value
+    discovery_prefix: TopicLevel = Field(default="homeassistant", min_length=1)
 
 
 class LogSettings(_Section):
@@ -366,66 +345,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment overrides it. Each source
         # has its renamed keys moved on its own, so the environment still wins.
-        return (_Renamed(env_settings), _Renamed(init_settings))
-
-
-# Keys an earlier version had in [mqtt], by their place now (section, key). They are still
-# read, each with one log line naming its new place (`load_settings`).
-RENAMED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
-    ("mqtt", "recent_captions"): ("captions", "recent"),
-    ("mqtt", "recent_clear_s"): ("captions", "recent_clear_s"),
-    ("mqtt", "site"): ("remote_config", "site"),
-    ("mqtt", "config_changes_per_s"): ("remote_config", "changes_per_s"),
-    ("mqtt", "ha_discovery"): ("homeassistant", "discovery"),
-    ("mqtt", "ha_prefix"): ("homeassistant", "discovery_prefix"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Renaming:
-    """A configuration (`data`) with its renamed keys in their new place; `moved` and
-    `clashes` hold the (old, new) dotted names of the keys found, moved or set twice."""
-
-    data: dict[str, Any]
-    moved: list[tuple[str, str]]
-    clashes: list[tuple[str, str]]
-
-
-def rename_keys(data: Mapping[str, Any]) -> Renaming:
-    """`data` with every key of `RENAMED_KEYS` moved to its new place; a key set in both
-    places is dropped from the old one and reported as a clash (never guessed)."""
-    out = {name: dict(v) if isinstance(v, Mapping) else v for name, v in data.items()}
-    moved: list[tuple[str, str]] = []
-    clashes: list[tuple[str, str]] = []
-    for (old_section, old_key), (new_section, new_key) in RENAMED_KEYS.items():
-        section = out.get(old_section)
-        if not isinstance(section, dict) or old_key not in section:
-            continue
-        target = out.setdefault(new_section, {})
-        if not isinstance(target, dict):
-            continue  # not a section: validation says so
-        names = (f"{old_section}.{old_key}", f"{new_section}.{new_key}")
-        value = section.pop(old_key)
-        if new_key in target:
-            clashes.append(names)
-        else:
-            target[new_key] = value
-            moved.append(names)
-    return Renaming(out, moved, clashes)
-
-
-class _Renamed(PydanticBaseSettingsSource):
-    """A settings source with its renamed keys moved (`rename_keys`)."""
-
-    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
-        super().__init__(inner.settings_cls)
-        self._inner = inner
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._inner.get_field_value(field, field_name)
-
-    def __call__(self) -> dict[str, Any]:
-        return rename_keys(self._inner()).data
+        return (moved_keys.RenamingSource(env_settings), moved_keys.RenamingSource(init_settings))
 
 
 class ConfigError(Exception):
@@ -464,14 +384,13 @@ def _is_section(annotation: object) -> bool:
 
 
 def _setting_names() -> dict[str, set[str]]:
-    """Section name → its keys (renamed ones too), upper case (as the environment spells
-    them)."""
+    """Section name → its keys (renamed ones too), upper case as the environment has them."""
     names = {
         section.upper(): {key.upper() for key in info.annotation.model_fields}  # type: ignore[union-attr]
         for section, info in Settings.model_fields.items()
         if _is_section(info.annotation)
     }
-    for section, key in RENAMED_KEYS:
+    for section, key in moved_keys.RENAMED_KEYS:
         names[section.upper()].add(key.upper())
     return names
 
@@ -492,7 +411,7 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     """
     sections = _setting_names()
     top_level = _top_level_names()
-    renamed = {f"{ENV_PREFIX}{s}__{k}".upper() for s, k in RENAMED_KEYS}
+    renamed = {f"{ENV_PREFIX}{s}__{k}".upper() for s, k in moved_keys.RENAMED_KEYS}
     valid = [f"{ENV_PREFIX}{s}__{k}" for s, keys in sections.items() for k in keys]
     valid = [name for name in valid if name not in renamed]
     valid += [f"{ENV_PREFIX}{name}" for name in (*sections, *top_level, *OTHER_ENV_VARIABLES)]
@@ -519,13 +438,6 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-# Settings an earlier version had elsewhere: the error says where they are now.
-MOVED_SETTINGS = {
-    "budget": "moved: the daily cap is now room.daily_audio_s (settable over MQTT)",
-    "budget.daily_audio_s": "moved to room.daily_audio_s (settable over MQTT)",
-}
-
-
 def _describe(error: Mapping[str, Any], section: str) -> str:
     loc = (
         ".".join(
@@ -537,7 +449,7 @@ def _describe(error: Mapping[str, Any], section: str) -> str:
     )
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
-        moved = MOVED_SETTINGS.get(loc)
+        moved = moved_keys.MOVED_SETTINGS.get(loc)
         return f"{loc}: {moved}" if moved else f"{loc}: unknown setting"
     if error.get("type") == "missing":
         return f"{loc}: required setting is missing"
@@ -571,8 +483,7 @@ def load_settings(
     where = f"{path}: " if path is not None else ""
     problems = check_environment(os.environ)
     try:
-        problems += _renamed_keys(rename_keys(data), where)
-        problems += _renamed_keys(rename_keys(EnvSettingsSource(Settings)()), "environment: ")
+        problems += moved_keys.check_renamed(Settings, data, where, ENV_PREFIX)
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(problems + describe_validation_error(exc, where)) from None
@@ -581,22 +492,6 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return with_room_id(apply_overrides(settings, overrides or {}), default_room_id())
-
-
-def _renamed_keys(renaming: Renaming, where: str) -> list[str]:
-    """Log each key found in its old place; one problem line per key set in both places."""
-    env = where.startswith("environment")
-    for old, new in renaming.moved:
-        also = f" ({_env_name(new)})" if env else ""
-        log.warning("%s%s is now %s%s (the old key still works)", where, old, new, also)
-    return [
-        f"{where}{old}: moved to {new}, which is set too; remove {old}"
-        for old, new in renaming.clashes
-    ]
-
-
-def _env_name(dotted: str) -> str:
-    return ENV_PREFIX + dotted.upper().replace(".", "__")
 
 
 def with_room_id(settings: Settings, default: str) -> Settings:

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
-    RENAMED_KEYS,
-    ConfigError,
-    Settings,
-    check_environment,
-    load_settings,
-    rename_keys,
-    with_room_id,
-)
+from daemon.config import ConfigError, Settings, check_environment, load_settings, with_room_id
 from daemon.control.layers import BOOT_KEYS
 from daemon.identity import default_room_id
+from daemon.moved_keys import RENAMED_KEYS, rename_keys
 from scripts.procs import run_cli
 
 # Every key that moved out of [mqtt], with a value that is not its default.
@@ -162,5 +155,5 @@ def test_the_room_id_default_needs_no_io_while_validating(
     path.write_text('[mqtt]\nroom_id = ""\n')
     assert load_settings(str(path)).mqtt.room_id == default_room_id()
     path.write_text('[mqtt]\nroom_id = "a/b"\n')
-    with pytest.raises(ConfigError, match="room_id must be a topic level"):
+    with pytest.raises(ConfigError, match=r"mqtt.room_id = .a/b.: must be one topic level"):
         load_settings(str(path))

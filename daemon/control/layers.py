@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from daemon.config import RENAMED_KEYS, RoomSettings, Settings
+from daemon.config import RoomSettings, Settings
+from daemon.moved_keys import RENAMED_KEYS
 
 Layer = Literal["file", "fleet", "site", "room"]
 OVERRIDE_LAYERS: tuple[Layer, ...] = ("fleet", "site", "room")
