@@ -148,7 +148,7 @@ class Daemon:
         self.shared = self._make_shared_budget()
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
-            self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
+            self._publish_recent, settings.captions.recent, settings.captions.recent_clear_s
         )
         self.captions = self._captions_for(None)
         self.lanes = CaptionLanes(self._make_lane, self.room)

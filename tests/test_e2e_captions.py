@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.rig, pytest.mark.e2e]
 
 EXTRA = ["de", "fr"]
 LANGS = [TARGET_LANG, *EXTRA]
-SETTINGS = {"ROOM__CAPTION_LANGS": json.dumps(EXTRA), "MQTT__RECENT_CAPTIONS": "2"}
+SETTINGS = {"ROOM__CAPTION_LANGS": json.dumps(EXTRA), "CAPTIONS__RECENT": "2"}
 PARTS = [("en_sr_english", 0.5), ("fr_sr_french", 1.5), ("ko_pv_leopard", 1.5)]
 TONE_HZ_TOLERANCE = 10.0
 MAX_RATE = AudioSettings().max_playback_rate
