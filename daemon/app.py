@@ -177,6 +177,8 @@ class Daemon:
             output,
             self.counters,
             max_backlog_s=self.settings.audio.max_playback_backlog_s,
+            max_rate=self.settings.audio.max_playback_rate,
+            more_coming=lambda: self.health.hearing or self.sequencer.unreleased > 1,
             on_event=self._on_playback,
             fmt=self.profile.output if self.profile is not None else None,
             played=played,
@@ -286,6 +288,7 @@ class Daemon:
     def _more_status(self) -> Mapping[str, Any]:
         return {
             "echo": {**self.echo.describe(), "ducking": self.playback.ducked},
+            "playback": {"rate": round(self.playback.pace_rate, 2)},
             "service": {
                 "requests_per_minute": self.load.per_minute(),
                 "throttled": self.load.throttling,
@@ -318,6 +321,7 @@ class Daemon:
             self.counters,
             self.source.wall_time,
             confirmer=self._confirmer,
+            may_cut=lambda: not self.load.shed_reason(),  # short of requests: merge
         )
         async for captured in self.source.frames():
             self._last_frame = time.monotonic()

@@ -165,6 +165,9 @@ class SegmenterSettings(_Section):
     start_window_ms: int = Field(default=240, ge=30, le=2000)
     start_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
     hangover_ms: int = Field(default=600, ge=60, le=5000)
+    split_pause_ms: int = Field(default=200, ge=60, le=5000)
+    split_after_s: float = Field(default=5.0, ge=0.0, le=60.0)
+    split_rest_ms: int = Field(default=300, ge=30, le=5000)
     post_roll_ms: int = Field(default=150, ge=0, le=2000)
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)
@@ -232,6 +235,7 @@ class AudioSettings(_Section):
     echo_tail_ms: int = Field(default=300, ge=0, le=5000)
     duck_db: float = Field(default=10.0, ge=0.0, le=40.0)
     max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
+    max_playback_rate: float = Field(default=1.4, ge=1.0, le=2.0)  # 1.0: never faster
     stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
     ready_timeout_s: float = Field(default=10.0, ge=0.0, le=300.0)
     no_input_restart_s: float = Field(default=120.0, ge=0.0)

@@ -123,6 +123,18 @@ class PlayQueue:
         with self._lock:
             return self._backlog()
 
+    def ahead_of(self, utt_id: int) -> int:
+        """Samples of earlier utterances still to play before `utt_id`'s audio."""
+        with self._lock:
+            total = 0
+            for utt in self._queue:
+                if utt.id == utt_id:
+                    break
+                total += utt.pending_len
+                if utt.in_ring:
+                    total += max(0, utt.end - max(utt.start, self._read))
+            return total
+
     def audible_until(self, now: float, lead: float) -> float:
         """Monotonic time until which the speaker sounds (or will sound) queued audio."""
         with self._lock:
