@@ -4,6 +4,7 @@ simulator."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import socket
 import sys
 from collections.abc import Callable
@@ -237,6 +238,23 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _command(argv)
+    finally:
+        _skip_portaudio_terminate()
+
+
+def _skip_portaudio_terminate() -> None:
+    """No Pa_Terminate at exit: every stream is closed by then, and on a loaded machine
+    PortAudio's terminate can block for good in the sound server's client (seen through
+    ALSA's PulseAudio plugin: `roomtranslate check` printed its results, then hung in
+    sounddevice's exit handler). The process's end releases what PortAudio still holds."""
+    sounddevice = sys.modules.get("sounddevice")
+    if sounddevice is not None:
+        atexit.unregister(sounddevice._exit_handler)
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)

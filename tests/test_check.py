@@ -156,6 +156,22 @@ def test_wrong_broker_password(
     assert any(word in found["broker"].lower() for word in ("password", "authori")), found
 
 
+def test_check_ends_when_portaudio_would_hang_at_exit(
+    rig: Any, broker: Broker, service: Simulator, tmp_path: Path
+) -> None:
+    """PortAudio's terminate blocking at exit (a loaded machine's sound server) does not
+    keep the command from ending: nothing calls it once the checks are done."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time, sounddevice\nsounddevice._terminate = lambda: time.sleep(3600)\n"
+    )
+    config = write_config(tmp_path, broker, service)
+    result = check(rig, config, "--no-service", env={"PYTHONPATH": f"{hook}:{ROOT}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✓ output:" in result.stdout
+
+
 def test_room_id_already_online(
     rig: Any, broker: Broker, service: Simulator, tmp_path: Path
 ) -> None:
