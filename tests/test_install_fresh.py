@@ -487,8 +487,8 @@ def room_config(template: str, sim: Simulator, broker: Broker) -> str:
             f'base_url = "{sim.base_url}"',
         ),
         (
-            '[mqtt]\nenabled = true\nhost = "localhost"\nport = 1883\n',
-            f'[mqtt]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n',
+            'enabled = true\nhost = "localhost"\nport = 1883\n',
+            f'enabled = true\nhost = "{broker.host}"\nport = {broker.port}\n',
         ),
         ('# room_id = "meeting-room-3"', f'room_id = "{ROOM}"'),
     ]
