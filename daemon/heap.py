@@ -113,14 +113,18 @@ Exec = Callable[[str, list[str], dict[str, str]], object]
 def exec_with_system_malloc(execve: Exec = os.execve) -> None:
     """Re-execute this process (same PID, same arguments) with PYTHONMALLOC=malloc when
     it runs on pymalloc with glibc; returns when there is nothing to do: already on
-    malloc, not glibc, or PYTHONMALLOC set and ignored (python -E), which would loop."""
+    malloc, not glibc, PYTHONMALLOC set (and ignored under python -E, which would loop),
+    or the exec refused."""
     pymalloc = sys.getallocatedblocks() > 0  # always 0 without pymalloc
     if not pymalloc or _glibc() is None or "PYTHONMALLOC" in os.environ:
         return
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, "PYTHONMALLOC": "malloc"}
-    execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError as exc:  # a sandbox without execve: pymalloc it is
+        log.warning("could not re-execute on glibc's malloc (%s): staying on pymalloc", exc)
 
 
 class HeapTrimmer:

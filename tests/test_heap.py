@@ -182,3 +182,14 @@ def test_the_trimmer_trims_every_interval_and_keeps_the_longest() -> None:
     assert slept == [30.0, 30.0, 30.0]
     assert len(trimmed) == trimmer.trims == 3
     assert trimmer.longest_ms == pytest.approx(30.0)
+
+
+def test_a_refused_exec_leaves_the_process_running_on_pymalloc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+
+    def refused(path: str, argv: list[str], env: dict[str, str]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    exec_with_system_malloc(refused)  # returns
