@@ -292,10 +292,13 @@ async def drive(
     cycles = await faults
     broker_restarts = await restarts
     final = sample(daemon, source, began)
+    final_detail = detail.line() if args.memory_detail else ""
     daemon.stop()
     await run
     after = sample(daemon, source, began)  # shutdown dropped what was left (counted)
     print(final.line())
+    if args.memory_detail:
+        print(final_detail)
     return report(
         samples=samples,
         final=final,

@@ -121,6 +121,13 @@ def rss_figures() -> str:
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
         name, value, *_ = line.split()
         rollup[name.rstrip(":")] = int(value) / 1024
+    main_heap = 0.0
+    in_heap = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line[0].isupper():  # a mapping's first line
+            in_heap = line.endswith("[heap]")
+        elif in_heap and line.startswith("Rss:"):
+            main_heap = int(line.split()[1]) / 1024
     heap = heap_figures()
     mb = 1024 * 1024
     glibc = (
@@ -131,7 +138,7 @@ def rss_figures() -> str:
     )
     return (
         f"  memory: anon {rollup['Anonymous']:.1f} MB, "
-        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB; {glibc}; "
+        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB, [heap] {main_heap:.1f} MB; {glibc}; "
     )
 
 
