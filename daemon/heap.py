@@ -16,14 +16,13 @@ along, back to its 128 KiB. `Daemon.run()` calls it. A large buffer still comes 
 heap when a free hole there fits it; the heap no longer grows for one.
 
 Python's small objects (≤ 512 B) come from pymalloc, which takes 1 MiB arenas from the
-system and gives one back only when every object in it is free. A few long-lived objects
-made in a busy moment (a counter's new value, a timestamp kept) hold their arenas for
-hours, and each new busy peak takes fresh ones: the soak's RSS rose ~12 MB in 48 room
-hours with the live objects flat (arenas 36 → 48). `exec_with_system_malloc()` makes
-`roomtranslate run` re-execute itself with PYTHONMALLOC=malloc, so small objects come
-from glibc too, between which a free 4 KiB page can be returned; `HeapTrimmer` returns
-them every `TRIM_EVERY_S` (malloc_trim(0) gives back every free page, not only the top of
-the heap). Without glibc (musl, macOS) there is nothing to do. `heap_figures()` reads
+system and gives one back only when every block in it is free: a few long-lived blocks
+made in a busy moment keep their arenas, and busy moments keep taking fresh ones (the
+soak's RSS grew ~18 MB in 48 room hours with the live objects flat, see
+docs/testing.md). `exec_with_system_malloc()` makes `roomtranslate run` re-execute itself
+with PYTHONMALLOC=malloc, so small objects come from glibc too, and `HeapTrimmer` calls
+malloc_trim(0) every `TRIM_EVERY_S`, which returns every free 4 KiB page, wherever it
+is in the heap. Without glibc (musl, macOS) there is nothing to do. `heap_figures()` reads
 mallinfo2 for the soak.
 """
 
