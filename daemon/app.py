@@ -149,7 +149,7 @@ class Daemon:
         self.shared = self._make_shared_budget()
         self._caption_seq = itertools.count(1)  # one seq for every caption language
         self.recent = RecentCaptions(
-            self._publish_recent, settings.mqtt.recent_captions, settings.mqtt.recent_clear_s
+            self._publish_recent, settings.captions.recent, settings.captions.recent_clear_s
         )
         self.captions = self._captions_for(None)
         self.lanes = CaptionLanes(self._make_lane, self.room)
@@ -179,6 +179,8 @@ class Daemon:
             output,
             self.counters,
             max_backlog_s=self.settings.audio.max_playback_backlog_s,
+            max_rate=self.settings.audio.max_playback_rate,
+            more_coming=lambda: self.health.hearing or self.sequencer.unreleased > 1,
             on_event=self._on_playback,
             fmt=self.profile.output if self.profile is not None else None,
             played=played,
@@ -288,6 +290,7 @@ class Daemon:
     def _more_status(self) -> Mapping[str, Any]:
         return {
             "echo": {**self.echo.describe(), "ducking": self.playback.ducked},
+            "playback": {"rate": round(self.playback.pace_rate, 2)},
             "service": {
                 "requests_per_minute": self.load.per_minute(),
                 "throttled": self.load.throttling,
@@ -320,6 +323,7 @@ class Daemon:
             self.counters,
             self.source.wall_time,
             confirmer=self._confirmer,
+            may_cut=lambda: not self.load.shed_reason(),  # short of requests: merge
         )
         async for captured in self.source.frames():
             self._last_frame = time.monotonic()

@@ -16,10 +16,11 @@ import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from daemon import moved_keys
 from daemon.identity import default_room_id
 from daemon.languages import LANGUAGES, check_voice
 
@@ -163,6 +165,9 @@ class SegmenterSettings(_Section):
     start_window_ms: int = Field(default=240, ge=30, le=2000)
     start_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
     hangover_ms: int = Field(default=600, ge=60, le=5000)
+    split_pause_ms: int = Field(default=200, ge=60, le=5000)
+    split_after_s: float = Field(default=5.0, ge=0.0, le=60.0)
+    split_rest_ms: int = Field(default=300, ge=30, le=5000)
     post_roll_ms: int = Field(default=150, ge=0, le=2000)
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     max_utterance_s: float = Field(default=15.0, ge=2.0, le=60.0)
@@ -230,12 +235,24 @@ class AudioSettings(_Section):
     echo_tail_ms: int = Field(default=300, ge=0, le=5000)
     duck_db: float = Field(default=10.0, ge=0.0, le=40.0)
     max_playback_backlog_s: float = Field(default=20.0, ge=1.0, le=600.0)
+    max_playback_rate: float = Field(default=1.4, ge=1.0, le=2.0)  # 1.0: never faster
     stop_cap_s: float = Field(default=5.0, ge=0.0, le=60.0)
     ready_timeout_s: float = Field(default=10.0, ge=0.0, le=300.0)
     no_input_restart_s: float = Field(default=120.0, ge=0.0)
 
 
+def _topic_level(value: str) -> str:
+    if any(c in value for c in "+#/\0"):
+        raise ValueError("must be one topic level, without + # /")
+    return value
+
+
+TopicLevel = Annotated[str, AfterValidator(_topic_level)]
+
+
 class MqttSettings(_Section):
+    """The broker connection and the room's place on it (`<prefix>/<room_id>/...`)."""
+
     enabled: bool = True
     host: str = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -246,46 +263,48 @@ class MqttSettings(_Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    prefix: str = "roomtranslate"
-    room_id: str = Field(default="", validate_default=True)  # "": the hostname
-    device_id: str = ""  # "" = derived from /etc/machine-id (daemon.identity.device_id)
+    prefix: TopicLevel = Field(default="roomtranslate", min_length=1)
+    room_id: TopicLevel = ""  # "" = the hostname, filled in by `load_settings` (`with_room_id`)
+    device_id: TopicLevel = ""  # "" = derived from /etc/machine-id (identity.device_id)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     outbox_size: int = Field(default=200, ge=1, le=100_000)
     status_interval_s: float = Field(default=30.0, ge=1.0)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    recent_captions: int = Field(default=6, ge=0, le=100)
-    recent_clear_s: float = Field(default=600.0, gt=0)
-    # Remote configuration (daemon/control): the site layer, Home Assistant, rate limit.
-    site: str = ""
-    ha_discovery: bool = True
-    ha_prefix: str = "homeassistant"
-    config_changes_per_s: float = Field(default=5.0, gt=0, le=1000)
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _check_tls_file(cls, value: Path | None) -> Path | None:
         return _check_file(value)
 
-    @field_validator("room_id")
-    @classmethod
-    def _default_room(cls, value: str) -> str:
-        return value or default_room_id()
-
     @model_validator(mode="after")
-    def _check_topics(self) -> MqttSettings:
-        for name in ("prefix", "room_id", "device_id", "ha_prefix"):
-            value = getattr(self, name)
-            if (not value and name != "device_id") or any(c in value for c in "+#/\0"):
-                empty = "" if name == "device_id" else "non-empty "
-                raise ValueError(f"{name} must be a {empty}topic level without + # /")
+    def _check_pairs(self) -> MqttSettings:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not be greater than reconnect_max_s")
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file is set but cert_file is not")
-        if self.site and any(c in self.site for c in "+#/\0"):
-            raise ValueError("site must be a topic level without + # / (or empty: no site)")
         return self
+
+
+class CaptionSettings(_Section):
+    """The retained `captions/<lang>/recent` documents for displays that join late."""
+
+    recent: int = Field(default=6, ge=0, le=100)
+    recent_clear_s: float = Field(default=600.0, gt=0)
+
+
+class RemoteConfigSettings(_Section):
+    """Room settings changed over MQTT (daemon/control/): the site layer, the rate limit."""
+
+    site: TopicLevel = ""  # "" = no site layer
+    changes_per_s: float = Field(default=5.0, gt=0, le=1000)
+
+
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery (daemon/control/homeassistant.py)."""
+
+    discovery: bool = True
+    discovery_prefix: TopicLevel = Field(default="homeassistant", min_length=1)
 
 
 class LogSettings(_Section):
@@ -313,6 +332,9 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     audio: AudioSettings = AudioSettings()
     mqtt: MqttSettings = MqttSettings()
+    captions: CaptionSettings = CaptionSettings()
+    remote_config: RemoteConfigSettings = RemoteConfigSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     log: LogSettings = LogSettings()
     state_dir: Path = DEFAULT_STATE_DIR
 
@@ -325,8 +347,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
+        # The TOML file arrives as init kwargs; the environment overrides it. Each source
+        # has its renamed keys moved on its own, so the environment still wins.
+        return (moved_keys.RenamingSource(env_settings), moved_keys.RenamingSource(init_settings))
 
 
 class ConfigError(Exception):
@@ -365,12 +388,15 @@ def _is_section(annotation: object) -> bool:
 
 
 def _setting_names() -> dict[str, set[str]]:
-    """Section name → its keys, upper case (as the environment spells them)."""
-    return {
+    """Section name → its keys (renamed ones too), upper case as the environment has them."""
+    names = {
         section.upper(): {key.upper() for key in info.annotation.model_fields}  # type: ignore[union-attr]
         for section, info in Settings.model_fields.items()
         if _is_section(info.annotation)
     }
+    for section, key in moved_keys.RENAMED_KEYS:
+        names[section.upper()].add(key.upper())
+    return names
 
 
 def _top_level_names() -> set[str]:
@@ -389,7 +415,9 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     """
     sections = _setting_names()
     top_level = _top_level_names()
+    renamed = {f"{ENV_PREFIX}{s}__{k}".upper() for s, k in moved_keys.RENAMED_KEYS}
     valid = [f"{ENV_PREFIX}{s}__{k}" for s, keys in sections.items() for k in keys]
+    valid = [name for name in valid if name not in renamed]
     valid += [f"{ENV_PREFIX}{name}" for name in (*sections, *top_level, *OTHER_ENV_VARIABLES)]
     problems = []
     for name in sorted(environ):
@@ -414,13 +442,6 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-# Settings an earlier version had elsewhere: the error says where they are now.
-MOVED_SETTINGS = {
-    "budget": "moved: the daily cap is now room.daily_audio_s (settable over MQTT)",
-    "budget.daily_audio_s": "moved to room.daily_audio_s (settable over MQTT)",
-}
-
-
 def _describe(error: Mapping[str, Any], section: str) -> str:
     loc = (
         ".".join(
@@ -432,7 +453,7 @@ def _describe(error: Mapping[str, Any], section: str) -> str:
     )
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
-        moved = MOVED_SETTINGS.get(loc)
+        moved = moved_keys.MOVED_SETTINGS.get(loc)
         return f"{loc}: {moved}" if moved else f"{loc}: unknown setting"
     if error.get("type") == "missing":
         return f"{loc}: required setting is missing"
@@ -458,13 +479,15 @@ def load_settings(
     """Load and validate the configuration; raise ConfigError with readable lines.
 
     Sources, lowest first: defaults < TOML file < environment (`ROOMTRANSLATE_SECTION__KEY`)
-    < `overrides` (command-line options such as `--to`).
+    < `overrides` (command-line options such as `--to`). The room id left empty is the
+    hostname's (`with_room_id`).
     """
     path = config_path(cli_path, os.environ)
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
     where = f"{path}: " if path is not None else ""
     problems = check_environment(os.environ)
     try:
+        problems += moved_keys.check_renamed(Settings, data, where, ENV_PREFIX)
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(problems + describe_validation_error(exc, where)) from None
@@ -472,7 +495,15 @@ def load_settings(
         raise ConfigError(problems or [f"environment: {exc}"]) from None
     if problems:
         raise ConfigError(problems)
-    return apply_overrides(settings, overrides or {})
+    return with_room_id(apply_overrides(settings, overrides or {}), default_room_id())
+
+
+def with_room_id(settings: Settings, default: str) -> Settings:
+    """`settings` with `mqtt.room_id` set to `default` when it is empty."""
+    if settings.mqtt.room_id:
+        return settings
+    mqtt = settings.mqtt.model_copy(update={"room_id": default})
+    return settings.model_copy(update={"mqtt": mqtt})
 
 
 def apply_overrides(settings: Settings, overrides: Mapping[str, Mapping[str, Any]]) -> Settings:

@@ -4,8 +4,9 @@ The service allows `api.requests_per_minute` requests a minute per account. The 
 asks `admit()` before every request it sends (each attempt) and notes every 429. A room
 alone sends its speech at once and sheds (counts) an extra caption language while the
 service throttles or the last minute's requests reach the budget, so the room's speech
-keeps its share. A room that shares an account with others (`room.account`) is paced
-to its share instead (`pacer`, set by daemon/fleet/account.py).
+keeps its share (and the segmenter makes fewer, longer clips meanwhile). A room that
+shares an account with others (`room.account`) is paced to its share instead (`pacer`,
+set by daemon/fleet/account.py).
 """
 
 from __future__ import annotations

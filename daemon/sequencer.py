@@ -64,6 +64,11 @@ class Sequencer:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def unreleased(self) -> int:
+        """Utterances whose results are not all released yet (the one being released too)."""
+        return len(self._order)
+
     def submit(self, utt: Utterance) -> None:
         """Queue an utterance without waiting; drop per policy when the queue is full."""
         slot = _Slot(utt)

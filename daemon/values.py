@@ -34,6 +34,7 @@ class UtteranceStats:
     mean_dbfs: float
     peak_dbfs: float
     split: bool  # cut at the maximum length rather than ended by silence
+    pause_cut: bool = False  # ended in a pause of the talk, the speech after it the next clip
 
 
 @dataclass(slots=True)

@@ -98,7 +98,9 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
         state = args.state_dir or Path(tmp)
-        settings = Settings(state_dir=state, mqtt={"config_changes_per_s": 1000.0})
+        settings = Settings(
+            state_dir=state, mqtt={"room_id": "room-1"}, remote_config={"changes_per_s": 1000.0}
+        )
         room = LiveRoom(settings.room)
         plane = ControlPlane(settings, room, Counters(), lambda what, why: None)
         sink = Sink()

@@ -28,7 +28,8 @@ bucket of the held-out half, per side:
 - people cut, sent: the share of the people's speech (voiced 10 ms frames of their
   turns) inside the clips the segmenter cut, and inside sent clips;
 - alone sent: of the clips the segmenter cut with under 0.1 s of a person's speech in
-  them (our voice alone, or noise), those the guard let pass;
+  them and at least half of what the microphone heard over them our echo (our voice
+  alone, not the room's noise), those the guard let pass;
 - person dropped: of the clips with at least 0.2 s of a person's speech, those dropped;
 - own-speech req: sent clips with more than 10% of their energy our echo (`echo_share`).
 
@@ -380,6 +381,7 @@ def _dump(path: Path, params: dict[int, echo_rooms.RoomParams], sides: dict[str,
                         "end_s": c.end / RATE,
                         "person_s": c.person_s,
                         "echo_share": c.echo_share,
+                        "heard_echo_share": c.heard_echo_share,
                         "outcome": "sent" if c.sent else "dropped",
                         "last_judgement": c.judgement,
                     }

@@ -12,19 +12,24 @@ pushed to the Segmenter at their real-time pace, its clips go through the Sequen
 stand-in for the service (first text after `--first-text-s`, then speech `--ratio-min`–
 `--ratio-max` times as long as the clip, streamed `--audio-pace` times faster than real
 time), and the ordered results go, as the daemon routes them, to captions (the first text
-delta) and to `Playback` (its queue rendered by a virtual PortAudio callback every 10 ms).
+delta) and to `Playback` (its queue rendered by a virtual PortAudio callback every
+10 ms).
 
 Per source sentence (the clip holding its end): sentence end → first caption text, and
 sentence end → the first sample of its translation audible on the speaker; p50/p95/max
-over all meetings; and each monologue's first caption from its start. With `--baseline
-REF` the same scenarios also run against REF's daemon (a temporary git worktree, in a
-subprocess) and both are printed side by side.
+over all meetings, and the sentences whose first caption came more than 3.5 s after their
+end counted by what their clip waited for (the service, or the speech after a pause the
+segmenter did not end the clip in, and why); and each monologue's first caption from its
+start. `--seed` draws the meetings (1: the reported ones; set thresholds on others). With
+`--baseline REF` the same scenarios also run against REF's daemon (a temporary git
+worktree, in a subprocess) and both are printed side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import random
@@ -32,8 +37,9 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +94,7 @@ TURN_LEVEL_RMS = 0.05  # every turn levelled to this RMS
 BLOCK_S = 0.010  # the virtual output callback's block
 DAC_LEAD_S = 0.040  # callback → DAC
 TEXT_PIECES = 4
+SLOW_CAPTION_S = 3.5  # the issue's p95 target for sentence end → first caption text
 
 
 # ----------------------------------------------------------------------------- clock
@@ -260,6 +267,8 @@ class SceneResult:
     speech_start: float
     max_backlog_s: float
     skipped_s: float
+    feed_cpu_s: float
+    duration_s: float
 
 
 class Run:
@@ -271,9 +280,16 @@ class Run:
         self.room = LiveRoom(RoomSettings())
         self.settings = SegmenterSettings()
         self.sequencer = Sequencer(PipelineSettings(), service.translate, self.room, self.counters)
-        self.playback = Playback(None, self.counters, on_event=self._on_playback)
+        self.playback = Playback(
+            None,
+            self.counters,
+            on_event=self._on_playback,
+            **more_coming(lambda: self.hearing or self.sequencer.unreleased > 1),
+        )
         self.clips: dict[int, Clip] = {}
         self.max_backlog_s = 0.0
+        self.hearing = False  # the segmenter is in speech (the daemon's health.hearing)
+        self.feed_cpu_s = 0.0  # process time in Playback's feeding side (stretch, resample)
         self._done = False
 
     async def main(self) -> SceneResult:
@@ -291,6 +307,8 @@ class Run:
             self.scene.sentences[0][0],
             self.max_backlog_s,
             skipped,
+            self.feed_cpu_s,
+            len(self.scene.audio) / SAMPLE_RATE,
         )
 
     async def _feed(self) -> None:
@@ -304,6 +322,7 @@ class Run:
             for event in segmenter.push(Frame(start, audio[start : start + frame_n].copy())):
                 if isinstance(event, Utterance):
                     self._submit(event, loop.time())
+            self.hearing = segmenter.speaking
         for event in segmenter.flush():
             if isinstance(event, Utterance):
                 self._submit(event, loop.time())
@@ -323,12 +342,16 @@ class Run:
                 if clip.first_text is None:
                     clip.first_text = loop.time()
             elif isinstance(event, AudioChunk):
+                began = time.perf_counter()
                 if not playback.is_open(utt.id):
                     playback.start_utterance(utt.id, utt.timeline)
                 playback.feed(utt.id, event.pcm)
+                self.feed_cpu_s += time.perf_counter() - began
                 self.max_backlog_s = max(self.max_backlog_s, playback.backlog_s())
             elif isinstance(event, Outcome) and playback.is_open(utt.id):
+                began = time.perf_counter()
                 playback.end_utterance(utt.id)
+                self.feed_cpu_s += time.perf_counter() - began
         self._done = True
 
     async def _render(self) -> None:
@@ -352,6 +375,13 @@ class Run:
             clip.skipped_s += event.seconds
 
 
+def more_coming(check: Callable[[], bool]) -> dict[str, Any]:
+    """Playback's `more_coming` argument as the daemon passes it, where Playback has it."""
+    if "more_coming" in inspect.signature(Playback).parameters:
+        return {"more_coming": check}
+    return {}
+
+
 def run_scene(scene: Scene, service: Service) -> SceneResult:
     loop = VirtualLoop()
     try:
@@ -373,20 +403,42 @@ def clip_of(clips: list[Clip], end_s: float) -> Clip | None:
     return best
 
 
-def figures(results: list[SceneResult]) -> dict[str, Any]:
+def slow_cause(clip: Clip, end: float, gap: float, first_text_s: float) -> str:
+    """Why a sentence's first caption came late: what its clip waited for."""
+    settings = SegmenterSettings()
+    if clip.first_text is not None and clip.first_text - clip.cut_at > first_text_s + 0.05:
+        return "waited for the service"
+    if clip.end_s - end < 0.5:
+        return "clip ended late"
+    hangover = settings.hangover_ms / 1000
+    split_after = float(getattr(settings, "split_after_s", float("inf")))
+    if gap >= hangover:
+        return "pause ≥ hangover heard shorter"
+    if end - clip.start_s < split_after:
+        return "pause<hangover, clip<split_after"
+    return "pause<hangover, clip≥split_after"
+
+
+def figures(results: list[SceneResult], first_text_s: float) -> dict[str, Any]:
+    """p50/p95/max per source sentence; the sentences over SLOW_CAPTION_S by cause."""
     caption: list[float] = []
     speech: list[float] = []
+    slow: dict[str, int] = {}
     missed = unheard = sentences = 0
     for r in results:
         if r.kind != "meeting":
             continue
-        for _, end in r.sentences:
+        for k, (_, end) in enumerate(r.sentences):
             sentences += 1
             clip = clip_of(r.clips, end)
             if clip is None or clip.first_text is None:
                 missed += 1
                 continue
             caption.append(clip.first_text - end)
+            if clip.first_text - end > SLOW_CAPTION_S:
+                after = r.sentences[k + 1][0] - end if k + 1 < len(r.sentences) else 9.9
+                cause = slow_cause(clip, end, after, first_text_s)
+                slow[cause] = slow.get(cause, 0) + 1
             if clip.audible_at is None:
                 unheard += 1
             else:
@@ -401,7 +453,11 @@ def figures(results: list[SceneResult]) -> dict[str, Any]:
         "speech": stats(speech),
         "max_backlog_s": max((r.max_backlog_s for r in meetings), default=0.0),
         "skipped_s": sum(r.skipped_s for r in meetings),
+        "feed_core_pct": 100
+        * sum(r.feed_cpu_s for r in meetings)
+        / max(sum(r.duration_s for r in meetings), 1e-9),
         "monologues": {},
+        "slow": slow,
     }
     for r in results:
         if r.kind == "monologue":
@@ -436,8 +492,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         args.ratio_max,
         speech_library(str(args.audio_dir)),
     )
-    results = [run_scene(s, service) for s in scenes(args.audio_dir, args.meetings, args.turns, 1)]
-    return figures(results)
+    chosen = scenes(args.audio_dir, args.meetings, args.turns, args.seed)
+    results = [run_scene(s, service) for s in chosen]
+    return figures(results, args.first_text_s)
 
 
 def print_table(columns: dict[str, dict[str, Any]]) -> None:
@@ -465,8 +522,12 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
     ):
         for q in ("p50", "p95", "max"):
             row(f"{label} {q} (s)", lambda c, k=key, q=q: c[k][q])
+    causes = sorted({cause for c in columns.values() for cause in c.get("slow", {})})
+    for cause in causes:
+        row(f"over {SLOW_CAPTION_S} s: {cause}", lambda c, k=cause: c["slow"].get(k, 0), "{:>14d}")
     row("largest playback backlog (s)", lambda c: c["max_backlog_s"])
     row("speech skipped (s)", lambda c: c["skipped_s"])
+    row("playback feeding, % of a core", lambda c: c["feed_core_pct"])
     for mono in first["monologues"]:
         row(f"{mono}: first caption (s)", lambda c, m=mono: c["monologues"][m]["first_caption_s"])
         row(f"{mono}: first heard (s)", lambda c, m=mono: c["monologues"][m]["first_heard_s"])
@@ -519,6 +580,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO_DIR)
     parser.add_argument("--meetings", type=int, default=5)
     parser.add_argument("--turns", type=int, default=8, help="turns per meeting")
+    parser.add_argument("--seed", type=int, default=1, help="the meetings drawn (1: reported)")
     parser.add_argument("--first-text-s", type=float, default=1.5)
     parser.add_argument("--audio-pace", type=float, default=10.0)
     parser.add_argument("--ratio-min", type=float, default=1.0)
@@ -546,7 +608,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.ratio_max:.1f}× the clip, streamed {args.audio_pace:.0f}× real time"
     )
     print_table(columns)
+    print_stretch_cost(speech_library(str(args.audio_dir)))
     return 0
+
+
+def print_stretch_cost(library: tuple[Pcm, ...]) -> None:
+    """This tree's time-stretch alone: 30 s of speech far behind (at the full rate), fed
+    in pieces of 10 ms and of 100 ms (what the service streams)."""
+    from daemon.playback.pace import Pace
+
+    speech = np.concatenate(library)[: 30 * OUTPUT_RATE]
+    seconds = len(speech) / OUTPUT_RATE
+    for piece_ms in (10, 100):
+        pace = Pace(OUTPUT_RATE, 1.4, rate=1.4)
+        step = OUTPUT_RATE * piece_ms // 1000
+        began = time.process_time()
+        for offset in range(0, len(speech), step):
+            pace.feed(speech[offset : offset + step], 10.0)
+        pace.finish()
+        share = (time.process_time() - began) / seconds
+        print(
+            f"time-stretch at 1.4×, fed {piece_ms} ms at a time: {share * 0.01 * 1e6:.0f} µs"
+            f" per 10 ms of speech, {share:.2%} of a core (CPU time)"
+        )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ LATENCY_S = 0.3  # clip cut → our translation starts playing
 LEAD_S = 0.04  # the playback callback writes this far ahead
 SETTLE_S = 2.0  # a room runs until this long (plus RT60) after the last turn and our last sound
 OWN_SHARE = 0.1  # a request with more of its energy our echo carries our speech
-ALONE_S = 0.1  # a clip with less of a person's speech is our voice alone
+ALONE_S = 0.1  # a clip with less of a person's speech ...
+HEARD_ECHO = 0.5  # ... and more of what the microphone heard our echo is our voice alone
 PERSON_S = 0.2  # a clip with at least this much of a person's speech has a person
 
 
@@ -85,6 +86,7 @@ class Clip:
     end: int
     person_s: float  # a person's (voiced) speech inside it
     echo_share: float
+    heard_echo_share: float  # of the microphone's energy over the clip, our echo's
     sent: bool
     judgement: Any = None  # the stage's `last_judgement`, where it has one
 
@@ -192,6 +194,13 @@ class ClosedLoop:
             self.played.write(chunk, (self.written + block) / clock)
             self.written += block
 
+    def _heard_echo_share(self, start: int, end: int) -> float:
+        """Of what the microphone heard over [start, end), the share that was our echo."""
+        echo = self.echo[start:end]
+        rest = self.room.people[start:end] + self.room.noise[start:end]
+        echo_energy = float(np.dot(echo, echo))
+        return echo_energy / (echo_energy + float(np.dot(rest, rest)) + 1e-20)
+
     def _clip(self, utt: Any, now: float) -> None:
         from daemon.values import Utterance
 
@@ -205,6 +214,7 @@ class ClosedLoop:
                 end=utt.end,
                 person_s=float(np.sum(self.room.truth[utt.start : utt.end])) / RATE,
                 echo_share=echo_share(clip, self.echo, utt.start),
+                heard_echo_share=self._heard_echo_share(utt.start, utt.end),
                 sent=isinstance(screened, Utterance),
                 judgement=copy.deepcopy(getattr(self.stage, "last_judgement", None)),
             )
@@ -234,7 +244,7 @@ def truth_in(truth: npt.NDArray[np.bool_], clips: Iterable[Clip]) -> float:
 def figures(runs: Sequence[RoomRun]) -> dict[str, float]:
     """The matrix's rates over `runs` (pooled: sums of counts over sums of counts)."""
     clips = [c for r in runs for c in r.clips]
-    alone = [c for c in clips if c.person_s < ALONE_S]
+    alone = [c for c in clips if c.person_s < ALONE_S and c.heard_echo_share >= HEARD_ECHO]
     with_person = [c for c in clips if c.person_s >= PERSON_S]
     sent = [c for c in clips if c.sent]
     truth = sum(r.truth_s for r in runs)

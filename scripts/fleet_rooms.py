@@ -224,8 +224,8 @@ def daemon_settings(args: argparse.Namespace) -> Settings:
                 "room_id": args.room,
                 "device_id": f"{args.prefix}-{args.room}",  # one client id per fleet
                 "status_interval_s": args.status_s,
-                "ha_discovery": False,
             },
+            "homeassistant": {"discovery": False},
             "log": {"level": "WARNING"},
         },
     ).model_copy(update={"state_dir": Path(args.state)})

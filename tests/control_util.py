@@ -46,11 +46,9 @@ def mqtt_settings(broker: Broker, **changes: Any) -> MqttSettings:
         "port": broker.port,
         "prefix": PREFIX,
         "room_id": ROOM,
-        "site": SITE,
         "keepalive_s": 5,
         "reconnect_min_s": 0.05,
         "reconnect_max_s": 0.2,
-        "config_changes_per_s": 1000.0,
     }
     return MqttSettings(**(values | changes))
 
@@ -75,6 +73,8 @@ async def control_plane(
     room: Mapping[str, Any] | None = None,
     connect: bool = True,
     clock: Callable[[], float] | None = None,
+    remote_config: Mapping[str, Any] | None = None,
+    homeassistant: Mapping[str, Any] | None = None,
     **mqtt: Any,
 ) -> AsyncIterator[Plane]:
     """ControlPlane + MqttLink wired as the daemon wires them, connected (or, with
@@ -83,6 +83,8 @@ async def control_plane(
     settings = Settings(
         room=RoomSettings(**(room or {})),
         mqtt=mqtt_settings(broker, **mqtt),
+        remote_config={"site": SITE, "changes_per_s": 1000.0, **(remote_config or {})},
+        homeassistant=homeassistant or {},
         state_dir=state_dir,
     )
     counters, health = Counters(), Health()

@@ -12,7 +12,8 @@ event reached the driver), "fed" when a feed step has queued its last chunk, "pr
 lines (audible_until and state), and at the end {"ev": "done", "drained": ..., "counters":
 ...}. All times are time.monotonic(), comparable across processes.
 
-Scenario: {"device": "rig_spk", "max_backlog_s": 20, "drain_timeout": 10,
+Scenario: {"device": "rig_spk", "max_backlog_s": 20, "max_rate": 1.0 (the default: as
+           spoken), "drain_timeout": 10,
            "format": {"rate": 48000, "channels": 2} (a profile's [output]; optional),
            "steps": [step, ...]}. Steps run in order:
   {"op": "start", "utt": 1}                 start_utterance
@@ -75,6 +76,7 @@ class Driver:
             scenario.get("device", "rig_spk"),
             self.counters,
             max_backlog_s=float(scenario.get("max_backlog_s", 20.0)),
+            max_rate=float(scenario.get("max_rate", 1.0)),
             on_event=self.on_event,
             fmt=OutputProfile(**scenario["format"]) if "format" in scenario else None,
         )

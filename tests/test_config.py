@@ -17,7 +17,9 @@ from daemon.config import (
     Settings,
     load_settings,
     resolve_api_key,
+    with_room_id,
 )
+from daemon.identity import default_room_id
 from scripts.paths import AUDIO_DIR, PROJECT_ROOT
 from scripts.procs import run_cli
 
@@ -50,7 +52,8 @@ def test_repository_config_documents_every_key_with_its_default() -> None:
                 shipped = data[section][key]
                 expected = value.get_secret_value() if hasattr(value, "get_secret_value") else value
                 assert shipped == expected, f"{section}.{key}: {shipped!r} != default {expected!r}"
-    assert load_settings(str(PROJECT_ROOT / "config.toml")) == defaults
+    shipped = load_settings(str(PROJECT_ROOT / "config.toml"))
+    assert shipped == with_room_id(defaults, default_room_id())
 
 
 def test_sources_order_file_then_environment_then_options(

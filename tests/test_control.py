@@ -403,7 +403,10 @@ async def test_rate_limit_rejects_the_excess_with_a_reason(tmp_path: Path) -> No
     with Broker() as broker:
         async with (
             control_plane(
-                broker, tmp_path / "state", config_changes_per_s=1.0, clock=lambda: now[0]
+                broker,
+                tmp_path / "state",
+                remote_config={"changes_per_s": 1.0},
+                clock=lambda: now[0],
             ) as cp,
             Operator(broker) as op,
         ):

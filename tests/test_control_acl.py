@@ -55,7 +55,6 @@ def room(broker: Broker, state: Path, room_id: str) -> AbstractAsyncContextManag
         state,
         prefix="roomtranslate",
         room_id=room_id,
-        site="hq",
         username=room_id,
         password=PASSWORD,
     )
@@ -188,7 +187,6 @@ def shared_budget(broker: Broker, room_id: str) -> SharedBudget:
         room_id=room_id,
         username=room_id,
         password=PASSWORD,  # type: ignore[arg-type]
-        site="hq",
     )
     load = ServiceLoad(Counters(), 100)
     return SharedBudget(mqtt, ApiSettings(), load, lambda: "acme", Counters(), heartbeat_s=0.3)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import LiveRoom, MqttSettings, RoomSettings, Settings
+from daemon.config import LiveRoom, MqttSettings, Settings
 from daemon.control import ControlPlane
 from daemon.control.plane import QUEUE_LIMIT
 from daemon.counters import Counters
@@ -97,8 +97,8 @@ async def test_the_newest_group_document_is_kept_however_full_the_queue(tmp_path
     documents keep their newest version per topic, the requests beyond the queue are
     counted."""
     counters = Counters()
-    mqtt = MqttSettings(prefix="rt", room_id="room-7", site="hq")
-    settings = Settings(room=RoomSettings(), mqtt=mqtt, state_dir=tmp_path)
+    mqtt = MqttSettings(prefix="rt", room_id="room-7")
+    settings = Settings(mqtt=mqtt, remote_config={"site": "hq"}, state_dir=tmp_path)
     room = LiveRoom(settings.room)
     control = ControlPlane(settings, room, counters, Health().problem)
     for n in range(QUEUE_LIMIT):

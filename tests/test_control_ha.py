@@ -181,7 +181,9 @@ async def test_discovery_is_published_again_when_home_assistant_comes_online(
 
 async def test_no_discovery_when_turned_off(tmp_path: Path) -> None:
     with Broker() as broker:
-        async with control_plane(broker, tmp_path / "state", ha_discovery=False) as cp:
+        async with control_plane(
+            broker, tmp_path / "state", homeassistant={"discovery": False}
+        ) as cp:
             await eventually(lambda: cp.link.connected)
             assert await retained(broker, CONFIG, wait_s=5.0) is not None
             assert await retained(broker, HA_DISCOVERY) is None

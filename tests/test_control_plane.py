@@ -64,9 +64,12 @@ class Room:
 
 
 @asynccontextmanager
-async def room(tmp_path: Path, **mqtt: Any) -> AsyncIterator[Room]:
+async def room(tmp_path: Path, **remote_config: Any) -> AsyncIterator[Room]:
     settings = Settings(
-        state_dir=tmp_path, mqtt={"room_id": "room-1", "ha_discovery": False, **mqtt}
+        state_dir=tmp_path,
+        mqtt={"room_id": "room-1"},
+        remote_config=remote_config,
+        homeassistant={"discovery": False},
     )
     live, counters, out, clock = LiveRoom(settings.room), Counters(), Published(), [0.0]
     plane = ControlPlane(settings, live, counters, lambda what, why: None, clock=lambda: clock[0])
@@ -137,7 +140,7 @@ async def test_unreadable_requests_are_answered(tmp_path: Path, payload: bytes) 
 
 
 async def test_the_rate_limit_follows_the_planes_clock(tmp_path: Path) -> None:
-    async with room(tmp_path, config_changes_per_s=1.0) as r:
+    async with room(tmp_path, changes_per_s=1.0) as r:
         assert (await r.set(volume=10))["status"] == "ok"
         limited = await r.set(volume=11)
         assert limited["status"] == "error" and "rate limit" in limited["errors"][0]["message"]

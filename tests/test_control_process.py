@@ -43,7 +43,7 @@ def daemon_env(broker: Broker, state_dir: Path, **settings: str) -> dict[str, st
         "MQTT__PORT": str(broker.port),
         "MQTT__RECONNECT_MIN_S": "0.1",
         "MQTT__RECONNECT_MAX_S": "0.5",
-        "MQTT__CONFIG_CHANGES_PER_S": "1000",
+        "REMOTE_CONFIG__CHANGES_PER_S": "1000",
         "API__BASE_URL": "http://127.0.0.1:9/compatible-mode/v1",
         "STATE_DIR": str(state_dir),
         **settings,

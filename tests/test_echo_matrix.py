@@ -122,12 +122,13 @@ def test_composition_levels_and_truth(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_figures_count_clips_on_a_hand_made_room() -> None:
     clips = [
-        em.Clip(0, 32000, person_s=2.0, echo_share=0.0, sent=True),
-        em.Clip(40000, 48000, person_s=0.05, echo_share=0.5, sent=True),  # our voice, sent
-        em.Clip(50000, 58000, person_s=0.0, echo_share=0.9, sent=False),  # our voice, dropped
-        em.Clip(60000, 70000, person_s=0.5, echo_share=0.2, sent=False),  # a person dropped
-        em.Clip(72000, 80000, person_s=0.15, echo_share=0.6, sent=False),  # neither
-        em.Clip(82000, 90000, person_s=0.2, echo_share=0.0, sent=False),  # a person dropped
+        em.Clip(0, 32000, 2.0, echo_share=0.0, heard_echo_share=0.1, sent=True),
+        em.Clip(40000, 48000, 0.05, echo_share=0.5, heard_echo_share=0.9, sent=True),  # ours
+        em.Clip(50000, 58000, 0.0, echo_share=0.9, heard_echo_share=1.0, sent=False),  # ours
+        em.Clip(52000, 54000, 0.0, echo_share=0.0, heard_echo_share=0.2, sent=True),  # noise
+        em.Clip(60000, 70000, 0.5, echo_share=0.2, heard_echo_share=0.6, sent=False),  # person
+        em.Clip(72000, 80000, 0.15, echo_share=0.6, heard_echo_share=0.9, sent=False),  # neither
+        em.Clip(82000, 90000, 0.2, echo_share=0.0, heard_echo_share=0.0, sent=False),  # person
     ]
     run = em.RoomRun(
         1,
@@ -143,15 +144,15 @@ def test_figures_count_clips_on_a_hand_made_room() -> None:
     assert (f["people_cut"], f["people_sent"]) == pytest.approx((0.5, 0.2))
     assert (f["alone_clips"], f["alone_sent"]) == (2, 1)
     assert (f["person_clips"], f["person_dropped"]) == (3, 2)
-    assert (f["requests"], f["own_speech_requests"]) == (2, 1)
+    assert (f["requests"], f["own_speech_requests"]) == (3, 1)
     assert f["us_per_10ms"] == pytest.approx(200.0)
 
     truth = np.zeros(100, dtype=bool)
     truth[10:50] = True
     overlapping = [
-        em.Clip(0, 30, 0, 0, True),
-        em.Clip(20, 40, 0, 0, True),
-        em.Clip(40, 50, 0, 0, False),
+        em.Clip(0, 30, 0, 0, 0, True),
+        em.Clip(20, 40, 0, 0, 0, True),
+        em.Clip(40, 50, 0, 0, 0, False),
     ]
     assert em.truth_in(truth, overlapping) == pytest.approx(40 / RATE)
     assert em.truth_in(truth, overlapping[:2]) == pytest.approx(30 / RATE)

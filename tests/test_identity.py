@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import MqttSettings, Settings
+from daemon.config import MqttSettings, load_settings
 from daemon.counters import Counters
 from daemon.identity import default_room_id, device_id
 from daemon.mqtt import MqttLink
@@ -56,7 +56,7 @@ def test_default_room_id_is_the_hostname_as_a_topic_level() -> None:
     assert default_room_id("pi4.example.org") == "pi4"
     assert default_room_id("Salle #2/B") == "salle-2-b"
     assert default_room_id("###") == "room"
-    os_default = Settings().mqtt.room_id
+    os_default = load_settings().mqtt.room_id
     assert os_default == default_room_id() and os_default != "room-1"
 
 

@@ -40,6 +40,7 @@ from daemon.playback import (
     PlayQueue,
     volume_gain,
 )
+from daemon.playback.pace import CALM_S, FULL_S, SLEW_PER_S, Pace, target_rate
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
 from scripts.audio_rig import AudioRig
 
@@ -415,6 +416,165 @@ def test_resamples_on_the_feeding_side_when_the_device_runs_at_48k() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Keeping pace: speech that waits plays faster, its pitch kept
+# ---------------------------------------------------------------------------------------
+
+
+def tone24k(freq: float, seconds: float, amp: float = 0.3) -> Pcm:
+    t = np.arange(round(seconds * OUTPUT_RATE)) / OUTPUT_RATE
+    return np.round(np.sin(2 * np.pi * freq * t) * amp * 32767).astype(np.int16)
+
+
+def dominant_hz(pcm: Pcm) -> float:
+    """The strongest frequency of the middle of `pcm` (0.125 Hz bins)."""
+    middle = pcm[len(pcm) // 8 : len(pcm) - len(pcm) // 8].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle)), n=OUTPUT_RATE * 8))
+    return float(np.argmax(spectrum)) / 8
+
+
+def paced(pace: Pace, source: Pcm, wait_s: float, chunk: int = 2400) -> Pcm:
+    pieces = [pace.feed(source[i : i + chunk], wait_s) for i in range(0, len(source), chunk)]
+    return np.concatenate([*pieces, pace.finish()])
+
+
+@pytest.mark.parametrize("freq", [150, 300, 440, 1000])
+def test_pace_at_its_full_rate_keeps_the_pitch_and_loses_no_sample(freq: int) -> None:
+    source = tone24k(freq, 3.0)
+    pace = Pace(OUTPUT_RATE, 1.4, rate=1.4)
+    out = paced(pace, source, wait_s=10.0)
+    assert pace.rate == 1.4 and pace.stretched_s == pytest.approx(3.0)
+    assert abs(len(out) - len(source) / 1.4) <= OUTPUT_RATE // 100  # within a 10 ms block
+    assert dominant_hz(out) == pytest.approx(freq, abs=1)
+    # no click where pieces join: no step steeper than a sine of the output's level
+    steepest = np.abs(out.astype(np.int32)).max() * 2 * np.pi * freq / OUTPUT_RATE
+    assert np.abs(np.diff(out.astype(np.int32))).max() <= 1.05 * steepest
+
+
+def test_pace_plays_every_part_of_the_speech_in_order_while_the_rate_moves() -> None:
+    """Eight 0.4 s tones, the last at the very end, fed while the wait rises and falls:
+    each is heard, in order, for its length over its rate, and nothing after the last."""
+    freqs = [300 + 100 * i for i in range(8)]
+    pace = Pace(OUTPUT_RATE, 1.4)
+    waits = [0.0, 3.0, 6.0, 6.0, 6.0, 2.0, 0.0, 0.0]
+    out: list[Pcm] = []
+    lengths = []
+    for freq, wait in zip(freqs, waits, strict=True):
+        before = pace.rate
+        out += [pace.feed(piece, wait) for piece in np.array_split(tone24k(freq, 0.4), 4)]
+        lengths.append(0.4 / ((before + pace.rate) / 2))  # the rate eases linearly
+    out.append(pace.finish())
+    played = np.concatenate(out)
+    assert max(lengths) > min(lengths) + 0.05  # it did change pace
+    assert len(played) / OUTPUT_RATE == pytest.approx(sum(lengths), abs=0.02)
+    at = 0.0
+    for freq, length in zip(freqs, lengths, strict=True):
+        heard = played[round((at + 0.05) * OUTPUT_RATE) : round((at + length - 0.05) * OUTPUT_RATE)]
+        assert dominant_hz(heard) == pytest.approx(freq, abs=4), (freq, at)
+        at += length
+
+
+def test_pace_leaves_audio_untouched_while_little_waits() -> None:
+    pace = Pace(OUTPUT_RATE, 1.4)
+    chunk = tone24k(500, 0.1)
+    for _ in range(5):
+        np.testing.assert_array_equal(pace.feed(chunk, CALM_S), chunk)
+    assert len(pace.finish()) == 0
+    assert pace.rate == 1.0 and pace.stretched_s == 0.0
+
+
+def test_the_rate_rises_smoothly_with_the_wait_and_eases_in_per_second_of_speech() -> None:
+    waits = np.linspace(0.0, FULL_S + 1.0, 200)
+    rates = [target_rate(w, 1.4) for w in waits]
+    assert rates[0] == 1.0 and target_rate(CALM_S, 1.4) == 1.0
+    assert target_rate(FULL_S, 1.4) == pytest.approx(1.4) and rates[-1] == pytest.approx(1.4)
+    assert (np.diff(rates) >= 0).all()
+    pace = Pace(OUTPUT_RATE, 1.4)
+    seen = [1.0]
+    for _ in range(40):
+        pace.feed(tone24k(500, 0.1), 10.0)
+        seen.append(pace.rate)
+    assert np.diff(seen).max() <= SLEW_PER_S * 0.1 + 1e-9  # never a jump
+    assert seen[-1] == pytest.approx(1.4)
+
+
+def steady_meeting(max_rate: float) -> tuple[list[float], list[PlaybackEvent], Playback]:
+    """Every 2.0 s a 2.4 s translation arrives (streamed at 10x real time), 16 times;
+    the callback renders 10 ms blocks on an injected clock. Returns the backlog seen
+    as each translation arrives, the events and the stage."""
+    events: list[PlaybackEvent] = []
+    playback = Playback(None, Counters(), max_rate=max_rate, on_event=events.append)
+    backlog: list[float] = []
+    now = 0.0
+    for utt in range(1, 17):
+        backlog.append(playback.backlog_s())
+        playback.start_utterance(utt)
+        source = tone24k(300 + 50 * utt, 2.4)
+        for block in range(200):  # 2.0 s of callbacks; the audio arrives in the first 0.24
+            if block < 24:
+                playback.feed(utt, source[block * 2400 : (block + 1) * 2400])
+            if block == 24:
+                playback.end_utterance(utt)
+            fake_callback(playback, 240, 1, now)
+            playback._emit(playback._queue.poll(now))
+            now += 0.01
+    while playback._queue.busy():
+        fake_callback(playback, 240, 1, now)
+        playback._emit(playback._queue.poll(now))
+        now += 0.01
+    return backlog, events, playback
+
+
+def test_speech_that_waits_plays_faster_so_the_backlog_drains_instead_of_growing() -> None:
+    grown, _, _ = steady_meeting(max_rate=1.0)  # as spoken: 0.4 s more behind every turn
+    assert grown[-1] > 5.0 and grown[-1] > grown[len(grown) // 2] + 2.0
+    backlog, events, playback = steady_meeting(max_rate=1.4)
+    assert max(backlog[len(backlog) // 2 :]) < 3.0  # bounded: it keeps pace
+    assert backlog[-1] < grown[-1] - 3.0
+    drained = [e.utt_id for e in events if isinstance(e, PlaybackDrained)]
+    assert drained == list(range(1, 17))  # every utterance played to its end, in order
+    assert not [e for e in events if isinstance(e, PlaybackSkipped)]
+    assert playback._counters.get("playback_stretched_seconds") > 0
+
+
+def test_the_status_rate_is_the_rate_of_what_waits() -> None:
+    playback = Playback(None, Counters())
+    assert playback.pace_rate == 1.0
+    playback.start_utterance(1)
+    playback.feed(1, tone24k(500, 8.0))  # 8 s ahead of utterance 2
+    playback.end_utterance(1)
+    playback.start_utterance(2)
+    for _ in range(10):
+        playback.feed(2, tone24k(700, 0.5))
+    assert playback.pace_rate > 1.0
+    playback.end_utterance(2)
+    while playback._queue.busy():
+        fake_callback(playback, 2400, 1, 1.0)
+        playback._emit(playback._queue.poll(1e9))
+    assert playback.pace_rate == 1.0
+
+
+@pytest.mark.parametrize("more_coming", [False, True])
+def test_a_long_translation_that_arrives_at_once_hurries_only_when_more_is_coming(
+    more_coming: bool,
+) -> None:
+    """Its own audio arriving faster than it plays does not make a translation late,
+    unless more is on its way (someone speaks, another translation is in the pipeline):
+    that will wait behind it."""
+    counters = Counters()
+    playback = Playback(None, counters, more_coming=lambda: more_coming)
+    playback.start_utterance(1)
+    source = tone24k(500, 12.0)
+    for offset in range(0, len(source), 2400):
+        playback.feed(1, source[offset : offset + 2400])
+    playback.end_utterance(1)
+    stretched = counters.get("playback_stretched_seconds")
+    if more_coming:
+        assert playback.backlog_s() < 11.0 and stretched > 0
+    else:
+        assert playback.backlog_s() == pytest.approx(12.0) and stretched == 0
+
+
+# ---------------------------------------------------------------------------------------
 # On the rig: a real PulseAudio speaker, recorded from spk.monitor
 # ---------------------------------------------------------------------------------------
 
@@ -500,6 +660,21 @@ class Result:
 
     def runs(self, freqs: list[int]) -> list[Run]:
         return tone_runs(self.rec, freqs, self.recorder)
+
+
+def joined(runs: list[Run], device_underflows: int) -> list[Run]:
+    """`runs` with a tone's runs that a gap of at most 0.2 s splits joined, when the
+    device reported underflows (a loaded machine ran its callback late; counted): the
+    gap is the device's, the audio around it is whole. A joined run lasts as long as
+    its parts sounded (its end moves back by the gaps)."""
+    out: list[Run] = []
+    for run in runs:
+        last = out[-1] if out else None
+        if device_underflows and last and run.freq == last.freq and run.start - last.end <= 0.2:
+            last.end += run.duration
+        else:
+            out.append(run)
+    return out
 
 
 def tone_runs(rec: Pcm, freqs: list[int], recorder: Recorder) -> list[Run]:
@@ -610,6 +785,35 @@ def test_utterances_play_in_order_with_their_durations_and_drain_after_the_audio
         assert probe["state"] == "speaking"
     after = [p for p in result.events("probe") if p["now"] > runs[-1].end + 0.05]
     assert after and all(p["until"] < p["now"] and p["state"] == "idle" for p in after)
+
+
+@pytest.mark.rig
+@needs_pulseaudio
+def test_speech_that_waits_plays_faster_on_the_speaker_at_its_pitch(
+    rig: AudioRig, tmp_path: Path
+) -> None:
+    """The second translation waits behind 3 s of the first: it plays faster (eased in),
+    whole, at its own frequency; the first plays as spoken."""
+    scenario = {
+        "max_rate": 1.4,
+        "steps": [
+            {"op": "start", "utt": 1},
+            {"op": "start", "utt": 2},
+            feed(1, 500, 3.0, 2400, 0.002),
+            feed(2, 800, 2.0, 2400, 0.002),
+        ],
+    }
+    result = play(rig, scenario, tmp_path)
+    underflows = result.counters.get("playback_device_underflows", 0)
+    runs = joined(result.runs([500, 800]), underflows)
+    assert len(runs) == 2, (runs, result.counters)  # each whole: no gap, nothing else
+    first, second = runs
+    assert (first.freq, second.freq) == (500, 800)
+    assert first.duration == pytest.approx(3.0, abs=0.05)
+    assert 2.0 / 1.4 - 0.05 <= second.duration <= 1.9, second
+    assert result.counters.get("playback_stretched_seconds", 0) > 0
+    assert [e["utt"] for e in result.events("drained")] == [1, 2]
+    assert not result.events("skipped")
 
 
 @pytest.mark.rig

@@ -1,4 +1,5 @@
-"""SampleRing: positions on a monotonic sample counter, overruns counted and reported."""
+"""SampleRing: positions on a monotonic sample counter, overruns counted and reported.
+SampleBuffer: write, write at, rewrite, read at and cut any position, against a model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.counters import Counters
-from daemon.ring import SampleRing
+from daemon.ring import SampleBuffer, SampleRing
 
 
 def ramp(start: int, n: int, channels: int = 1) -> np.ndarray:
@@ -133,3 +134,94 @@ def test_concurrent_writer_never_hands_out_torn_data() -> None:
     thread.join()
     assert seen + lost == ring.written
     assert counters.get("ring_overrun_samples") == lost
+
+
+def test_write_at_a_gap_reads_as_zeros_and_read_at_outside_the_kept_span_too() -> None:
+    buffer = SampleBuffer(100)
+    buffer.write_at(0, np.arange(1, 71, dtype=np.int16))
+    buffer.write_at(90, np.arange(1, 51, dtype=np.int16))  # a 20-sample gap, then wraps
+    assert (buffer.written, buffer.oldest) == (140, 40)
+    got = buffer.read_at(30, 120, np.full(120, 9, dtype=np.int16))
+    assert not got[:10].any() and list(got[10:40]) == list(range(41, 71))
+    assert not got[40:60].any() and list(got[60:110]) == list(range(1, 51))
+    assert not got[110:].any()
+    buffer.write_at(500, np.ones(3, dtype=np.int16))  # a gap longer than the buffer
+    assert not buffer.read_at(400, 100, np.ones(100, dtype=np.int16)).any()
+
+
+def test_read_at_fills_the_callers_buffer_without_allocating() -> None:
+    buffer = SampleBuffer(16, channels=2)
+    buffer.write(ramp(0, 20, channels=2))  # wraps: keeps 4..19
+    out = np.full((8, 2), 7, dtype=np.int16)
+    got = buffer.read_at(14, 6, out)
+    assert got is out
+    assert np.array_equal(out[:6], ramp(14, 6, channels=2)) and (out[6:] == 7).all()
+    assert buffer.read_at(0, 3).shape == (3, 2)  # no buffer given: one is made
+
+
+def test_rewrite_replaces_only_kept_samples() -> None:
+    buffer = SampleBuffer(10, start=100)
+    buffer.write(ramp(100, 15)[:, 0])  # keeps 105..114
+    buffer.rewrite(103, np.full(5, -1, dtype=np.int16))  # 103, 104 are gone already
+    buffer.rewrite(113, np.full(5, -2, dtype=np.int16))  # 115.. are not written yet
+    got = buffer.read_at(105, 10, np.empty(10, dtype=np.int16))
+    assert list(got) == [-1, -1, -1, *range(108, 113), -2, -2]
+    assert buffer.written == 115
+
+
+def test_cut_moves_the_later_samples_down_across_the_wrap() -> None:
+    buffer = SampleBuffer(8, start=5)
+    buffer.write(ramp(5, 7)[:, 0])  # positions 5..11 at slots 5..7, 0..3
+    buffer.cut(6, 9)
+    assert buffer.written == 9
+    assert list(buffer.read_at(5, 4, np.empty(4, dtype=np.int16))) == [5, 9, 10, 11]
+    buffer.cut(7, 7)  # nothing
+    assert buffer.written == 9
+    with pytest.raises(ValueError):
+        buffer.cut(8, 10)  # past the newest
+
+
+OPS = st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 40), st.integers(0, 40)),
+    st.tuples(st.just("write_at"), st.integers(-30, 60), st.integers(0, 40)),
+    st.tuples(st.just("rewrite"), st.integers(-40, 10), st.integers(0, 40)),
+    st.tuples(st.just("cut"), st.integers(0, 30), st.integers(0, 30)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 32), ops=st.lists(OPS, max_size=30))
+def test_the_buffer_behaves_like_a_dict_of_its_kept_samples(
+    capacity: int, ops: list[tuple[str, int, int]]
+) -> None:
+    """The model: position → sample for every position kept (a gap is kept as zeros)."""
+    buffer = SampleBuffer(capacity)
+    kept: dict[int, int] = {}
+    end = value = 0
+    for op, a, n in ops:
+        block = np.arange(value, value + n, dtype=np.int16)
+        value += n
+        if op in {"write", "write_at"}:
+            start = end if op == "write" else max(0, end + a)
+            buffer.write(block) if op == "write" else buffer.write_at(start, block)
+            kept = {p: v for p, v in kept.items() if p < start}  # from start on: replaced
+            kept |= dict.fromkeys(range(end, start), 0)
+            kept |= {start + i: int(v) for i, v in enumerate(block)}
+            end = start + n
+        elif op == "rewrite":
+            buffer.rewrite(end + a, block)
+            kept |= {end + a + i: int(v) for i, v in enumerate(block) if end + a + i in kept}
+        else:
+            first = max(buffer.oldest, end - a - n)
+            stop = min(first + n, end)
+            buffer.cut(first, stop)
+            gone = stop - first
+            kept = {
+                p - gone if p >= stop else p: v for p, v in kept.items() if not first <= p < stop
+            }
+            end -= gone
+        kept = {p: v for p, v in kept.items() if p >= end - capacity}
+        assert (buffer.written, buffer.oldest) == (end, min(kept, default=end))
+        span = range(end - 2 * capacity - 5, end + 5)
+        got = buffer.read_at(span.start, len(span), np.empty(len(span), dtype=np.int16))
+        assert list(got) == [kept.get(p, 0) for p in span]

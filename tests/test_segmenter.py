@@ -8,6 +8,7 @@ segmenter path is under test. The truth is where the clips were placed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,9 @@ import pytest
 import webrtcvad
 
 from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
-from daemon.segmenter import conditioned
+from daemon.counters import Counters
+from daemon.ratelimit import ServiceLoad
+from daemon.segmenter import Segmenter, conditioned
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance, dbfs
 from scripts.legacy_vad import LegacyJudge
 from scripts.paths import AUDIO_DIR
@@ -41,6 +44,7 @@ from scripts.scenario import (
 from scripts.segscore import Score, Turn, read_rttm, score
 
 DEFAULTS = SegmenterSettings()
+MAX_SPLITS_ONLY = SegmenterSettings(split_after_s=60.0)  # never cut at a pause
 FRAME = SAMPLE_RATE * DEFAULTS.frame_ms // 1000
 PRE_ROLL_S = DEFAULTS.pre_roll_ms / 1000
 POST_ROLL_S = DEFAULTS.post_roll_ms / 1000
@@ -258,22 +262,106 @@ def assert_split_invariants(run: SegmentRun, pcm: Pcm, settings: SegmenterSettin
 
 async def test_long_speech_is_split_at_quiet_frames(tmp_path: Path) -> None:
     pcm = load("es_silero_60s")
-    run = await segment_file(write(pcm, tmp_path / "es.wav"))
+    run = await segment_file(write(pcm, tmp_path / "es.wav"), MAX_SPLITS_ONLY)
     assert sum(u.stats.split for u in run.utterances) >= 1, run.spans
-    assert_split_invariants(run, pcm, DEFAULTS)
+    assert_split_invariants(run, pcm, MAX_SPLITS_ONLY)
+
+
+async def test_long_speech_is_cut_at_its_pauses_once_long_enough(tmp_path: Path) -> None:
+    """A minute of talk: each clip of `split_after_s` or more ends in the first pause of
+    `split_pause_ms` after that (`post_roll_ms` into it), not at `max_utterance_s`; the
+    next clip starts there, so no sample is lost."""
+    pcm = load("es_silero_60s")
+    run = await segment_file(write(pcm, tmp_path / "es.wav"))
+    whole = await segment_file(write(pcm, tmp_path / "es.wav"), MAX_SPLITS_ONLY)
+    assert len(run.utterances) > len(whole.utterances)
+    longest = max(u.end - u.start for u in run.utterances)
+    assert longest < max(u.end - u.start for u in whole.utterances)
+    assert sum(u.stats.split for u in run.utterances) < sum(u.stats.split for u in whole.utterances)
+    source = segmented_source(pcm)
+    cuts = [(u, n) for u, n in itertools.pairwise(run.utterances) if u.stats.pause_cut]
+    assert cuts, run.spans
+    for u, n in cuts:
+        assert n.start == u.end
+        held = DEFAULTS.split_after_s - DEFAULTS.split_pause_ms / 1000  # with the pause
+        assert u.end - u.start >= held * SAMPLE_RATE, (u.start, u.end)
+        pause = source[u.end - round(POST_ROLL_S * SAMPLE_RATE) : u.end]
+        speech = source[u.start : u.end]
+        assert dbfs(pause) < dbfs(speech) - 20.0, (u.start, u.end)  # cut in a pause
+
+
+def test_short_of_requests_the_pause_cuts_are_held_and_the_talk_merges() -> None:
+    """While the service account has no requests to spare (what the daemon asks:
+    `ServiceLoad.shed_reason()`), a clip runs on past its pauses: after the minute's
+    requests reach the budget, no more pause cuts, only the max-length splits."""
+    pcm = load("es_silero_60s")
+    clock = [0.0]
+    load_ = ServiceLoad(Counters(), budget_per_minute=5, clock=lambda: clock[0])
+    run = SegmentRun()
+    segmenter = Segmenter(
+        DEFAULTS,
+        LiveRoom(RoomSettings()),
+        run.counters,
+        lambda sample: sample / SAMPLE_RATE,
+        may_cut=lambda: not load_.shed_reason(),
+    )
+    half = len(pcm) // 2
+    for frame in pcm_frames(pcm):
+        if frame.start == half // FRAME * FRAME:
+            for _ in range(5):  # the budget is reached: extra captions shed, speech merged
+                load_.sent("de")
+        for event in segmenter.push(frame):
+            if isinstance(event, Utterance):
+                run.utterances.append(event)
+    run.utterances += [e for e in segmenter.flush() if isinstance(e, Utterance)]
+    pause_cuts = [u.end for u in run.utterances if u.stats.pause_cut]
+    assert any(end < half for end in pause_cuts)  # cut at its pauses while there was room
+    assert not [end for end in pause_cuts if end > half]  # then merged
+    assert run.counters.get("pause_cuts_held") > 0
+
+
+def test_a_short_last_word_after_a_pause_is_not_cut_off_on_its_own() -> None:
+    """7 s of speech, a 0.3 s pause, a 0.21 s word: the clip is long enough to be cut in
+    the pause, but less than `split_rest_ms` of speech follows it, so the word ends the
+    clip instead of making a clip of its own (a fragment: a last word, a breath, our
+    echo in a pause). A phrase after the pause is cut off there."""
+    pcm, pause_at, word_end = word_after_split_scene(7.0)
+    run = segment_pcm(pcm)
+    assert len(run.utterances) == 1, run.spans
+    assert run.utterances[0].start < pause_at and run.utterances[0].end >= word_end
+    assert run.counters.get("noise_dropped") == 0
+    longer, pause_at, _ = word_after_split_scene(7.0, word_s=1.2)
+    first, rest = segment_pcm(longer).utterances
+    assert pause_at < first.end <= pause_at + len(silence(0.3)) and rest.start == first.end
 
 
 async def test_back_to_back_clips_are_split_contiguously(tmp_path: Path) -> None:
     """Clips 0.1 s apart (< hangover) make one long stream: ≥ 2 splits, samples contiguous."""
     scene = compose(spaced([*CLIPS[1:], "it_pv_leopard", "mr_rasa_mar_f_wiki"], 0.1), tail_s=2.0)
-    run = await segment_file(write(scene.pcm, tmp_path / "stream.wav"))
+    run = await segment_file(write(scene.pcm, tmp_path / "stream.wav"), MAX_SPLITS_ONLY)
     assert sum(u.stats.split for u in run.utterances) >= 2, run.spans
-    assert_split_invariants(run, scene.pcm, DEFAULTS)
+    assert_split_invariants(run, scene.pcm, MAX_SPLITS_ONLY)
     first, last = run.utterances[0], run.utterances[-1]
     assert first.start <= round(scene.truth[0][0] * SAMPLE_RATE) <= first.end
     assert last.start <= round(scene.truth[-1][1] * SAMPLE_RATE) <= last.end
     joined = np.concatenate([u.pcm for u in run.utterances])
     np.testing.assert_array_equal(joined, segmented_source(scene.pcm)[first.start : last.end])
+
+
+@pytest.mark.parametrize("gap_s", [0.7, 0.85])
+def test_a_clip_soon_after_the_last_one_starts_where_it_ended(gap_s: float) -> None:
+    """Two recordings `gap_s` apart: the first clip ends after the hangover, the second
+    begins within `hangover_ms` + `pre_roll_ms` of its end, and starts at that end (no
+    stretch between them left out of both, e.g. quiet speech the detector missed); after
+    a longer pause it starts `pre_roll_ms` before its first voiced frame."""
+    scene = compose([("fr_pv_leopard", 1.0), ("de_pv_leopard", gap_s)], tail_s=1.0)
+    first, second = segment_pcm(scene.pcm).utterances
+    assert first.end < round(scene.truth[1][0] * SAMPLE_RATE), (first.end, scene.truth)
+    assert second.start == first.end
+    apart = compose([("fr_pv_leopard", 1.0), ("de_pv_leopard", 2.0)], tail_s=1.0)
+    first, second = segment_pcm(apart.pcm).utterances
+    gap = second.start - first.end
+    assert gap > round((2.0 - PRE_ROLL_S - POST_ROLL_S - 0.3) * SAMPLE_RATE), (first, second)
 
 
 def silence(seconds: float) -> Pcm:
@@ -288,33 +376,34 @@ def loudest(name: str, frames: int) -> Pcm:
     return clip[best * FRAME : (best + frames) * FRAME]
 
 
-def word_after_split_scene() -> tuple[Pcm, int, int]:
-    """Speech for 14.4 s of an utterance, a 0.3 s pause (< hangover), a 0.21 s word, silence.
+def word_after_split_scene(at_s: float = 14.4, word_s: float = 0.21) -> tuple[Pcm, int, int]:
+    """Speech for `at_s` of an utterance (no pause of 200 ms in it), a 0.3 s pause
+    (< hangover), `word_s` of the loudest speech of a recording (0.21 s: a word), silence.
 
-    The pause is the quietest stretch of the split search window (13–15 s into the
-    utterance), so the split lands in it and only (the rest of) the pause and the word remain.
-    Returns the PCM, where the pause begins and where the word ends.
+    At 14.4 s the pause is the quietest stretch of the split search window (13–15 s into
+    the utterance), so the split lands in it and only (the rest of) the pause and the word
+    remain. Returns the PCM, where the pause begins and where the word ends.
     """
     names = ("de_pv_leopard", "fr_pv_leopard", "ja_pv_leopard", "it_pv_leopard")
     speech = np.concatenate([silence(2.01), *(trim(load(name)) for name in names)])
     probe = segment_pcm(speech, SegmenterSettings(max_utterance_s=60.0))
-    pause_at = probe.utterances[0].start + round(14.4 * SAMPLE_RATE)
-    word = loudest("ja_pv_leopard", 7)
+    pause_at = probe.utterances[0].start + round(at_s * SAMPLE_RATE)
+    word = loudest("ja_pv_leopard", round(word_s / 0.03))
     pcm = np.concatenate([speech[:pause_at], silence(0.3), word, silence(2.0)])
     return pcm, pause_at, pause_at + len(silence(0.3)) + len(word)
 
 
 def test_the_last_word_after_a_split_is_kept() -> None:
     pcm, pause_at, word_end = word_after_split_scene()
-    unsplit = segment_pcm(pcm, SegmenterSettings(max_utterance_s=30.0))
+    unsplit = segment_pcm(pcm, MAX_SPLITS_ONLY.model_copy(update={"max_utterance_s": 30.0}))
     assert len(unsplit.utterances) == 1 and unsplit.utterances[0].end >= word_end  # control
-    run = segment_pcm(pcm)
+    run = segment_pcm(pcm, MAX_SPLITS_ONLY)
     # the split lands in the pause (its first frames still hold the high-pass's decay)
     first = run.utterances[0]
     assert first.stats.split and pause_at < first.end <= pause_at + len(silence(0.3))
     assert run.utterances[-1].end >= word_end, (run.spans, run.counters.snapshot())
     assert run.counters.get("noise_dropped") == 0
-    assert_split_invariants(run, pcm, DEFAULTS)
+    assert_split_invariants(run, pcm, MAX_SPLITS_ONLY)
 
 
 # ----------------------------------------------------------------------------- (e) short

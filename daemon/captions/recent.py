@@ -1,8 +1,8 @@
 """Recent captions for displays that join late: `captions/<lang>/recent`, retained.
 
-Each language keeps its last `mqtt.recent_captions` finals that hold text; after every
+Each language keeps its last `captions.recent` finals that hold text; after every
 such final the whole document is published again (retained, QoS 1), so a display that
-connects or reloads shows the conversation at once. After `mqtt.recent_clear_s` without a
+connects or reloads shows the conversation at once. After `captions.recent_clear_s` without a
 final, and on a clean stop, every document is cleared (an empty retained message), so a
 room's words do not stay on the broker overnight.
 

@@ -1,8 +1,8 @@
 """Home Assistant MQTT discovery: one device-based discovery document for the room.
 
-Published retained on `<ha_prefix>/device/<node>/config` on every connect, again when Home
-Assistant announces `online` on `<ha_prefix>/status`, and when the target language
-changes (the caption sensors follow `captions/<target_lang>`). Every command entity
+Published retained on `<discovery_prefix>/device/<node>/config` on every connect, again
+when Home Assistant announces `online` on `<discovery_prefix>/status`, and when the target
+language changes (the caption sensors follow `captions/<target_lang>`). Every command entity
 publishes to the room's own `config/set`, so a change from Home Assistant goes through
 exactly the path of any other remote change (validation, rate limit, persistence,
 `config/response`). States come from the retained `config` and `status` topics;

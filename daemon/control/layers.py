@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from daemon.config import RoomSettings, Settings
+from daemon.moved_keys import RENAMED_KEYS
 
 Layer = Literal["file", "fleet", "site", "room"]
 OVERRIDE_LAYERS: tuple[Layer, ...] = ("fleet", "site", "room")
@@ -59,6 +60,8 @@ def _boot_keys() -> frozenset[str]:
         if isinstance(section, type) and issubclass(section, BaseModel):
             names.update(section.model_fields)
             names.update(f"{name}.{key}" for key in section.model_fields)
+    names.update(key for _, key in RENAMED_KEYS)
+    names.update(f"{section}.{key}" for section, key in RENAMED_KEYS)
     return frozenset(names | {"api_key", "api.key"})  # the key lives outside the file
 
 

@@ -14,7 +14,8 @@ Topics (`base` = `<prefix>/<room_id>`):
   changes of an earlier run could not be saved (a read-only state directory) or another
   device shares the room_id; the version then continues above it (the same settings keep
   that version), so it never goes back.
-- `<ha_prefix>/status` in: `online` re-publishes the Home Assistant discovery document.
+- `<discovery_prefix>/status` in (`[homeassistant]`): `online` re-publishes the discovery
+  document.
 
 Messages are handled one at a time by `run()`, so nothing that arrives can stall the event
 loop or the other stages. Each fleet, site and Home Assistant document waits in its
@@ -24,7 +25,7 @@ bounded queue (`QUEUE_LIMIT`; the excess is counted as `config.dropped_queue_ful
 A change is applied to `LiveRoom` at once (the pipeline and playback follow it), then the
 room layer is saved (in a thread), then `config` and the answer go out: "ok" means it is
 on disk.
-At most `mqtt.config_changes_per_s` changes are applied per second; excess requests are
+At most `remote_config.changes_per_s` changes are applied per second; excess requests are
 rejected with that reason. Every message is answered or counted (`config.*` counters).
 """
 
@@ -39,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from daemon.config import LiveRoom, MqttSettings, RoomSettings, Settings
+from daemon.config import LiveRoom, RoomSettings, Settings
 from daemon.control.homeassistant import discovery_document, discovery_topic
 from daemon.control.layers import (
     FieldError,
@@ -87,7 +88,8 @@ class Topics:
     ha_discovery: str | None
 
     @classmethod
-    def of(cls, mqtt: MqttSettings) -> Topics:
+    def of(cls, settings: Settings) -> Topics:
+        mqtt, site, ha = settings.mqtt, settings.remote_config.site, settings.homeassistant
         base = f"{mqtt.prefix}/{mqtt.room_id}"
         return cls(
             base=base,
@@ -95,10 +97,10 @@ class Topics:
             response=f"{base}/config/response",
             config=f"{base}/config",
             fleet=f"{mqtt.prefix}/_fleet/config",
-            site=f"{mqtt.prefix}/_site/{mqtt.site}/config" if mqtt.site else None,
-            ha_status=f"{mqtt.ha_prefix}/status" if mqtt.ha_discovery else None,
-            ha_discovery=discovery_topic(mqtt.ha_prefix, mqtt.room_id)
-            if mqtt.ha_discovery
+            site=f"{mqtt.prefix}/_site/{site}/config" if site else None,
+            ha_status=f"{ha.discovery_prefix}/status" if ha.discovery else None,
+            ha_discovery=discovery_topic(ha.discovery_prefix, mqtt.room_id)
+            if ha.discovery
             else None,
         )
 
@@ -147,9 +149,9 @@ class ControlPlane:
         *,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.topics = Topics.of(settings.mqtt)
+        self.topics = Topics.of(settings)
         self._room_id = settings.mqtt.room_id
-        self._rate = settings.mqtt.config_changes_per_s
+        self._rate = settings.remote_config.changes_per_s
         self._room = room
         self._counters = counters
         self._report = report

@@ -1,8 +1,9 @@
 """`Playback`: the speaker stage, the ordered translation stream in and events out.
 
-The event loop calls `start_utterance`, `feed` and `end_utterance`; audio is resampled
-here (never in the PortAudio callback) when the device does not take 24 kHz and queued
-in the `PlayQueue`; the `OutputDevice` plays it. `run()` keeps the device open through
+The event loop calls `start_utterance`, `feed` and `end_utterance`; audio that has to
+wait is played faster (`Pace`, daemon/playback/pace.py), then resampled when the device
+does not take 24 kHz, both here (never in the PortAudio callback), and queued in the
+`PlayQueue`; the `OutputDevice` plays it. `run()` keeps the device open through
 its `DeviceLifecycle` and, while it is open, sleeps until the callback signals that a
 first or last sample got its DAC time, until the next known moment (an utterance's last
 sample reaching the DAC, the idle stop) or for at most `HEALTH_TICK_S` (the stall check,
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +29,7 @@ from daemon.devices import DeviceHost
 from daemon.echo.reference import PlayedAudio
 from daemon.playback.events import EventCallback, PlaybackEvent
 from daemon.playback.output import DeviceLost, DeviceSpec, OutputDevice, volume_gain
+from daemon.playback.pace import DEFAULT_MAX_RATE, Pace
 from daemon.playback.queue import PlayQueue
 from daemon.profiles import OutputProfile
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
@@ -62,6 +65,8 @@ class Playback:
         counters: Counters,
         *,
         max_backlog_s: float = 20.0,
+        max_rate: float = DEFAULT_MAX_RATE,
+        more_coming: Callable[[], bool] | None = None,
         on_event: EventCallback | None = None,
         fmt: OutputProfile | None = None,
         played: PlayedAudio | None = None,
@@ -80,6 +85,10 @@ class Playback:
             logger=log,
         )
         self._resamplers: dict[int, Any] = {}  # utt_id -> soxr.ResampleStream or None
+        self._max_rate = max_rate
+        self._more_coming = more_coming if more_coming is not None else lambda: False
+        self._paces: dict[int, Pace] = {}  # utt_id -> its time-stretch (max_rate > 1)
+        self._pace_rate = 1.0
         self._volume_gain = 1.0
         self._duck_gain = 1.0
         self._reported: dict[str, int] = {}
@@ -117,7 +126,14 @@ class Playback:
         return self._output.lead
 
     def backlog_s(self) -> float:
+        """Seconds of our speech waiting to be played (how far behind the speaker is)."""
         return self._queue.backlog_samples() / self._queue.rate
+
+    @property
+    def pace_rate(self) -> float:
+        """The rate of the speech queued last while any waits (1.0: as spoken; see
+        daemon/playback/pace.py)."""
+        return self._pace_rate if self._queue.busy() else 1.0
 
     def audible_until(self) -> float:
         """Monotonic time until which the speaker sounds our audio (0.0 if never)."""
@@ -160,6 +176,8 @@ class Playback:
     def start_utterance(self, utt_id: int, timeline: Timeline | None = None) -> None:
         """A new utterance, played after every utterance started before it."""
         self._resamplers[utt_id] = self._new_resampler()
+        if self._max_rate > 1.0:
+            self._paces[utt_id] = Pace(OUTPUT_RATE, self._max_rate, self.pace_rate)
         self._emit(self._queue.start(utt_id, timeline))
         self._output.resume()
 
@@ -168,24 +186,39 @@ class Playback:
         return self._queue.is_open(utt_id)
 
     def feed(self, utt_id: int, pcm: Pcm) -> None:
-        """Queue 24 kHz mono int16 audio of an utterance (resampled here if needed)."""
-        resampler = self._resamplers.get(utt_id)
-        if resampler is not None:
-            pcm = np.asarray(resampler.resample_chunk(pcm), dtype=np.int16)
-        if len(pcm):
-            self._emit(self._queue.feed(utt_id, pcm))
+        """Queue 24 kHz mono int16 audio of an utterance (sped up and resampled here)."""
+        pace = self._paces.get(utt_id)
+        if pace is not None:
+            pcm = pace.feed(pcm, self._wait_s(utt_id))
+            self._pace_rate = pace.rate
+        self._queue_audio(utt_id, pcm, last=False)
 
     def end_utterance(self, utt_id: int) -> None:
         """No more audio for this utterance: it drains, and the next one may follow."""
-        resampler = self._resamplers.pop(utt_id, None)
-        if resampler is not None:
-            tail = np.asarray(
-                resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True),
-                dtype=np.int16,
-            )
-            if len(tail):
-                self._emit(self._queue.feed(utt_id, tail))
+        pace = self._paces.pop(utt_id, None)
+        rest = np.zeros(0, dtype=np.int16)
+        if pace is not None:
+            rest = pace.finish()
+            if pace.stretched_s:
+                self._counters.add("playback_stretched_seconds", pace.stretched_s)
+        self._queue_audio(utt_id, rest, last=True)
+        self._resamplers.pop(utt_id, None)
         self._emit(self._queue.end(utt_id))
+
+    def _wait_s(self, utt_id: int) -> float:
+        """How long new audio of `utt_id` waits: behind earlier utterances, and behind its
+        own queued audio too while more is on its way (`more_coming`: someone is speaking
+        or another translation is in the pipeline), which will wait behind it."""
+        if self._more_coming():
+            return self.backlog_s()
+        return self._queue.ahead_of(utt_id) / self._queue.rate
+
+    def _queue_audio(self, utt_id: int, pcm: Pcm, *, last: bool) -> None:
+        resampler = self._resamplers.get(utt_id)
+        if resampler is not None:
+            pcm = np.asarray(resampler.resample_chunk(pcm, last=last), dtype=np.int16)
+        if len(pcm):
+            self._emit(self._queue.feed(utt_id, pcm))
 
     def _new_resampler(self) -> Any:
         """A 24 kHz → device rate resampler for one utterance, None at 24 kHz."""

@@ -28,8 +28,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-import numpy as np
-
 from daemon.counters import Counters
 from daemon.playback.events import (
     PlaybackDrained,
@@ -39,6 +37,7 @@ from daemon.playback.events import (
     PlaybackStarted,
     SkipReason,
 )
+from daemon.ring import SampleBuffer
 from daemon.values import Pcm, Timeline
 
 log = logging.getLogger(__name__)
@@ -95,9 +94,8 @@ class PlayQueue:
         self._max_backlog_s = max_backlog_s
         self._rate = rate
         self._limit = max(1, round(max_backlog_s * rate))
-        self._ring: Pcm = np.zeros(self._limit, dtype=np.int16)
-        self._read = 0
-        self._write = 0
+        self._ring = SampleBuffer(self._limit)
+        self._read = 0  # the next position render() hands the device
         self._queue: deque[_Utt] = deque()  # play order: ring-resident first, then waiting
         self._open: dict[int, _Utt] = {}  # started, not yet ended (skipped ones too)
         self._writer: _Utt | None = None  # the open ring-resident utterance fed now
@@ -125,6 +123,18 @@ class PlayQueue:
         with self._lock:
             return self._backlog()
 
+    def ahead_of(self, utt_id: int) -> int:
+        """Samples of earlier utterances still to play before `utt_id`'s audio."""
+        with self._lock:
+            total = 0
+            for utt in self._queue:
+                if utt.id == utt_id:
+                    break
+                total += utt.pending_len
+                if utt.in_ring:
+                    total += max(0, utt.end - max(utt.start, self._read))
+            return total
+
     def audible_until(self, now: float, lead: float) -> float:
         """Monotonic time until which the speaker sounds (or will sound) queued audio."""
         with self._lock:
@@ -136,12 +146,12 @@ class PlayQueue:
     def busy(self) -> bool:
         """An utterance is started and not yet drained, or audio is waiting."""
         with self._lock:
-            return bool(self._queue) or self._write > self._read
+            return bool(self._queue) or self._ring.written > self._read
 
     def finished_at(self) -> float | None:
         """None while anything is queued or playing, else the last sample's DAC time."""
         with self._lock:
-            if self._queue or self._write > self._read:
+            if self._queue or self._ring.written > self._read:
                 return None
             return self._last_dac_end
 
@@ -219,7 +229,7 @@ class PlayQueue:
                     self._skip(utt, "device", events)
             self._rate = rate
             self._limit = max(1, round(self._max_backlog_s * rate))
-            self._ring = np.zeros(self._limit, dtype=np.int16)
+            self._ring = SampleBuffer(self._limit, start=self._ring.written)
         return events
 
     def poll(self, now: float) -> list[PlaybackEvent]:
@@ -251,15 +261,14 @@ class PlayQueue:
         frames = len(out)
         with self._lock:
             start = self._read
-            count = min(frames, self._write - start)
-            self._copy_out(start, count, out)
+            count = min(frames, self._ring.written - start)
+            self._ring.read_at(start, frames, out)
             self._read = start + count
             if count:
                 self._mark(start, count, now, dac)
                 self._last_dac_end = dac + count / self._rate
             writer = self._writer
             starved = count < frames and writer is not None and writer.start < self._read
-        out[count:] = 0
         if starved and not self._starved:
             self.underflows += 1
         self._starved = starved
@@ -268,7 +277,7 @@ class PlayQueue:
     # -- internals (lock held) ------------------------------------------------------------
 
     def _backlog(self) -> int:
-        return self._write - self._read + sum(u.pending_len for u in self._queue)
+        return self._ring.written - self._read + sum(u.pending_len for u in self._queue)
 
     def _is_waiting(self, utt: _Utt) -> bool:
         """Not started playing: outside the ring, or in it with nothing handed yet."""
@@ -284,8 +293,8 @@ class PlayQueue:
             self._count_skipped(len(pcm))
             return
         if utt is self._writer:
-            self._ring_write(pcm)
-            utt.end = self._write
+            self._ring.write(pcm)
+            utt.end = self._ring.written
         else:
             utt.pending.append(pcm.copy())
             utt.pending_len += len(pcm)
@@ -368,10 +377,10 @@ class PlayQueue:
         for utt in list(self._queue):
             if utt.in_ring:
                 continue
-            utt.start = self._write
+            utt.start = self._ring.written
             for pcm in utt.pending:
-                self._ring_write(pcm)
-            utt.end = self._write
+                self._ring.write(pcm)
+            utt.end = self._ring.written
             utt.pending.clear()
             utt.pending_len = 0
             utt.phase = Phase.QUEUED
@@ -395,30 +404,12 @@ class PlayQueue:
                 utt.drain_at = dac + (utt.end - start) / self._rate
                 self.marked = True
 
-    def _ring_write(self, pcm: Pcm) -> None:
-        size = len(self._ring)
-        index = self._write % size
-        first = min(len(pcm), size - index)
-        self._ring[index : index + first] = pcm[:first]
-        self._ring[: len(pcm) - first] = pcm[first:]
-        self._write += len(pcm)
-
-    def _copy_out(self, start: int, count: int, out: Pcm) -> None:
-        size = len(self._ring)
-        index = start % size
-        first = min(count, size - index)
-        out[:first] = self._ring[index : index + first]
-        out[first:count] = self._ring[: count - first]
-
     def _ring_cut(self, cut_from: int, cut_to: int) -> None:
         """Remove [cut_from, cut_to) from the unplayed part of the ring."""
         removed = cut_to - cut_from
         if removed == 0:
             return
-        tail = np.empty(self._write - cut_to, dtype=np.int16)
-        self._copy_out(cut_to, len(tail), tail)
-        self._write = cut_from
-        self._ring_write(tail)
+        self._ring.cut(cut_from, cut_to)
         for utt in self._queue:
             if utt.in_ring and utt.start >= cut_to:
                 utt.start -= removed
