@@ -122,12 +122,19 @@ def rss_figures() -> str:
         name, value, *_ = line.split()
         rollup[name.rstrip(":")] = int(value) / 1024
     main_heap = 0.0
-    in_heap = False
+    mapping = ""
+    anon: list[tuple[float, str]] = []  # the largest anonymous mappings: (MB, range)
     for line in Path("/proc/self/smaps").read_text().splitlines():
         if not line[0].isupper():  # a mapping's first line
-            in_heap = line.endswith("[heap]")
-        elif in_heap and line.startswith("Rss:"):
-            main_heap = int(line.split()[1]) / 1024
+            mapping = line
+        elif line.startswith("Rss:"):
+            mb = int(line.split()[1]) / 1024
+            if mapping.endswith("[heap]"):
+                main_heap = mb
+            elif len(mapping.split()) == 5:  # no path: anonymous
+                anon.append((mb, mapping.split()[0]))
+    anon.sort(reverse=True)
+    largest = ", ".join(f"{where} {mb:.1f}" for mb, where in anon[:3])
     heap = heap_figures()
     mb = 1024 * 1024
     glibc = (
@@ -138,7 +145,8 @@ def rss_figures() -> str:
     )
     return (
         f"  memory: anon {rollup['Anonymous']:.1f} MB, "
-        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB, [heap] {main_heap:.1f} MB; {glibc}; "
+        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB, [heap] {main_heap:.1f} MB, "
+        f"largest other anonymous mappings (MB) {largest}; {glibc}; "
     )
 
 
