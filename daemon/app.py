@@ -35,7 +35,7 @@ from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
 from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
 from daemon.fleet.account import SharedBudget
-from daemon.heap import fix_mmap_threshold
+from daemon.heap import TRIM_EVERY_S, HeapTrimmer, fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
 from daemon.notify import Notifier
@@ -117,6 +117,7 @@ class Daemon:
         output: str | int | None,
         *,
         source: FrameSource | None = None,
+        trim_every_s: float = TRIM_EVERY_S,
     ) -> None:
         self.settings = settings
         self.counters = Counters()
@@ -154,6 +155,7 @@ class Daemon:
         self.lanes = CaptionLanes(self._make_lane, self.room)
         self.status = self._make_status()
         self.notifier = Notifier(self.counters)
+        self.heap = HeapTrimmer(trim_every_s)  # free memory back to the system (heap.py)
         self._stop = asyncio.Event()
         self._started_at = time.monotonic()
         self._last_frame = 0.0
@@ -526,6 +528,7 @@ class Daemon:
                     start("recent-captions", self.recent.run()),
                     start("check-key", self._check_key()),
                     start("control", self.control.run()),
+                    start("heap-trim", self.heap.run()),
                 ]
                 if self.mqtt is not None:
                     others.append(start("mqtt", self.mqtt.run()))

@@ -14,6 +14,7 @@ from typing import Any
 from daemon import __version__
 from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings, resolve_api_key
 from daemon.filesource import AudioFileError
+from daemon.heap import exec_with_system_malloc
 from daemon.logs import setup_logging
 
 EX_USAGE = 2
@@ -151,6 +152,7 @@ def _translate_file(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    exec_with_system_malloc()  # months of small objects: glibc's heap, trimmed (heap.py)
     settings = load_settings(args.config)
     setup_logging(settings.log.level)
     from daemon.app import run_daemon

@@ -1,17 +1,15 @@
-"""The soak's memory diagnosis (`scripts/soak.py --memory-detail`, `--trace-malloc N`,
-`--malloc-trim`): where the process's RSS is, where its Python heap grows, and glibc's
-free memory given back before a figure."""
+"""The soak's memory diagnosis (`scripts/soak.py --memory-detail`, `--trace-malloc N`):
+where the process's RSS is and where its Python heap grows."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import sys
 import tempfile
 import tracemalloc
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.heap import heap_figures
@@ -94,14 +92,49 @@ def small_blocks(snapshot: tracemalloc.Snapshot) -> Counter[str]:
     return held
 
 
-def memory_detail() -> str:
+class MemoryDetail:
     """`--memory-detail`: where the RSS is. Anonymous vs file-backed pages (libraries'
-    code paged in), glibc's heap (in use, free but kept, mmapped), pymalloc's arenas
-    (the Python objects' allocator, which frees an arena only when it is empty)."""
+    code paged in), glibc's heap (in use, free but kept, mmapped); with pymalloc (the
+    soak runs on glibc's malloc, as the daemon does, unless PYTHONMALLOC says otherwise)
+    its arenas (it frees one only when it is empty) and the size classes whose pools grew
+    since the first figure."""
+
+    def __init__(self) -> None:
+        self._base: Pymalloc | None = None
+
+    def line(self) -> str:
+        py = pymalloc()
+        if self._base is None:
+            self._base = py
+        pools = (
+            f"pymalloc {py.arenas} arenas ({py.unused_pools} unused pools), "
+            f"{sys.getallocatedblocks()} blocks; "
+            if py.arenas
+            else "no pymalloc; "
+        )
+        grown = f"\n  size classes grown most: {py.grown_since(self._base)}" if py.arenas else ""
+        return f"{rss_figures()}{pools}{len(gc.get_objects())} gc objects{grown}"
+
+
+def rss_figures() -> str:
     rollup = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
         name, value, *_ = line.split()
         rollup[name.rstrip(":")] = int(value) / 1024
+    main_heap = 0.0
+    mapping = ""
+    anon: list[tuple[float, str]] = []  # the largest anonymous mappings: (MB, range)
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line[0].isupper():  # a mapping's first line
+            mapping = line
+        elif line.startswith("Rss:"):
+            mb = int(line.split()[1]) / 1024
+            if mapping.endswith("[heap]"):
+                main_heap = mb
+            elif len(mapping.split()) == 5:  # no path: anonymous
+                anon.append((mb, mapping.split()[0]))
+    anon.sort(reverse=True)
+    largest = ", ".join(f"{where} {mb:.1f}" for mb, where in anon[:3])
     heap = heap_figures()
     mb = 1024 * 1024
     glibc = (
@@ -112,15 +145,13 @@ def memory_detail() -> str:
     )
     return (
         f"  memory: anon {rollup['Anonymous']:.1f} MB, "
-        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB; {glibc}; "
-        f"pymalloc {pymalloc_arenas()} arenas, {sys.getallocatedblocks()} blocks; "
-        f"{len(gc.get_objects())} gc objects"
+        f"file {rollup['Rss'] - rollup['Anonymous']:.1f} MB, [heap] {main_heap:.1f} MB, "
+        f"largest other anonymous mappings (MB) {largest}; {glibc}; "
     )
 
 
-def pymalloc_arenas() -> str:
-    """pymalloc's current arena count (1 MiB each), from sys._debugmallocstats (which
-    writes to the C stderr)."""
+def debugmallocstats() -> str:
+    """sys._debugmallocstats()'s text (it writes to the C stderr)."""
     with tempfile.TemporaryFile() as out:
         saved = os.dup(2)
         try:
@@ -130,14 +161,39 @@ def pymalloc_arenas() -> str:
             os.dup2(saved, 2)
             os.close(saved)
         out.seek(0)
-        for line in out.read().decode(errors="replace").splitlines():
-            if line.startswith("# arenas allocated current"):
-                return line.split("=")[-1].strip()
-    return "?"
+        return out.read().decode(errors="replace")
 
 
-def malloc_trim() -> None:
-    """`--malloc-trim`: glibc gives freed heap back to the system before each figure, so
-    fragmentation of its arenas shows as the difference from a run without it."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc_trim(0)
+@dataclass(frozen=True)
+class Pymalloc:
+    """pymalloc's state: arenas (1 MiB each), wholly unused pools (16 KiB each) in them,
+    and per size class (bytes): pools in use, blocks in use, free blocks in those pools."""
+
+    arenas: int
+    unused_pools: int
+    classes: dict[int, tuple[int, int, int]]
+
+    def grown_since(self, base: Pymalloc, top: int = 6) -> str:
+        rows = []
+        for size, (pools, used, avail) in self.classes.items():
+            b_pools, b_used, _ = base.classes.get(size, (0, 0, 0))
+            rows.append((pools - b_pools, size, used - b_used, pools, avail))
+        rows.sort(reverse=True)
+        return ", ".join(
+            f"{size} B: pools {d_pools:+d} ({pools}), blocks {d_used:+d}, free {avail}"
+            for d_pools, size, d_used, pools, avail in rows[:top]
+        )
+
+
+def pymalloc() -> Pymalloc:
+    arenas = unused = 0
+    classes: dict[int, tuple[int, int, int]] = {}
+    for line in debugmallocstats().splitlines():
+        words = line.split()
+        if len(words) == 5 and all(w.isdigit() for w in words):
+            classes[int(words[1])] = (int(words[2]), int(words[3]), int(words[4]))
+        elif line.startswith("# arenas allocated current"):
+            arenas = int(words[-1])
+        elif "unused pools *" in line:
+            unused = int(words[0])
+    return Pymalloc(arenas, unused, classes)
