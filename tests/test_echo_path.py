@@ -10,6 +10,8 @@ canceller that does not cancel.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -117,10 +119,14 @@ def test_a_jump_of_the_path_is_followed() -> None:
 
 
 @pytest.mark.parametrize("fault", ["late", "missing"])
-def test_a_reference_late_or_missing_falls_back_to_the_gate(fault: str) -> None:
+def test_a_reference_late_or_missing_falls_back_to_the_gate(
+    fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The reference says our speech sounded 2 s after it did, or there is none: the
     canceller cannot cancel, so within 3 s of our speech the microphone is gated until
-    our speech (and its echo) is over; the status says why."""
+    our speech (and its echo) is over; the status says why, one fallback counted and
+    logged (a missing reference is then also a path not found: the same fallback)."""
+    caplog.set_level(logging.WARNING, logger="daemon.echo.fallback")
     room = Room(14.0)
     room.play(our_voice(8.0), 0.5)
     mic = room.mic()
@@ -131,7 +137,8 @@ def test_a_reference_late_or_missing_falls_back_to_the_gate(fault: str) -> None:
     assert not out[round((onset + 0.1) * RATE) : round(8.5 * RATE)].any()  # gated through
     status = stage.describe()
     assert status["fallback"] in {"echo path not found", "no reference"}
-    assert stage._counters.get("echo_fallbacks") >= 1
+    assert stage._counters.get("echo_fallbacks") == 1
+    assert sum("fell back" in r.getMessage() for r in caplog.records) == 1, caplog.text
 
 
 def test_full_duplex_again_once_the_path_is_found() -> None:

@@ -170,9 +170,11 @@ class EchoCanceller:
             log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
             self._realign_path(frame, delay)
 
-    def _fell_back(self, reason: Reason) -> None:
-        """Counted; a canceller that has the path and does not cancel starts afresh."""
-        self._counters.add("echo_fallbacks")
+    def _fell_back(self, reason: Reason, new: bool) -> None:
+        """Counted when `new`; a canceller that has the path and does not cancel starts
+        afresh."""
+        if new:
+            self._counters.add("echo_fallbacks")
         if reason is Reason.NOT_CANCELLING:
             self._start_afresh()
 

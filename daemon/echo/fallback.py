@@ -138,7 +138,7 @@ class Fallback:
     def __init__(
         self,
         audible_until: Callable[[], float],
-        on_fall_back: Callable[[Reason], None],
+        on_fall_back: Callable[[Reason, bool], None],
         figures: Callable[[], str],
     ):
         self._audible_until = audible_until
@@ -197,14 +197,19 @@ class Fallback:
         return captured_at < self._audible_until() + path + TAIL_S
 
     def _switch(self, reason: Reason | None, at: float) -> None:
-        if reason is not None:
+        """A fallback is logged and counted once, however often its reason changes
+        (no reference, then no path found) before the canceller cancels again."""
+        if reason is not None and self.active:
+            log.debug("echo fallback goes on: %s", reason.value)
+            self._on_fall_back(reason, False)
+        elif reason is not None:
+            figures = self._figures()
             log.warning(
-                "echo canceller fell back to gating the microphone (%s; %s): people who"
+                "echo canceller fell back to gating the microphone (%s): people who"
                 " talk over the translation are not heard until it cancels again",
-                reason.value,
-                self._figures(),
+                figures if reason.value in figures else f"{reason.value}; {figures}",
             )
-            self._on_fall_back(reason)
+            self._on_fall_back(reason, True)
         else:
             log.info("echo canceller cancels again (%s): full duplex", self._figures())
         self.state = FallbackState(reason, at)
