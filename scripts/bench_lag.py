@@ -20,9 +20,10 @@ sentence end → the first sample of its translation audible on the speaker; p50
 over all meetings, and the sentences whose first caption came more than 3.5 s after their
 end counted by what their clip waited for (the service, or the speech after a pause the
 segmenter did not end the clip in, and why); and each monologue's first caption from its
-start. `--seed` draws the meetings (1: the reported ones; set thresholds on others). With
-`--baseline REF` the same scenarios also run against REF's daemon (a temporary git
-worktree, in a subprocess) and both are printed side by side.
+start. `--seed` draws the meetings (1: the reported ones; set thresholds on others).
+`--segmenter KEY=VALUE` changes a segmenter setting (repeatable). With `--baseline REF`
+the same scenarios also run against REF's daemon (a temporary git worktree, in a
+subprocess; with the same settings) and both are printed side by side.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from daemon.values import (
     TranslationEvent,
     Utterance,
 )
+from scripts import segmenter_arg
 from scripts.lag_scenes import Scene, scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,11 +167,11 @@ class SceneResult:
 class Run:
     """One scene through Segmenter → Sequencer → (captions, Playback) on the virtual clock."""
 
-    def __init__(self, scene: Scene, service: Service) -> None:
+    def __init__(self, scene: Scene, service: Service, settings: SegmenterSettings) -> None:
         self.scene = scene
         self.counters = Counters()
         self.room = LiveRoom(RoomSettings())
-        self.settings = SegmenterSettings()
+        self.settings = settings
         self.sequencer = Sequencer(PipelineSettings(), service.translate, self.room, self.counters)
         self.playback = Playback(
             None,
@@ -273,10 +275,10 @@ def more_coming(check: Callable[[], bool]) -> dict[str, Any]:
     return {}
 
 
-def run_scene(scene: Scene, service: Service) -> SceneResult:
+def run_scene(scene: Scene, service: Service, settings: SegmenterSettings) -> SceneResult:
     loop = VirtualLoop()
     try:
-        return loop.run_until_complete(Run(scene, service).main())
+        return loop.run_until_complete(Run(scene, service, settings).main())
     finally:
         loop.close()
 
@@ -294,9 +296,10 @@ def clip_of(clips: list[Clip], end_s: float) -> Clip | None:
     return best
 
 
-def slow_cause(clip: Clip, end: float, gap: float, first_text_s: float) -> str:
+def slow_cause(
+    clip: Clip, end: float, gap: float, first_text_s: float, settings: SegmenterSettings
+) -> str:
     """Why a sentence's first caption came late: what its clip waited for."""
-    settings = SegmenterSettings()
     if clip.first_text is not None and clip.first_text - clip.cut_at > first_text_s + 0.05:
         return "waited for the service"
     if clip.end_s - end < 0.5:
@@ -310,7 +313,9 @@ def slow_cause(clip: Clip, end: float, gap: float, first_text_s: float) -> str:
     return "pause<hangover, clip≥split_after"
 
 
-def figures(results: list[SceneResult], first_text_s: float) -> dict[str, Any]:
+def figures(
+    results: list[SceneResult], first_text_s: float, settings: SegmenterSettings
+) -> dict[str, Any]:
     """p50/p95/max per source sentence; the sentences over SLOW_CAPTION_S by cause."""
     caption: list[float] = []
     speech: list[float] = []
@@ -328,7 +333,7 @@ def figures(results: list[SceneResult], first_text_s: float) -> dict[str, Any]:
             caption.append(clip.first_text - end)
             if clip.first_text - end > SLOW_CAPTION_S:
                 after = r.sentences[k + 1][0] - end if k + 1 < len(r.sentences) else 9.9
-                cause = slow_cause(clip, end, after, first_text_s)
+                cause = slow_cause(clip, end, after, first_text_s, settings)
                 slow[cause] = slow.get(cause, 0) + 1
             if clip.audible_at is None:
                 unheard += 1
@@ -384,8 +389,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         speech_library(str(args.audio_dir)),
     )
     chosen = scenes(args.audio_dir, args.meetings, args.turns, args.seed)
-    results = [run_scene(s, service) for s in chosen]
-    return figures(results, args.first_text_s)
+    results = [run_scene(s, service, args.settings) for s in chosen]
+    return figures(results, args.first_text_s, args.settings)
 
 
 def print_table(columns: dict[str, dict[str, Any]]) -> None:
@@ -481,7 +486,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ratio-max", type=float, default=1.3)
     parser.add_argument("--baseline", metavar="REF", help="also run REF's daemon (git ref)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    return parser.parse_args(argv)
+    segmenter_arg.add_argument(parser, "the daemon")
+    args = parser.parse_args(argv)
+    args.settings = segmenter_arg.settings(parser, args.segmenter)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         f"service: first text {args.first_text_s:.1f} s, speech {args.ratio_min:.1f}–"
         f"{args.ratio_max:.1f}× the clip, streamed {args.audio_pace:.0f}× real time"
     )
+    if args.segmenter:
+        print(f"segmenter: {segmenter_arg.label(args.segmenter)}")
     print_table(columns)
     print_stretch_cost(speech_library(str(args.audio_dir)))
     return 0

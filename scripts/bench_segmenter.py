@@ -2,6 +2,7 @@
 """Benchmark: segmentation quality on real meetings, per detector and setting.
 
     .venv/bin/python scripts/bench_segmenter.py [--audio-dir ../shared/audio] [--quick]
+        [--segmenter KEY=VALUE ...]
 
 For each configuration (webrtcvad as it was before issue 7, webrtcvad fixed, earshot,
 silero, and each with the Silero clip confirmation) the Segmenter runs over real AMI
@@ -17,7 +18,9 @@ clips ending more than 0.3 s inside a speaker's turn, and the segmenter's cost p
 frame; then each configuration over the three files together. Then bad input: every
 shared noise_*.wav alone and all of them concatenated (requests and billed seconds; the
 target is none), and tst00 with a 0.05 DC offset and with 50 Hz mains hum (within 1
-point of the clean file). Exits 0 whatever the verdict.
+point of the clean file). `--segmenter KEY=VALUE` (repeatable) changes a setting of the
+default configuration (the last row), the one the verdict judges. Exits 0 whatever the
+verdict.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +38,13 @@ from daemon.config import LiveRoom, RoomSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.segmenter import FrameJudge, Segmenter
 from daemon.values import SAMPLE_RATE, Pcm, Utterance
+from scripts import segmenter_arg
 from scripts.legacy_vad import LegacyJudge
+from scripts.paths import AUDIO_DIR
 from scripts.scenario import load, pcm_frames
 from scripts.segscore import MIN_BILLED_S, Score, Turn, read_rttm, score
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_AUDIO_DIR = ROOT.parent / "shared" / "audio"
 DONE_MISS, DONE_FA, DONE_CUTS = 0.03, 0.12, 2
 Span = tuple[float, float]
 
@@ -52,7 +56,7 @@ class Config:
     legacy: bool = False
 
 
-def configs(quick: bool) -> list[Config]:
+def configs(quick: bool, default: SegmenterSettings, changed: bool) -> list[Config]:
     s = SegmenterSettings
     rows = [
         Config("webrtc as it was", s(highpass_hz=0, confirm="off"), legacy=True),
@@ -62,7 +66,7 @@ def configs(quick: bool) -> list[Config]:
         Config("silero 0.5", s(detector="silero", confirm="off")),
         Config("earshot 0.4 + confirm", s(detector="earshot", earshot_threshold=0.4)),
         Config("default, no pause cuts", s(split_after_s=60.0)),
-        Config("webrtc + silero confirm", s()),  # the default
+        Config("default, changed" if changed else "webrtc + silero confirm", default),
     ]
     return [rows[0], rows[1], *rows[-2:]] if quick else rows
 
@@ -87,7 +91,7 @@ def segment(pcm: Pcm, config: Config) -> Run:
     return Run(spans, elapsed / max(1, len(frames)) * 1e6)
 
 
-def _spans(events: list[object]) -> list[Span]:
+def _spans(events: Sequence[object]) -> list[Span]:
     return [
         (e.start / SAMPLE_RATE, e.end / SAMPLE_RATE) for e in events if isinstance(e, Utterance)
     ]
@@ -227,14 +231,19 @@ def bad_input(rows: list[Config], audio_dir: Path, files: list[Meeting]) -> None
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO_DIR)
+    parser.add_argument("--audio-dir", type=Path, default=AUDIO_DIR)
     parser.add_argument("--quick", action="store_true", help="baseline, fixed and default only")
-    return parser.parse_args(argv)
+    segmenter_arg.add_argument(parser, "the default configuration")
+    args = parser.parse_args(argv)
+    args.settings = segmenter_arg.settings(parser, args.segmenter)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = configs(args.quick)
+    rows = configs(args.quick, args.settings, bool(args.segmenter))
+    if args.segmenter:
+        print(f"default, changed: {segmenter_arg.label(args.segmenter)}")
     files = meetings(args.audio_dir)
     judged = quality(rows, files)
     bad_input(rows, args.audio_dir, files)
