@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,10 @@ FAULT_CYCLE = ["429", "500", "cut", "cut0", "stream_error", "stall", "garbage", 
 FRAME_MS = 30
 PACE_FRAMES = 32  # frames between pacing sleeps
 RSS_MEDIAN_OF = 5  # reports
+QUIET_RMS = 30  # the room's noise between the recordings (int16)
+AT_REST = (0.2, 0.4, 0.6, 0.8)  # of the room audio: where the room falls quiet to be measured
+QUIET_FIRST_S = 5.0  # room time, for the clip being spoken to end
+REST_WAIT_S = 60.0  # at most, for what was cut to finish
 
 
 # ------------------------------------------------------------------------------- audio
@@ -74,7 +78,7 @@ async def load_room_audio(paths: list[Path]) -> list[Pcm]:
     for path in paths:
         source = FileSource(path, frame)
         pcm = np.concatenate([frame.pcm async for frame in source.frames()])
-        pause = (rng.standard_normal(int(rng.uniform(1.0, 3.0) * SAMPLE_RATE)) * 30).astype(
+        pause = (rng.standard_normal(int(rng.uniform(1.0, 3.0) * SAMPLE_RATE)) * QUIET_RMS).astype(
             np.int16
         )
         pieces.append(np.concatenate((pcm, pause)))
@@ -101,6 +105,9 @@ class PacedSource:
         self._m0 = time.monotonic()
         self.position = 0
         self.done = asyncio.Event()
+        self._lull = False
+        quiet = np.random.default_rng(3).standard_normal(self._frame) * QUIET_RMS
+        self._quiet: Pcm = quiet.astype(np.int16)
 
     def wall_time(self, sample: int) -> float:
         return self._t0 + sample / SAMPLE_RATE
@@ -108,23 +115,34 @@ class PacedSource:
     def monotonic_time(self, sample: int) -> float:
         return self._m0 + sample / SAMPLE_RATE / self._speed
 
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    def lull(self, on: bool) -> None:
+        """While on, the room is quiet (its noise floor, as between the recordings)."""
+        self._lull = on
+
     async def frames(self) -> AsyncIterator[Frame]:
         self._t0, self._m0 = time.time(), time.monotonic()
-        n = self._frame
+        speech = self._speech_frames()
         count = 0
         while self.position < self._samples:
-            for pcm in self._pieces:
-                for offset in range(0, len(pcm) - n + 1, n):
-                    if self.position >= self._samples:
-                        break
-                    yield Frame(self.position, pcm[offset : offset + n])
-                    self.position += n
-                    count += 1
-                    if count % PACE_FRAMES == 0:
-                        due = self._m0 + self.position / SAMPLE_RATE / self._speed
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+            yield Frame(self.position, self._quiet if self._lull else next(speech))
+            self.position += self._frame
+            count += 1
+            if count % PACE_FRAMES == 0:
+                due = self._m0 + self.position / SAMPLE_RATE / self._speed
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
         self.done.set()
         await asyncio.Event().wait()  # a microphone never ends; the soak stops the daemon
+
+    def _speech_frames(self) -> Iterator[Pcm]:
+        n = self._frame
+        while True:
+            for pcm in self._pieces:
+                for offset in range(0, len(pcm) - n + 1, n):
+                    yield pcm[offset : offset + n]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -272,10 +290,15 @@ async def drive(
     samples: list[Sample] = []
     trace = HeapTrace(args.trace_malloc, args.trace_frames) if args.trace_malloc else None
     detail = MemoryDetail()
+    rests: list[Sample] = []
+    total = args.hours * 3600 * SAMPLE_RATE
     print(f"soak: {args.hours:g} h of room audio at {args.speed:g}× real time")
     while not source.done.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(source.done.wait(), args.report_s)
+        if len(rests) < len(AT_REST) and source.position >= AT_REST[len(rests)] * total:
+            rests.append(await at_rest(daemon, source, began))
+            print(rests[-1].line(), "(at rest)", flush=True)
         if args.malloc_trim:
             malloc_trim()
         samples.append(sample(daemon, source, began))
@@ -288,13 +311,11 @@ async def drive(
             else:
                 trace.report()
     # The source is done: let what was cut finish, then stop as systemd would.
-    for _ in range(300):  # at most a minute
-        if settled(daemon):
-            break
-        await asyncio.sleep(0.2)
+    await until_settled(daemon)
     stop.set()
     cycles = await faults
     broker_restarts = await restarts
+    malloc_trim()
     final = sample(daemon, source, began)
     final_detail = detail.line() if args.memory_detail else ""
     daemon.stop()
@@ -305,6 +326,7 @@ async def drive(
         print(final_detail)
     return report(
         samples=samples,
+        rests=rests,
         final=final,
         after=after,
         cycles=cycles,
@@ -313,6 +335,26 @@ async def drive(
         daemon=daemon,
         args=args,
     )
+
+
+async def at_rest(daemon: Daemon, source: PacedSource, began: float) -> Sample:
+    """The room falls quiet until what was cut is translated (or failed), the heap is
+    trimmed, and the figures are taken: memory the daemon keeps, not what is in flight."""
+    source.lull(True)
+    try:
+        await asyncio.sleep(QUIET_FIRST_S / source.speed)  # the clip being spoken ends
+        await until_settled(daemon)
+        malloc_trim()
+        return sample(daemon, source, began)
+    finally:
+        source.lull(False)
+
+
+async def until_settled(daemon: Daemon) -> None:
+    for _ in range(round(REST_WAIT_S / 0.2)):
+        if settled(daemon):
+            return
+        await asyncio.sleep(0.2)
 
 
 def settled(daemon: Daemon) -> bool:
@@ -324,6 +366,7 @@ def settled(daemon: Daemon) -> bool:
 def report(
     *,
     samples: list[Sample],
+    rests: list[Sample],
     final: Sample,
     after: Sample,
     cycles: int,
@@ -334,12 +377,14 @@ def report(
 ) -> int:
     at = min(len(samples) - 1, max(1, len(samples) // 5))  # the warm-up is over
     warm = samples[at]
-    # The RSS moves ±3 MB from report to report with what is in flight (clips, replies,
-    # queues through a fault or a broker restart): growth is the median of a few reports
-    # after the warm-up against that of the last few, the figure at the end among them.
+    # Growth is judged at rest: the room quiet, what was cut translated, the heap trimmed
+    # (`at_rest`), at a fifth of the run against the end. A report taken while the room
+    # talks moves ±3 MB with what is in flight (clips, replies, queues through a fault
+    # or a broker restart); the medians of a few such reports are printed beside it.
     n = min(RSS_MEDIAN_OF, max(1, len(samples) // 10))
     warm_rss = statistics.median(s.rss_mb for s in samples[at : at + n])
     end_rss = statistics.median(s.rss_mb for s in [*samples, final][-n:])
+    rest_from = rests[0].rss_mb if rests else warm_rss
     peak_rss = max(s.rss_mb for s in samples)
     accounted = after.translated + after.failed + after.dropped
     c = daemon.counters
@@ -353,10 +398,12 @@ def report(
         f"{round(c.get('device_rescans'))} device rescans; "
         f"{daemon.heap.trims} heap trims (longest {daemon.heap.longest_ms:.0f} ms)"
     )
+    at_rest_mb = " → ".join(f"{s.rss_mb:.1f}" for s in [*rests, final])
     print(
-        f"RSS {samples[0].rss_mb:.1f} MB at the first report, {warm_rss:.1f} MB after "
-        f"warm-up, {end_rss:.1f} MB at the end (medians of {n} reports; the last "
-        f"{final.rss_mb:.1f}, peak {peak_rss:.1f}); "
+        f"RSS at rest {at_rest_mb} MB (from a fifth of the run on; growth "
+        f"{final.rss_mb - rest_from:+.1f} MB); while the room talks {samples[0].rss_mb:.1f} MB "
+        f"at the first report, {warm_rss:.1f} after warm-up, {end_rss:.1f} at the end "
+        f"(medians of {n} reports), peak {peak_rss:.1f}; "
         f"open files {warm.fds} → {final.fds}; tasks {warm.tasks} → {final.tasks}; "
         f"threads {warm.threads} → {final.threads}"
     )
@@ -369,7 +416,7 @@ def report(
         f"partials dropped {round(c.get('mqtt_partials_dropped'))}"
     )
     flat = (
-        end_rss - warm_rss <= args.max_rss_growth_mb
+        final.rss_mb - rest_from <= args.max_rss_growth_mb
         and final.fds <= warm.fds + 2
         and final.threads <= warm.threads + 1
     )
