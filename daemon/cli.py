@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
+import os
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,21 +242,44 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+TERMINATE_WAIT_S = 5.0
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = 1
     try:
-        return _command(argv)
+        code = _command(argv)
+        return code
     finally:
-        _skip_portaudio_terminate()
+        _release_portaudio(code)
 
 
-def _skip_portaudio_terminate() -> None:
-    """No Pa_Terminate at exit: every stream is closed by then, and on a loaded machine
-    PortAudio's terminate can block for good in the sound server's client (seen through
-    ALSA's PulseAudio plugin: `roomtranslate check` printed its results, then hung in
-    sounddevice's exit handler). The process's end releases what PortAudio still holds."""
+def _release_portaudio(code: int, wait_s: float = TERMINATE_WAIT_S) -> None:
+    """PortAudio terminated before the interpreter ends, for at most `wait_s`.
+
+    Both ways of leaving it to the interpreter's exit went wrong under load: sounddevice's
+    exit handler (Pa_Terminate) can block for good in the sound server's client (seen
+    through ALSA's PulseAudio plugin: `roomtranslate check` printed its results, then
+    hung); skipping it leaves the PulseAudio client's thread running while the
+    interpreter finalizes, and the process now and then ended by SIGSEGV (1 in 8 runs of
+    `check` beside a busy process). So the exit handler runs here in a thread; if it has
+    not returned in `wait_s`, the process ends at once with `code` (its streams are
+    closed, its output flushed), without finalizing around a live sound thread."""
     sounddevice = sys.modules.get("sounddevice")
-    if sounddevice is not None:
-        atexit.unregister(sounddevice._exit_handler)
+    if sounddevice is None:
+        return
+    atexit.unregister(sounddevice._exit_handler)
+    done = threading.Thread(target=sounddevice._exit_handler, name="pa-terminate", daemon=True)
+    done.start()
+    done.join(wait_s)
+    if done.is_alive():
+        logging.getLogger(__name__).warning(
+            "PortAudio did not terminate within %.0f s: exiting without it", wait_s
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _command(argv: list[str] | None) -> int:

@@ -172,6 +172,29 @@ def test_check_ends_when_portaudio_would_hang_at_exit(
     assert "✓ output:" in result.stdout
 
 
+def test_check_terminates_portaudio_before_it_ends(
+    rig: Any, broker: Broker, service: Simulator, tmp_path: Path
+) -> None:
+    """PortAudio is terminated before the interpreter finalizes: left running, the sound
+    server's client thread now and then crashed the process at exit (SIGSEGV, exit -11,
+    after every check had printed)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "terminated"
+    (hook / "sitecustomize.py").write_text(
+        "import pathlib, sounddevice\n"
+        "_real = sounddevice._terminate\n"
+        "def _terminate():\n"
+        "    _real()\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "sounddevice._terminate = _terminate\n"
+    )
+    config = write_config(tmp_path, broker, service)
+    result = check(rig, config, "--no-service", env={"PYTHONPATH": f"{hook}:{ROOT}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.exists(), "PortAudio was left running at exit"
+
+
 def test_room_id_already_online(
     rig: Any, broker: Broker, service: Simulator, tmp_path: Path
 ) -> None:
