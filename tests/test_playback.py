@@ -40,7 +40,7 @@ from daemon.playback import (
     PlayQueue,
     volume_gain,
 )
-from daemon.playback.pace import CALM_S, FULL_S, SLEW_PER_S, Pace, target_rate
+from daemon.playback.pace import BEHIND, SLEW_PER_S, WAITING, Pace, target_rate
 from daemon.values import OUTPUT_RATE, Pcm, Timeline
 from scripts.audio_rig import AudioRig
 
@@ -477,17 +477,18 @@ def test_pace_leaves_audio_untouched_while_little_waits() -> None:
     pace = Pace(OUTPUT_RATE, 1.4)
     chunk = tone24k(500, 0.1)
     for _ in range(5):
-        np.testing.assert_array_equal(pace.feed(chunk, CALM_S), chunk)
+        np.testing.assert_array_equal(pace.feed(chunk, WAITING.calm_s), chunk)
     assert len(pace.finish()) == 0
     assert pace.rate == 1.0 and pace.stretched_s == 0.0
 
 
 def test_the_rate_rises_smoothly_with_the_wait_and_eases_in_per_second_of_speech() -> None:
-    waits = np.linspace(0.0, FULL_S + 1.0, 200)
-    rates = [target_rate(w, 1.4) for w in waits]
-    assert rates[0] == 1.0 and target_rate(CALM_S, 1.4) == 1.0
-    assert target_rate(FULL_S, 1.4) == pytest.approx(1.4) and rates[-1] == pytest.approx(1.4)
-    assert (np.diff(rates) >= 0).all()
+    for curve in (WAITING, BEHIND):
+        waits = np.linspace(0.0, curve.full_s + 1.0, 200)
+        rates = [target_rate(w, 1.4, curve) for w in waits]
+        assert rates[0] == 1.0 and target_rate(curve.calm_s, 1.4, curve) == 1.0
+        assert target_rate(curve.full_s, 1.4, curve) == pytest.approx(1.4)
+        assert rates[-1] == pytest.approx(1.4) and (np.diff(rates) >= 0).all()
     pace = Pace(OUTPUT_RATE, 1.4)
     seen = [1.0]
     for _ in range(40):
@@ -572,6 +573,32 @@ def test_a_long_translation_that_arrives_at_once_hurries_only_when_more_is_comin
         assert playback.backlog_s() < 11.0 and stretched > 0
     else:
         assert playback.backlog_s() == pytest.approx(12.0) and stretched == 0
+
+
+@pytest.mark.parametrize("more_coming", [False, True])
+def test_with_more_coming_half_a_second_queued_already_plays_at_the_full_rate(
+    more_coming: bool,
+) -> None:
+    """Another translation on its way waits for everything queued: behind half a second,
+    a translation plays at the full rate (eased in); with nothing else coming, half a
+    second ahead is not worth hurrying."""
+    counters = Counters()
+    playback = Playback(None, counters, more_coming=lambda: more_coming)
+    playback.start_utterance(1)
+    playback.feed(1, tone24k(400, 0.5))
+    playback.end_utterance(1)
+    playback.start_utterance(2)
+    source = tone24k(600, 3.0)
+    for offset in range(0, len(source), 2400):
+        playback.feed(2, source[offset : offset + 2400])
+    if more_coming:
+        assert playback.pace_rate == pytest.approx(1.4)
+        easing = 0.4 / SLEW_PER_S  # seconds of speech from 1.0 to 1.4
+        expected = 0.5 + easing / 1.2 + (3.0 - easing) / 1.4
+        assert playback.backlog_s() == pytest.approx(expected, abs=0.05)
+    else:
+        assert playback.pace_rate == 1.0 and playback.backlog_s() == pytest.approx(3.5)
+    playback.end_utterance(2)
 
 
 # ---------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ class Playback:
         """Queue 24 kHz mono int16 audio of an utterance (sped up and resampled here)."""
         pace = self._paces.get(utt_id)
         if pace is not None:
-            pcm = pace.feed(pcm, self._wait_s(utt_id))
+            more = self._more_coming()
+            pcm = pace.feed(pcm, self._wait_s(utt_id, more), more_coming=more)
             self._pace_rate = pace.rate
         self._queue_audio(utt_id, pcm, last=False)
 
@@ -205,11 +206,11 @@ class Playback:
         self._resamplers.pop(utt_id, None)
         self._emit(self._queue.end(utt_id))
 
-    def _wait_s(self, utt_id: int) -> float:
+    def _wait_s(self, utt_id: int, more_coming: bool) -> float:
         """How long new audio of `utt_id` waits: behind earlier utterances, and behind its
         own queued audio too while more is on its way (`more_coming`: someone is speaking
         or another translation is in the pipeline), which will wait behind it."""
-        if self._more_coming():
+        if more_coming:
             return self.backlog_s()
         return self._queue.ahead_of(utt_id) / self._queue.rate
 
