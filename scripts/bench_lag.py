@@ -16,14 +16,16 @@ delta) and to `Playback` (its queue rendered by a virtual PortAudio callback eve
 10 ms).
 
 Per source sentence (the clip holding its end): sentence end → first caption text, and
-sentence end → the first sample of its translation audible on the speaker; p50/p95/max
-over all meetings, and the sentences whose first caption came more than 3.5 s after their
-end counted by what their clip waited for (the service, or the speech after a pause the
-segmenter did not end the clip in, and why); and each monologue's first caption from its
-start. `--seed` draws the meetings (1: the reported ones; set thresholds on others).
-`--segmenter KEY=VALUE` changes a segmenter setting (repeatable). With `--baseline REF`
-the same scenarios also run against REF's daemon (a temporary git worktree, in a
-subprocess; with the same settings) and both are printed side by side.
+sentence end → the first sample of its translation audible on the speaker, split where
+its first audio is handed to Playback (after it: the wait behind earlier translations,
+one callback block and the DAC lead); p50/p95/max over all meetings, and the sentences
+whose first caption came more than 3.5 s after their end counted by what their clip
+waited for (the service, or the speech after a pause the segmenter did not end the clip
+in, and why); and each monologue's first caption from its start. `--seed` draws the
+meetings (1: the reported ones; set thresholds on others). `--segmenter KEY=VALUE`
+changes a segmenter setting (repeatable). With `--baseline REF` the same scenarios also
+run against REF's daemon (a temporary git worktree, in a subprocess; with the same
+settings) and both are printed side by side.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class Clip:
     end_s: float
     cut_at: float = 0.0
     first_text: float | None = None
+    first_audio: float | None = None  # its first audio handed to Playback
     audible_at: float | None = None
     skipped_s: float = 0.0
 
@@ -237,6 +240,7 @@ class Run:
             elif isinstance(event, AudioChunk):
                 began = time.perf_counter()
                 if not playback.is_open(utt.id):
+                    clip.first_audio = loop.time()
                     playback.start_utterance(utt.id, utt.timeline)
                 playback.feed(utt.id, event.pcm)
                 self.feed_cpu_s += time.perf_counter() - began
@@ -319,6 +323,8 @@ def figures(
     """p50/p95/max per source sentence; the sentences over SLOW_CAPTION_S by cause."""
     caption: list[float] = []
     speech: list[float] = []
+    to_playback: list[float] = []  # sentence end → its first audio handed to Playback
+    in_playback: list[float] = []  # → first heard: waiting behind earlier translations
     slow: dict[str, int] = {}
     missed = unheard = sentences = 0
     for r in results:
@@ -339,6 +345,9 @@ def figures(
                 unheard += 1
             else:
                 speech.append(clip.audible_at - end)
+                if clip.first_audio is not None:
+                    to_playback.append(clip.first_audio - end)
+                    in_playback.append(clip.audible_at - clip.first_audio)
     meetings = [r for r in results if r.kind == "meeting"]
     out: dict[str, Any] = {
         "sentences": sentences,
@@ -347,6 +356,8 @@ def figures(
         "unheard": unheard,
         "caption": stats(caption),
         "speech": stats(speech),
+        "to_playback": stats(to_playback),
+        "in_playback": stats(in_playback),
         "max_backlog_s": max((r.max_backlog_s for r in meetings), default=0.0),
         "skipped_s": sum(r.skipped_s for r in meetings),
         "feed_core_pct": 100
@@ -415,6 +426,8 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
     for key, label in (
         ("caption", "end → first caption text"),
         ("speech", "end → translation heard"),
+        ("to_playback", "  end → its first audio at playback"),
+        ("in_playback", "  first audio at playback → heard"),
     ):
         for q in ("p50", "p95", "max"):
             row(f"{label} {q} (s)", lambda c, k=key, q=q: c[k][q])
