@@ -28,6 +28,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,7 @@ def run_canceller(
     reference: bool = True,
     stamp_offset_s: float = 0.0,
     offset_until_s: float = float("inf"),
+    after: Callable[[Any, Any], None] | None = None,
 ) -> tuple[Floats, Any]:
     """The daemon's echo stage over a room, as the live daemon drives it.
 
@@ -129,6 +131,8 @@ def run_canceller(
     a `reference`; the
     stage's `audible_until` is the end of the non-silent audio written so far. Returns
     the cleaned 16 kHz signal and the stage (an `EchoCanceller` unless one is given).
+    `after(stage, frame)` sees each frame the stage returned, as it is returned (a live
+    segmenter screening its clips as they are cut).
     """
     import soxr
 
@@ -168,6 +172,8 @@ def run_canceller(
             written += block
         result = stage.process(Frame(start, mic16[start : start + frame]), captured_at)
         out[start : start + frame] = result.pcm
+        if after is not None:
+            after(stage, result)
     return out.astype(np.float64) / 32768.0, stage
 
 

@@ -11,9 +11,9 @@ times are 8 ms late, far inside the segmenter's pre-roll. While nothing has play
 `IDLE_AFTER_S` it is bypassed (the same delay, no processing): a quiet room costs
 nothing, and the canceller keeps what it learnt of the room for the next translation.
 
-Per 10 ms block the stage notes the reference and microphone levels in an `EchoLedger`
-on the capture clock; the own-speech guard (`daemon/echo/guard.py`) judges each clip
-from it before anything is sent (`screen`).
+The stage keeps what the microphone heard and what we played one echo path earlier on
+the capture clock; the own-speech guard (`daemon/echo/guard.py`) judges each clip from
+them before anything is sent (`screen`).
 
 Double talk (`double_talk()` is true while our speech plays): while it cancels our
 speech, AEC3's suppressor also turns down a person who talks over it, most at their
@@ -42,16 +42,9 @@ import numpy as np
 from daemon.counters import Counters
 from daemon.echo.delay import CONFIDENT, MOVE_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import CancellationMonitor, Fallback, Reason
-from daemon.echo.guard import (
-    BLOCK,
-    SILENT_DB,
-    EchoLedger,
-    Levels,
-    OwnSpeechGuard,
-    Verdict,
-    block_levels,
-)
+from daemon.echo.guard import LEAD_BLOCKS, OURS_BELOW, Verdict, foreign_share
 from daemon.echo.history import PcmHistory
+from daemon.echo.ledger import BLOCK, SILENT_DB, EchoLedger, Levels, block_levels
 from daemon.echo.reference import ReferenceAligner
 from daemon.echo.share import LAGS, echo_share
 from daemon.segmenter.confirm import Confirmer
@@ -68,10 +61,8 @@ DT_PRE_ROLL_S = 2.0  # (in a dense meeting the clip sent before is nearer)
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
-GUARD_LEAD_IN_S = 1.0  # cleaned audio before a clip the guard judges with it
 CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
-MOSTLY_OURS = 0.5  # a clip more than half of whose energy is our echo is not sent
 LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: leaking ...
 CANCELLING_DB = 10.0  # ... unless it removed this much of it (converged: 30-60 dB; a
 # person talking over us makes it read 12-20; re-learning a moved path: 3-8)
@@ -97,10 +88,9 @@ class EchoCanceller:
         self._reference = reference
         self._counters = counters
         self._ledger = EchoLedger()
-        self._guard = OwnSpeechGuard(self._ledger)
         self._delay: Pcm = np.zeros(AEC_DELAY_SAMPLES, dtype=np.int16)
         self._history = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # cleaned, by clock
-        self._last_clip_end = 0  # of the last clip screened (the guard's lead-in stops there)
+        self._mic = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what the microphone heard
         self._last_sent_end = 0  # of the last clip sent (widening stops there)
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
@@ -153,6 +143,7 @@ class EchoCanceller:
             loud=self._monitor.loud,
         )
         self._history.write(frame.start, out)
+        self._mic.write(frame.start, frame.pcm)
         if self._fallback.gating(captured_at, self._tracker.delay_s):
             # silenced for the segmenter, but kept for widening: a clip cut as the gate
             # opens reaches back over a first word said while it gated
@@ -266,40 +257,43 @@ class EchoCanceller:
     def screen(self, utt: Utterance) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
         send: widened at an edge where our speech played (double talk)."""
-        converged = not any(
-            utt.end > start and (end is None or utt.start < end) for start, end in self._converging
-        )
-        verdict = self._guard.judge(self._with_lead_in(utt), converged=converged)
-        share = self._judge_share(utt, verdict)
-        if verdict is None and share >= MOSTLY_OURS:
-            figures = self._guard.last or Verdict(0.0, 0.0, 0.0, 0.0, 0.0, True, 0.0, 0.0, "")
-            verdict = dataclasses.replace(figures, signal="share")
-            log.info("utterance %d is our own speech: %.0f%% of it our echo", utt.id, share * 100)
-        self._last_clip_end = max(self._last_clip_end, utt.end)
-        if verdict is not None:  # not sent: the next clip may widen into it (a person's
-            return verdict  # first word at the end of our residual)
-        widened = self._widen(utt)
-        self._last_clip_end = max(self._last_clip_end, widened.end)
-        self._last_sent_end = max(self._last_sent_end, widened.end)
-        return widened
-
-    def _judge_share(self, utt: Utterance, verdict: Verdict | None) -> float:
-        """The share of the clip that is our echo (`daemon/echo/share.py`), logged and
-        kept with the guard's figures (`last_judgement`)."""
-        lead = max(LAGS) * BLOCK
-        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
-        share = echo_share(utt.pcm, reference) if reference.any() else 0.0
-        figures = self._guard.last
+        foreign = self._foreign(utt)
+        share = self._echo_share(utt)
         self.last_judgement = {
+            "foreign_share": None if foreign is None else round(foreign, 4),
             "echo_share": round(share, 4),
             "path_found": self._tracker.delay_s is not None,
-            "guard": None if verdict is None else verdict.signal,
-            "figures": None if figures is None else dataclasses.asdict(figures),
             "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
             "fallback": self._fallback.active,
         }
-        log.info("utterance %d: %.0f%% of it our echo (estimated)", utt.id, share * 100)
-        return share
+        log.info(
+            "utterance %d: %s of its loud sound foreign, %.0f%% of it our echo (estimated)",
+            utt.id,
+            "-" if foreign is None else f"{foreign:.0%}",
+            share * 100,
+        )
+        if foreign is not None and foreign < OURS_BELOW:
+            return Verdict(foreign, share)  # not sent: the next clip may widen into it
+        widened = self._widen(utt)
+        self._last_sent_end = max(self._last_sent_end, widened.end)
+        return widened
+
+    def _foreign(self, utt: Utterance) -> float | None:
+        """`foreign_share` of what the microphone heard over the clip (None: not judged,
+        nothing played over it)."""
+        lead = LEAD_BLOCKS * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        if not reference.any():
+            return None
+        mic = self._mic.read(utt.start - AEC_DELAY_SAMPLES, len(utt.pcm))
+        return foreign_share(mic, reference, search=True)
+
+    def _echo_share(self, utt: Utterance) -> float:
+        """The share of the cleaned clip estimated our echo (`daemon/echo/share.py`): a
+        figure for the log and the benchmarks, not a decision."""
+        lead = max(LAGS) * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        return echo_share(utt.pcm, reference) if reference.any() else 0.0
 
     def describe(self) -> dict[str, Any]:
         estimate = self._tracker.last
@@ -338,17 +332,6 @@ class EchoCanceller:
         self._monitor.restart()
         if self._converged:
             self._converging.append((self._next_start, None))
-
-    def _with_lead_in(self, utt: Utterance) -> Utterance:
-        """The clip with up to GUARD_LEAD_IN_S of the cleaned audio before it (not of the
-        clip before), for the guard: the tail of our echo after our speech ended is judged
-        with the end of our speech it follows."""
-        start = max(utt.start - round(GUARD_LEAD_IN_S * SAMPLE_RATE), self._last_clip_end)
-        start = max(start - start % BLOCK, self._history.oldest)
-        if start >= utt.start or (utt.start - start) % BLOCK:
-            return utt
-        lead_in = self._history.read(start, utt.start - start)
-        return dataclasses.replace(utt, start=start, pcm=np.concatenate((lead_in, utt.pcm)))
 
     def _widen(self, utt: Utterance) -> Utterance:
         """Double-talk edges widened; never overlapping the clip sent before."""

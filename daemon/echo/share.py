@@ -55,7 +55,7 @@ def _band_matrix() -> Floats:
     ).astype(np.float64)
 
 
-def _spread(power: Floats) -> Floats:
+def spread(power: Floats) -> Floats:
     """The reference's power as the room spreads it, one exponential tail per decay:
     (blocks, bands, decays)."""
     decays = np.array([np.exp(-0.01 / d) if d else 0.0 for d in DECAYS_S])
@@ -71,7 +71,7 @@ def echo_share(clip: Pcm, reference: Pcm) -> float:
     """The share of `clip`'s energy that is our echo; `reference` is what we played, one
     echo path earlier, for the same samples plus `max(LAGS)` blocks before them."""
     y = band_powers(clip)
-    r = _spread(band_powers(reference))
+    r = spread(band_powers(reference))
     lead = max(LAGS)
     blocks = min(len(y), len(r) - lead)
     if blocks < MIN_BLOCKS:
