@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +60,6 @@ DT_PRE_ROLL_S = 2.0  # (in a dense meeting the clip sent before is nearer)
 DT_POST_ROLL_S = 0.45  # at most hangover_ms - post_roll_ms of the default segmenter
 DT_EDGE_S = 0.3  # our speech played this close to a clip edge: widen that edge
 CONVERGE_S = 2.0  # of our speech processed before the canceller counts as converged
-CONVERGING_SPANS = 16  # restarts remembered for judging clips (a clip waits far less)
 DOUBLE_TALK_S = 0.5  # our speech played this recently: the frame is in double talk
 LEAKING = CONFIDENT  # our echo this prominent in the canceller's output: leaking ...
 CANCELLING_DB = 10.0  # ... unless it removed this much of it (converged: 30-60 dB; a
@@ -95,8 +93,7 @@ class EchoCanceller:
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
         self._learnt_blocks = 0  # blocks of our speech processed since the last restart
-        # clock spans [from, to) in which the canceller converged (the newest may be open)
-        self._converging: deque[tuple[int, int | None]] = deque([(0, None)], CONVERGING_SPANS)
+        self._converged = False  # CONVERGE_S of our speech processed since the last restart
         self._active = False
         self._captured_at = 0.0
         self._last_played: float | None = 0.0  # capture time our speech last sounded
@@ -323,15 +320,10 @@ class EchoCanceller:
             self._restart_convergence()
         self._next_start = frame.end
 
-    @property
-    def _converged(self) -> bool:
-        return self._converging[-1][1] is not None
-
     def _restart_convergence(self) -> None:
         self._learnt_blocks = 0
         self._monitor.restart()
-        if self._converged:
-            self._converging.append((self._next_start, None))
+        self._converged = False
 
     def _widen(self, utt: Utterance) -> Utterance:
         """Double-talk edges widened; never overlapping the clip sent before."""
@@ -370,7 +362,7 @@ class EchoCanceller:
         )
 
     def _played(self, start: int, end: int) -> bool:
-        ref_db, _ = self._ledger.levels(max(start, 0), max(end, 0))
+        ref_db = self._ledger.levels(max(start, 0), max(end, 0))
         return bool(np.any(ref_db > REF_ACTIVE_DBFS))
 
     def _delayed(self, pcm: Pcm) -> Pcm:
@@ -390,7 +382,7 @@ class EchoCanceller:
     def _note(self, start: int, ref: Pcm, at_path: Pcm, mic: Pcm, out: Pcm) -> None:
         ref_db = _levels(ref)
         mic_db = block_levels(mic)
-        self._ledger.note(start, ref_db, mic_db)
+        self._ledger.note(start, ref_db)
         self._at_path.write(start, at_path)
         out_db = block_levels(out)
         self._monitor.hear(mic_db)
@@ -400,7 +392,7 @@ class EchoCanceller:
         if not self._converged and self._active:
             self._learnt_blocks += int(playing.sum())
             if self._learnt_blocks * BLOCK >= CONVERGE_S * SAMPLE_RATE:
-                self._converging.append((self._converging.pop()[0], start + len(ref)))
+                self._converged = True
         if self._active and playing.any():
             removal = float(np.mean(mic_db[playing] - out_db[playing]))
             self._removal_db += REMOVAL_SMOOTHING * (removal - self._removal_db)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.echo.share import LAGS, band_powers, spread
+from daemon.echo.share import LAGS, band_powers, non_negative_fit, spread
 from daemon.values import Pcm
 
 OURS_BELOW = 0.08  # a clip with less of its loud cells foreign is our own voice
@@ -126,24 +126,7 @@ def _predict(y: Floats, x: Floats, noise: float) -> Floats:
     for _ in range(FITS):
         if fitted.sum() <= x.shape[1]:
             break
-        gains = _non_negative_fit(x[fitted], y[fitted] - noise)
+        gains = non_negative_fit(x[fitted], y[fitted] - noise)
         predicted = x @ gains + noise
         fitted = y < predicted * OUTLIER
     return predicted
-
-
-def _non_negative_fit(x: Floats, y: Floats) -> Floats:
-    """Least squares `y ≈ x @ g` with g >= 0 (columns with a negative gain left out, the
-    most negative first, until none is), by the normal equations."""
-    scale = float(x.max()) or 1.0
-    xs = x / scale
-    gram, target = xs.T @ xs, xs.T @ y
-    gains = np.zeros(x.shape[1])
-    keep = np.arange(x.shape[1])
-    while len(keep):
-        fit, *_ = np.linalg.lstsq(gram[np.ix_(keep, keep)], target[keep], rcond=None)
-        if (fit >= 0).all():
-            gains[keep] = fit / scale
-            return gains
-        keep = np.delete(keep, int(np.argmin(fit)))
-    return gains

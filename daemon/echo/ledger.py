@@ -1,6 +1,7 @@
 """The echo ledger: per 10 ms block, the level of what we played (as the devices report
-it) and of what the microphone heard, by the capture clock, for the last `LEDGER_S`: the
-echo stage asks it whether our speech played near a clip's edges (double-talk widening).
+it, realigned when the echo path moves), by the capture clock, for the last `LEDGER_S`:
+the echo stage asks it whether our speech played near a clip's edges (double-talk
+widening).
 """
 
 from __future__ import annotations
@@ -26,21 +27,19 @@ def block_levels(pcm: Pcm) -> Levels:
 
 
 class EchoLedger:
-    """Reference and microphone levels per 10 ms block, indexed by the capture clock."""
+    """Reference levels per 10 ms block, indexed by the capture clock."""
 
     def __init__(self, seconds: float = LEDGER_S) -> None:
         size = round(seconds * SAMPLE_RATE / BLOCK)
         self._ref: Levels = np.full(size, SILENT_DB, dtype=np.float32)
-        self._mic: Levels = np.full(size, SILENT_DB, dtype=np.float32)
         self._next = 0  # block index one past the newest noted
 
-    def note(self, start: int, ref_db: Levels, mic_db: Levels) -> None:
+    def note(self, start: int, ref_db: Levels) -> None:
         first = start // BLOCK
         self._clear(self._next, first)  # blocks skipped by a clock jump: unknown
         size = len(self._ref)
         slots = np.arange(first, first + len(ref_db)) % size
         self._ref[slots] = ref_db
-        self._mic[slots] = mic_db
         self._next = max(self._next, first + len(ref_db))
 
     def realign(self, start: int, ref_db: Levels) -> None:
@@ -50,23 +49,20 @@ class EchoLedger:
         keep = (known < self._next) & (known >= self._next - len(self._ref))
         self._ref[known[keep] % len(self._ref)] = ref_db[keep]
 
-    def levels(self, start: int, end: int) -> tuple[Levels, Levels]:
-        """(reference, microphone) levels of the blocks of samples [start, end)."""
+    def levels(self, start: int, end: int) -> Levels:
+        """The reference levels of the blocks of samples [start, end)."""
         first, last = start // BLOCK, end // BLOCK
         size = len(self._ref)
         known = np.arange(first, last)
         slots = known % size
         valid = (known < self._next) & (known >= self._next - size)
-        ref = np.where(valid, self._ref[slots], SILENT_DB).astype(np.float32)
-        mic = np.where(valid, self._mic[slots], SILENT_DB).astype(np.float32)
-        return ref, mic
+        ref: Levels = np.where(valid, self._ref[slots], SILENT_DB).astype(np.float32)
+        return ref
 
     def _clear(self, first: int, last: int) -> None:
         size = len(self._ref)
         if last - first >= size:
             self._ref.fill(SILENT_DB)
-            self._mic.fill(SILENT_DB)
         elif last > first:
             slots = np.arange(first, last) % size
             self._ref[slots] = SILENT_DB
-            self._mic[slots] = SILENT_DB

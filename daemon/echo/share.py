@@ -98,14 +98,24 @@ def _explained(y: Floats, r: Floats) -> float:
 
 
 def _fit(y: Floats, x: Floats) -> Floats:
-    """The non-negative part `x @ g` of the least-squares fit `y ≈ x @ g + c`, g >= 0
-    (the columns with a negative gain are left out, one at a time)."""
-    keep = list(range(x.shape[1]))
-    xc, yc = x - x.mean(axis=0), y - y.mean()
-    while keep:
-        gains, *_ = np.linalg.lstsq(xc[:, keep], yc, rcond=None)
-        if (gains >= 0).all():
-            echo: Floats = x[:, keep] @ gains
-            return echo
-        keep.pop(int(np.argmin(gains)))
-    return np.zeros_like(y)
+    """The non-negative part `x @ g` of the least-squares fit `y ≈ x @ g + c`, g >= 0."""
+    gains = non_negative_fit(x - x.mean(axis=0), y - y.mean())
+    echo: Floats = x @ gains
+    return echo
+
+
+def non_negative_fit(x: Floats, y: Floats) -> Floats:
+    """Least squares `y ≈ x @ g` with g >= 0 (columns with a negative gain left out, the
+    most negative first, until none is), by the normal equations."""
+    scale = float(np.abs(x).max()) or 1.0
+    xs = x / scale
+    gram, target = xs.T @ xs, xs.T @ y
+    gains = np.zeros(x.shape[1])
+    keep = np.arange(x.shape[1])
+    while len(keep):
+        fit, *_ = np.linalg.lstsq(gram[np.ix_(keep, keep)], target[keep], rcond=None)
+        if (fit >= 0).all():
+            gains[keep] = fit / scale
+            return gains
+        keep = np.delete(keep, int(np.argmin(fit)))
+    return gains
