@@ -34,6 +34,7 @@ from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
 from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
+from daemon.echo.screening import Screening
 from daemon.fleet.account import SharedBudget
 from daemon.heap import TRIM_EVERY_S, HeapTrimmer, fix_mmap_threshold
 from daemon.identity import device_id
@@ -144,6 +145,7 @@ class Daemon:
         )
         self._translate = self.budget.gate(self.translator.translate)
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
+        self.screening = Screening(self.echo, self._send, self._reject, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
         self.mqtt = self._make_mqtt()
         self.shared = self._make_shared_budget()
@@ -342,17 +344,22 @@ class Daemon:
         return DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None
 
     def _submit(self, utt: Utterance) -> None:
-        """A clip for the service, unless it is our own speech coming back (echo guard)."""
-        screened = self.echo.screen(utt)
-        if isinstance(screened, Verdict):
-            self.counters.add("echo_dropped")
-            self.sequencer.reject(utt, "echo")
-            log.info("utterance %d dropped, our own speech: %s", utt.id, screened.describe())
-            return
-        utt = screened
+        """A clip for the service, unless it is our own speech coming back (the echo
+        stage screens it off the loop: `daemon/echo/screening.py`)."""
+        self.screening.offer(utt)
+
+    def _send(self, utt: Utterance) -> None:
         self.sequencer.submit(utt)
         self.lanes.submit(utt)
         log.info("utterance %d: %.2f s of speech", utt.id, utt.duration_s)
+
+    def _reject(self, utt: Utterance, reason: str, verdict: Verdict | None) -> None:
+        self.sequencer.reject(utt, reason)
+        if verdict is None:
+            log.warning("utterance %d dropped: %s", utt.id, reason)
+            return
+        self.counters.add("echo_dropped")
+        log.info("utterance %d dropped, our own speech: %s", utt.id, verdict.describe())
 
     async def _deliver(self) -> None:
         """Ordered translation events → speaker and captions."""
@@ -517,6 +524,7 @@ class Daemon:
                     return group.create_task(coro, name=name)
 
                 listen = start("listen", self._listen())
+                screen = start("screen", self.screening.run())
                 dispatch = start("dispatch", self.sequencer.run())
                 deliver = start("deliver", self._deliver())
                 others = [
@@ -535,7 +543,7 @@ class Daemon:
                 if self.shared is not None:
                     others.append(start("shared-budget", self.shared.run()))
                 await self._stop.wait()
-                await self._shutdown(listen, dispatch, deliver, others)
+                await self._shutdown(listen, screen, dispatch, deliver, others)
         finally:
             await self.translator.aclose()
             self.notifier.close()
@@ -544,6 +552,7 @@ class Daemon:
     async def _shutdown(
         self,
         listen: asyncio.Task[None],
+        screen: asyncio.Task[None],
         dispatch: asyncio.Task[None],
         deliver: asyncio.Task[None],
         others: list[asyncio.Task[None]],
@@ -551,6 +560,10 @@ class Daemon:
         log.info("stopping")
         self.notifier.stopping()
         listen.cancel()
+        screen.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await screen
+        self.screening.stop("shutdown")
         self.sequencer.drop_waiting("shutdown")
         self.sequencer.close()
         dispatch.cancel()  # in-flight translations end as dropped(shutdown)

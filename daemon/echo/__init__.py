@@ -20,7 +20,7 @@ from daemon.config import AudioSettings
 from daemon.counters import Counters
 from daemon.echo.canceller import DoubleTalkConfirmer, EchoCanceller
 from daemon.echo.gate import EchoGate
-from daemon.echo.guard import Verdict
+from daemon.echo.guard import Evidence, Measures, Verdict
 from daemon.echo.reference import PlayedAudio, ReferenceAligner
 from daemon.profiles import Profile
 from daemon.values import Frame, Utterance
@@ -33,6 +33,8 @@ __all__ = [
     "EchoGate",
     "EchoMode",
     "EchoStage",
+    "Evidence",
+    "Measures",
     "PlayedAudio",
     "Verdict",
     "echo_mode",
@@ -47,7 +49,9 @@ class EchoStage(Protocol):
     (`Capture.monotonic_time(frame.start)`). The returned frame must keep `start` and the
     length: the clock downstream is the capture clock. `screen` takes a clip cut from
     the returned frames and gives the clip to send, or the `Verdict` that it is our own
-    speech (it is dropped, not sent).
+    speech (it is dropped, not sent); `evidence` is what it judges the clip on, copied
+    when the clip is cut (None: nothing to judge), whose `measure()` may run on another
+    thread and be handed to `screen`.
     """
 
     @property
@@ -55,7 +59,9 @@ class EchoStage(Protocol):
 
     def process(self, frame: Frame, captured_at: float) -> Frame: ...
 
-    def screen(self, utt: Utterance) -> Utterance | Verdict: ...
+    def evidence(self, utt: Utterance) -> Evidence | None: ...
+
+    def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict: ...
 
     def double_talk(self) -> bool: ...
 

@@ -41,11 +41,10 @@ import numpy as np
 from daemon.counters import Counters
 from daemon.echo.delay import CONFIDENT, MOVE_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import CancellationMonitor, Fallback, Reason
-from daemon.echo.guard import LEAD_BLOCKS, OURS_BELOW, Verdict, foreign_share
+from daemon.echo.guard import LEAD_BLOCKS, Evidence, Measures, Verdict
 from daemon.echo.history import PcmHistory
 from daemon.echo.ledger import BLOCK, SILENT_DB, EchoLedger, Levels, block_levels
 from daemon.echo.reference import ReferenceAligner
-from daemon.echo.share import LAGS, echo_share
 from daemon.segmenter.confirm import Confirmer
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -251,14 +250,22 @@ class EchoCanceller:
             return False
         return self._captured_at - self._last_played < DOUBLE_TALK_S
 
-    def screen(self, utt: Utterance) -> Utterance | Verdict:
+    def evidence(self, utt: Utterance) -> Evidence:
+        """What `utt` is judged on, copied from the histories now."""
+        lead = LEAD_BLOCKS * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        mic = self._mic.read(utt.start - AEC_DELAY_SAMPLES, len(utt.pcm))
+        return Evidence(utt.pcm, mic, reference if reference.any() else None)
+
+    def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
-        send: widened at an edge where our speech played (double talk)."""
-        foreign = self._foreign(utt)
-        share = self._echo_share(utt)
+        send: widened at an edge where our speech played (double talk). `measures`: those
+        of `evidence(utt)`, measured elsewhere (None: measured now)."""
+        m = measures if measures is not None else self.evidence(utt).measure()
+        foreign = m.foreign_share
         self.last_judgement = {
             "foreign_share": None if foreign is None else round(foreign, 4),
-            "echo_share": round(share, 4),
+            "echo_share": round(m.echo_share, 4),
             "path_found": self._tracker.delay_s is not None,
             "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
             "fallback": self._fallback.active,
@@ -267,30 +274,13 @@ class EchoCanceller:
             "utterance %d: %s of its loud sound foreign, %.0f%% of it our echo (estimated)",
             utt.id,
             "-" if foreign is None else f"{foreign:.0%}",
-            share * 100,
+            m.echo_share * 100,
         )
-        if foreign is not None and foreign < OURS_BELOW:
-            return Verdict(foreign, share)  # not sent: the next clip may widen into it
+        if foreign is not None and m.ours:
+            return Verdict(foreign, m.echo_share)  # not sent: the next clip may widen into it
         widened = self._widen(utt)
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
-
-    def _foreign(self, utt: Utterance) -> float | None:
-        """`foreign_share` of what the microphone heard over the clip (None: not judged,
-        nothing played over it)."""
-        lead = LEAD_BLOCKS * BLOCK
-        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
-        if not reference.any():
-            return None
-        mic = self._mic.read(utt.start - AEC_DELAY_SAMPLES, len(utt.pcm))
-        return foreign_share(mic, reference, search=True)
-
-    def _echo_share(self, utt: Utterance) -> float:
-        """The share of the cleaned clip estimated our echo (`daemon/echo/share.py`): a
-        figure for the log and the benchmarks, not a decision."""
-        lead = max(LAGS) * BLOCK
-        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
-        return echo_share(utt.pcm, reference) if reference.any() else 0.0
 
     def describe(self) -> dict[str, Any]:
         estimate = self._tracker.last

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from daemon.counters import Counters
-from daemon.echo.guard import Verdict
+from daemon.echo.guard import Evidence, Measures, Verdict
 from daemon.values import Frame, Utterance
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ class EchoGate:
     def double_talk(self) -> bool:
         return False
 
-    def screen(self, utt: Utterance) -> Utterance | Verdict:
+    def evidence(self, utt: Utterance) -> Evidence | None:
+        return None
+
+    def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """The gate sends whatever it let through."""
         return utt
 

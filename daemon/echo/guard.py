@@ -30,6 +30,10 @@ two levels above were chosen on the calibration half of the room matrix
 (`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are in
 `docs/testing.md`. A clip too short to judge (under `MIN_BLOCKS`), or over which nothing
 played, is sent.
+
+What a clip is judged on is copied when it is cut (`Evidence`: the histories move on);
+`Evidence.measure` is pure and takes tens of milliseconds (the fits), so the daemon runs
+it on a worker thread (`daemon/echo/screening.py`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.echo.share import LAGS, band_powers, non_negative_fit, spread
+from daemon.echo.share import LAGS, band_powers, echo_share_of, non_negative_fit, spread
 from daemon.values import Pcm
 
 OURS_BELOW = 0.08  # a clip with less of its loud cells foreign is our own voice
@@ -55,16 +59,49 @@ Floats = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
+class Measures:
+    """A clip's figures."""
+
+    foreign_share: float | None  # None: not judged (too short, nothing loud or played)
+    echo_share: float  # the share of the cleaned clip's energy estimated our echo (share.py)
+
+    @property
+    def ours(self) -> bool:
+        return self.foreign_share is not None and self.foreign_share < OURS_BELOW
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """A clip judged our own speech, with its figures."""
 
     foreign_share: float
-    echo_share: float  # the share of the cleaned clip's energy estimated our echo (share.py)
+    echo_share: float
 
     def describe(self) -> str:
         return (
             f"{self.foreign_share:.0%} of its loud sound foreign (under {OURS_BELOW:.0%}),"
             f" {self.echo_share:.0%} of what the canceller left estimated our echo"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a clip is judged on: the cleaned clip, the microphone over the same samples,
+    and what we played one echo path earlier from `LEAD_BLOCKS` blocks before them (None:
+    nothing played)."""
+
+    cleaned: Pcm
+    mic: Pcm
+    reference: Pcm | None
+
+    def measure(self) -> Measures:
+        if self.reference is None:
+            return Measures(None, 0.0)
+        played = band_powers(self.reference)
+        r = spread(played)
+        foreign = _foreign_share(band_powers(self.mic), played, r, search=True)
+        return Measures(
+            foreign, echo_share_of(band_powers(self.cleaned), r[LEAD_BLOCKS - max(LAGS) :])
         )
 
 
@@ -74,8 +111,13 @@ def foreign_share(mic: Pcm, reference: Pcm, *, search: bool) -> float | None:
     before them (with `search`, when that is not under `OURS_BELOW`, also fitted where the
     clip's envelope places our echo; the lower share counts). None when the clip is too
     short to judge or nothing in it is loud."""
-    y = band_powers(mic)
     played = band_powers(reference)
+    return _foreign_share(band_powers(mic), played, spread(played), search=search)
+
+
+def _foreign_share(y: Floats, played: Floats, r: Floats, *, search: bool) -> float | None:
+    """`foreign_share` from the band powers of the microphone `y` and of the reference
+    `played`, and the spread reference `r`."""
     blocks = min(len(y), len(played) - LEAD_BLOCKS)
     if blocks < MIN_BLOCKS:
         return None
@@ -84,7 +126,6 @@ def foreign_share(mic: Pcm, reference: Pcm, *, search: bool) -> float | None:
     loud = y > noise * 10.0 ** (LOUD_DB / 10.0)
     if not loud.any():
         return None
-    r = spread(played)
     share = _foreign(y, r, 0, noise, loud)
     if not search or share < OURS_BELOW:
         return share

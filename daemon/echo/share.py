@@ -70,8 +70,12 @@ def spread(power: Floats) -> Floats:
 def echo_share(clip: Pcm, reference: Pcm) -> float:
     """The share of `clip`'s energy that is our echo; `reference` is what we played, one
     echo path earlier, for the same samples plus `max(LAGS)` blocks before them."""
-    y = band_powers(clip)
-    r = spread(band_powers(reference))
+    return echo_share_of(band_powers(clip), spread(band_powers(reference)))
+
+
+def echo_share_of(y: Floats, r: Floats) -> float:
+    """`echo_share` from the clip's band powers `y` and the spread reference `r` (`spread`,
+    starting `max(LAGS)` blocks before the clip)."""
     lead = max(LAGS)
     blocks = min(len(y), len(r) - lead)
     if blocks < MIN_BLOCKS:
@@ -105,17 +109,48 @@ def _fit(y: Floats, x: Floats) -> Floats:
 
 
 def non_negative_fit(x: Floats, y: Floats) -> Floats:
-    """Least squares `y ≈ x @ g` with g >= 0 (columns with a negative gain left out, the
-    most negative first, until none is), by the normal equations."""
+    """Least squares `y ≈ x @ g` with g >= 0, by Lawson and Hanson's active set on the
+    normal equations: columns enter one at a time, the one the residual pulls hardest
+    first, and one whose gain would turn negative leaves; the exact optimum, usually
+    after as many small solves as columns with a gain."""
     scale = float(np.abs(x).max()) or 1.0
     xs = x / scale
     gram, target = xs.T @ xs, xs.T @ y
-    gains = np.zeros(x.shape[1])
-    keep = np.arange(x.shape[1])
-    while len(keep):
-        fit, *_ = np.linalg.lstsq(gram[np.ix_(keep, keep)], target[keep], rcond=None)
-        if (fit >= 0).all():
-            gains[keep] = fit / scale
-            return gains
-        keep = np.delete(keep, int(np.argmin(fit)))
+    columns = x.shape[1]
+    gains = np.zeros(columns)
+    used = np.zeros(columns, dtype=bool)
+    tolerance = 1e-10 * max(1.0, float(np.abs(target).max()))
+    for _ in range(3 * columns):
+        pull = np.where(used, -np.inf, target - gram @ gains)
+        best = int(np.argmax(pull))
+        if pull[best] <= tolerance:
+            break
+        used[best] = True
+        gains = _inside(gram, target, gains, used)
+    return gains / scale
+
+
+def _inside(gram: Floats, target: Floats, gains: Floats, used: npt.NDArray[np.bool_]) -> Floats:
+    """Lawson-Hanson's inner loop: the unconstrained solution on the `used` columns, moved
+    towards from `gains` only as far as every gain stays >= 0; a column reaching 0 leaves
+    (`used` is updated in place)."""
+    for _ in range(len(gains)):
+        keep = np.flatnonzero(used)
+        solution = np.zeros_like(gains)
+        solution[keep] = _solve(gram[np.ix_(keep, keep)], target[keep])
+        if (solution[keep] > 0).all():
+            return solution
+        negative = keep[solution[keep] <= 0]
+        steps = gains[negative] / np.maximum(gains[negative] - solution[negative], 1e-300)
+        gains = gains + float(steps.min()) * (solution - gains)
+        used &= gains > 0
+        used[negative[int(np.argmin(steps))]] = False
+        gains[~used] = 0.0
     return gains
+
+
+def _solve(a: Floats, b: Floats) -> Floats:
+    try:
+        return np.asarray(np.linalg.solve(a, b), dtype=np.float64)
+    except np.linalg.LinAlgError:  # a singular set of columns (a reference all zeros)
+        return np.asarray(np.linalg.lstsq(a, b, rcond=None)[0], dtype=np.float64)
