@@ -503,9 +503,11 @@ def steady_meeting(max_rate: float) -> tuple[list[float], list[PlaybackEvent], P
     the callback renders 10 ms blocks on an injected clock. Returns the backlog seen
     as each translation arrives, the events and the stage."""
     events: list[PlaybackEvent] = []
-    playback = Playback(None, Counters(), max_rate=max_rate, on_event=events.append)
-    backlog: list[float] = []
     now = 0.0
+    playback = Playback(
+        None, Counters(), max_rate=max_rate, on_event=events.append, clock=lambda: now
+    )
+    backlog: list[float] = []
     for utt in range(1, 17):
         backlog.append(playback.backlog_s())
         playback.start_utterance(utt)

@@ -85,7 +85,10 @@ class OutputDevice:
         fmt: OutputProfile | None,
         played: PlayedAudio | None,
         on_rate: Callable[[int], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # the playback timeline's clock: time.monotonic (tests inject one)
         self._device = normalize_device(device)
         self._format = fmt if fmt is not None else OutputProfile()
         self._queue = queue
@@ -150,7 +153,7 @@ class OutputDevice:
         self._finished.clear()
         self._failure = None
         self.stopped = False
-        self.last_callback = time.monotonic()
+        self.last_callback = self._clock()
         try:
             session.stream.start()
         except Exception as exc:
@@ -208,7 +211,7 @@ class OutputDevice:
             raise DeviceLost(f"stream error: {exc}") from exc
         if self._finished.is_set() or not active:
             raise DeviceLost("stream stopped")
-        if lifecycle.stalled(self.last_callback, time.monotonic()):
+        if lifecycle.stalled(self.last_callback, self._clock()):
             raise DeviceLost(f"no audio callback for {lifecycle.policy.stall_s:.0f} s")
 
     def stop_idle(self) -> None:
@@ -228,7 +231,7 @@ class OutputDevice:
         if not self.stopped or stream is None:
             return
         self.stopped = False
-        self.last_callback = time.monotonic()
+        self.last_callback = self._clock()
         try:
             stream.start()
         except Exception as exc:  # the device went away while we were idle
@@ -256,7 +259,7 @@ class OutputDevice:
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         try:
-            now = time.monotonic()
+            now = self._clock()
             self.last_callback = now
             if not self.callback_tid:
                 self.callback_tid = threading.get_native_id()

@@ -71,11 +71,13 @@ class Playback:
         fmt: OutputProfile | None = None,
         played: PlayedAudio | None = None,
         host: DeviceHost | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # the playback timeline's clock: time.monotonic (tests inject one)
         self._counters = counters
         self._on_event = on_event
         self._queue = PlayQueue(OUTPUT_RATE, max_backlog_s, counters)
-        self._output = OutputDevice(device, self._queue, fmt, played, self._set_rate)
+        self._output = OutputDevice(device, self._queue, fmt, played, self._set_rate, clock=clock)
         self._device = DeviceLifecycle(
             self._output,
             POLICY,
@@ -99,7 +101,7 @@ class Playback:
     def state(self) -> PlaybackState:
         if self._device.state is not DeviceState.OPEN:
             return PlaybackState.UNAVAILABLE
-        if self._queue.speaking() or time.monotonic() < self.audible_until():
+        if self._queue.speaking() or self._clock() < self.audible_until():
             return PlaybackState.SPEAKING
         return PlaybackState.IDLE
 
@@ -137,7 +139,7 @@ class Playback:
 
     def audible_until(self) -> float:
         """Monotonic time until which the speaker sounds our audio (0.0 if never)."""
-        return self._queue.audible_until(time.monotonic(), self._output.lead)
+        return self._queue.audible_until(self._clock(), self._output.lead)
 
     # -- volume ---------------------------------------------------------------------------
 
@@ -242,11 +244,11 @@ class Playback:
         (shutdown: finish only what is playing). Utterances not yet ended keep it waiting.
         Needs `run()` to be running. True if drained within `timeout`.
         """
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
         if skip_waiting:
             self._emit(self._queue.skip_waiting("shutdown"))
         while True:
-            now = time.monotonic()
+            now = self._clock()
             done_at = self._queue.finished_at()
             if done_at is not None and now >= done_at + TAIL_PAD_S:
                 return True
@@ -285,10 +287,10 @@ class Playback:
                 return SessionEnd.LOST, str(lost)
             if self._device.should_yield():
                 return SessionEnd.YIELDED, ""
-            if not output.stopped and self._idle_for(time.monotonic()) >= IDLE_STOP_S:
+            if not output.stopped and self._idle_for(self._clock()) >= IDLE_STOP_S:
                 output.stop_idle()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(output.wake.wait(), self._next_wake(time.monotonic()))
+                await asyncio.wait_for(output.wake.wait(), self._next_wake(self._clock()))
 
     def _next_wake(self, now: float) -> float:
         """Seconds until the loop has something to do without being signalled."""
@@ -312,7 +314,7 @@ class Playback:
         self._report("output_underflows", self._queue.underflows)
         self._report("playback_callback_errors", self._output.callback_errors)
         self._report("playback_device_underflows", self._output.device_underflows)
-        self._emit(self._queue.poll(time.monotonic()))
+        self._emit(self._queue.poll(self._clock()))
 
     def _report(self, name: str, value: int) -> None:
         delta = value - self._reported.get(name, 0)
