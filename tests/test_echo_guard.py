@@ -72,3 +72,16 @@ def test_before_the_path_is_found_the_clip_places_our_echo() -> None:
 def test_too_short_a_clip_is_not_judged() -> None:
     mic, reference = heard_and_played(-30.0, None, 0.5, 1)
     assert foreign_share(mic[:1600], reference[: 1600 + LEAD], search=False) is None
+
+
+@pytest.mark.parametrize("drive", [3.0, 5.0])
+def test_our_echo_through_a_clipping_loudspeaker_is_ours(drive: float) -> None:
+    ours = level(speech("zh_funasr_long", "de_pv_leopard"), -20.0)[: 7 * RATE]
+    peak = float(np.abs(ours).max())
+    sounding = np.tanh(drive * ours / peak) / drive * peak
+    echo = room_echo.echo_of(
+        sounding, room_echo.room_impulse_response(0.5, 1), delay_s=0.0, gain_db=-4.0
+    )
+    echo += np.random.default_rng(1).standard_normal(len(echo)) * 1e-3
+    share = foreign_share(to_pcm(echo[2 * RATE :]), to_pcm(ours[2 * RATE - LEAD :]), search=False)
+    assert share is not None and share < OURS_BELOW, share

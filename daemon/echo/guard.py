@@ -5,11 +5,13 @@ what we played cannot explain.
 
 The microphone hears our echo, the people and the room's noise; their powers add. Our
 echo's power in each band follows what the speaker played one echo path earlier
-(`daemon/echo/delay.py`), spread by the room's reverberation, whatever the canceller then
-removes of it. So, per band (`daemon/echo/share.py`'s bands and reverberation tails) and
-10 ms block, the microphone's power over the clip is predicted as the room's noise (the
-band's 5th percentile over the clip) plus non-negative gains on the spread reference at
-the tracked path and a few blocks after it, fitted by least squares; blocks far above the
+(`daemon/echo/delay.py`), spread by the room's reverberation, whatever the canceller
+then removes of it. So, per band (`daemon/echo/share.py`'s bands and reverberation
+tails) and 10 ms block, the microphone's power over the clip is predicted as the room's
+noise (the band's 5th percentile over the clip) plus non-negative gains on the spread
+reference at the tracked path and a few blocks after it, and on what we played clipped
+at `CLIP_AT` of its peak (a loudspeaker driven into distortion puts harmonics of our
+speech in bands it leaves empty), fitted by least squares; blocks far above the
 prediction (`OUTLIER`) are left out of the fit and it is fitted again, so that a person
 does not inflate the gains. The fit is made twice: at the tracked path, and where the
 clip's level envelope follows what we played best within `SEARCH_BLOCKS` after it (the
@@ -19,17 +21,17 @@ found again only seconds later); the lower share counts.
 The measure is the share of the clip's loud cells (a band in a block, `LOUD_DB` over the
 band's noise) that lie more than `FOREIGN_DB` above that prediction: someone else's
 sound. Speech is sparse in time and frequency, so a person's syllables stand out in many
-cells even 6-10 dB under our echo; our echo alone, partly cancelled or not, leaves almost
-none (the prediction of a power that follows ours). It is judged on the microphone, not
-on the canceller's output: the canceller's non-linear suppression makes what it leaves of
-our echo follow no reference, while the microphone is plain physics.
+cells even 6-10 dB under our echo; our echo alone, partly cancelled or not, leaves
+almost none (the prediction of a power that follows ours). It is judged on the
+microphone, not on the canceller's output: the canceller's non-linear suppression makes
+what it leaves of our echo follow no reference, while the microphone is plain physics.
 
 A clip of which less than `OURS_BELOW` is foreign is ours (`Verdict`): it is not sent,
-counted (`echo_dropped`) and ends as dropped with reason `echo`. The threshold and the
-two levels above were chosen on the calibration half of the room matrix
-(`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are in
-`docs/testing.md`. A clip too short to judge (under `MIN_BLOCKS`), or over which nothing
-played, is sent.
+counted (`echo_dropped`) and ends as dropped with reason `echo`. The threshold, the two
+levels above and the clipping level were chosen on the calibration half of the room
+matrix (`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are
+in `docs/testing.md`. A clip too short to judge (under `MIN_BLOCKS`), or over which
+nothing played, is sent.
 
 What a clip is judged on is copied when it is cut (`Evidence`: the histories move on);
 `Evidence.measure` is pure and takes tens of milliseconds (the fits), so the daemon runs
@@ -46,7 +48,7 @@ import numpy.typing as npt
 from daemon.echo.share import LAGS, band_powers, echo_share_of, non_negative_fit, spread
 from daemon.values import Pcm
 
-OURS_BELOW = 0.08  # a clip with less of its loud cells foreign is our own voice
+OURS_BELOW = 0.07  # a clip with less of its loud cells foreign is our own voice
 FOREIGN_DB = 6.0  # a cell this far above the echo's prediction is someone else's
 LOUD_DB = 10.0  # a cell this far over the band's noise is judged at all
 OUTLIER = 4.0  # cells above this times the prediction are left out of the next fit
@@ -54,6 +56,8 @@ FITS = 3
 MIN_BLOCKS = 20
 SEARCH_BLOCKS = 100  # before the path is found, the echo may come up to 1 s late
 LEAD_BLOCKS = SEARCH_BLOCKS + max(LAGS)  # of the reference before the clip
+CLIP_AT = 0.3  # of the reference's peak: where the loudspeaker's distortion is modelled
+CLIP_LAGS = (0, 2)
 
 Floats = npt.NDArray[np.float64]
 
@@ -99,10 +103,17 @@ class Evidence:
             return Measures(None, 0.0)
         played = band_powers(self.reference)
         r = spread(played)
-        foreign = _foreign_share(band_powers(self.mic), played, r, search=True)
-        return Measures(
-            foreign, echo_share_of(band_powers(self.cleaned), r[LEAD_BLOCKS - max(LAGS) :])
-        )
+        y = band_powers(self.mic)
+        foreign = _foreign_share(y, played, r, clipped(self.reference), search=True)
+        share = echo_share_of(band_powers(self.cleaned), r[LEAD_BLOCKS - max(LAGS) :])
+        return Measures(foreign, share)
+
+
+def clipped(reference: Pcm) -> Floats:
+    """The spread band powers of `reference` clipped at `CLIP_AT` of its peak: the fit's
+    model of a loudspeaker's distortion (harmonics in bands our speech leaves empty)."""
+    peak = float(np.abs(reference.astype(np.float64)).max()) * CLIP_AT
+    return spread(band_powers(np.clip(reference, -peak, peak).astype(np.int16)))
 
 
 def foreign_share(mic: Pcm, reference: Pcm, *, search: bool) -> float | None:
@@ -112,12 +123,20 @@ def foreign_share(mic: Pcm, reference: Pcm, *, search: bool) -> float | None:
     clip's envelope places our echo; the lower share counts). None when the clip is too
     short to judge or nothing in it is loud."""
     played = band_powers(reference)
-    return _foreign_share(band_powers(mic), played, spread(played), search=search)
+    y = band_powers(mic)
+    return _foreign_share(y, played, spread(played), clipped(reference), search=search)
 
 
-def _foreign_share(y: Floats, played: Floats, r: Floats, *, search: bool) -> float | None:
+def _foreign_share(
+    y: Floats,
+    played: Floats,
+    r: Floats,
+    distorted: Floats,
+    *,
+    search: bool,
+) -> float | None:
     """`foreign_share` from the band powers of the microphone `y` and of the reference
-    `played`, and the spread reference `r`."""
+    `played`, the spread reference `r` and its `clipped` version `distorted`."""
     blocks = min(len(y), len(played) - LEAD_BLOCKS)
     if blocks < MIN_BLOCKS:
         return None
@@ -126,18 +145,30 @@ def _foreign_share(y: Floats, played: Floats, r: Floats, *, search: bool) -> flo
     loud = y > noise * 10.0 ** (LOUD_DB / 10.0)
     if not loud.any():
         return None
-    share = _foreign(y, r, 0, noise, loud)
+    share = _foreign(y, r, distorted, later=0, noise=noise, loud=loud)
     if not search or share < OURS_BELOW:
         return share
     later = _later(y, played)
-    return share if later == 0 else min(share, _foreign(y, r, later, noise, loud))
+    if later == 0:
+        return share
+    return min(share, _foreign(y, r, distorted, later=later, noise=noise, loud=loud))
 
 
-def _foreign(y: Floats, r: Floats, later: int, noise: Floats, loud: npt.NDArray[np.bool_]) -> float:
+def _foreign(
+    y: Floats,
+    r: Floats,
+    distorted: Floats,
+    *,
+    later: int,
+    noise: Floats,
+    loud: npt.NDArray[np.bool_],
+) -> float:
     """The share of the loud cells above the echo predicted `later` blocks after the path."""
     blocks = len(y)
     first = LEAD_BLOCKS - later
-    x = np.concatenate([r[first - lag : first - lag + blocks] for lag in LAGS], axis=2)
+    columns = [r[first - lag : first - lag + blocks] for lag in LAGS]
+    columns += [distorted[first - lag : first - lag + blocks] for lag in CLIP_LAGS]
+    x = np.concatenate(columns, axis=2)
     predicted = np.stack([_predict(y[:, b], x[:, b, :], noise[b]) for b in range(y.shape[1])], 1)
     foreign = loud & (y > predicted * 10.0 ** (FOREIGN_DB / 10.0))
     return float(foreign.sum() / loud.sum())
