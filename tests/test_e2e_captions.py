@@ -37,8 +37,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 
 def collapse(values: list[int]) -> list[int]:
-    """Consecutive equal values as one."""
-    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+    """Consecutive values within the tone tolerance of each other as one."""
+    return [v for i, v in enumerate(values) if i == 0 or abs(values[i - 1] - v) > TONE_HZ_TOLERANCE]
 
 
 def finals_by_lang(finals: list[Caption]) -> dict[str, list[Caption]]:
@@ -102,9 +102,11 @@ def test_a_429_storm_sheds_de_and_fr_never_the_speech(harness: Harness) -> None:
     assert [(c.utterance_id, c.outcome) for c in speech] == [
         (i, "translated") for i in range(1, count + 1)
     ]
-    # Every translation was played, in order. Delayed by the storm, they play back to back,
-    # so two neighbours with the same tone (the digest picks one of a few) show as one.
-    assert [round(t.hz) for t in tones] == pytest.approx(
+    # Every translation was played, in order. Two neighbours with the same tone (the digest
+    # picks one of a few) show as one when they play back to back, as two when the second
+    # came after the first had ended: compared with neighbours merged on both sides, the
+    # durations below then say that each was played whole.
+    assert collapse([round(t.hz) for t in tones]) == pytest.approx(
         collapse([tone_hz(c.digest) for c in speech]), abs=TONE_HZ_TOLERANCE
     )
     # whole, though faster when waiting (up to the fastest rate)
