@@ -33,9 +33,9 @@ from daemon.config import ConfigError, LiveRoom, SegmenterSettings, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
-from daemon.echo import DoubleTalkConfirmer, PlayedAudio, Verdict, make_echo_stage
-from daemon.echo.screening import Screening
+from daemon.echo import DoubleTalkConfirmer, PlayedAudio, make_echo_stage
 from daemon.fleet.account import SharedBudget
+from daemon.handoff import Handoff
 from daemon.heap import TRIM_EVERY_S, HeapTrimmer, fix_mmap_threshold
 from daemon.identity import device_id
 from daemon.mqtt import MqttLink
@@ -145,7 +145,6 @@ class Daemon:
         )
         self._translate = self.budget.gate(self.translator.translate)
         self.sequencer = Sequencer(settings.pipeline, self._translate, self.room, self.counters)
-        self.screening = Screening(self.echo, self._send, self._reject, self.counters)
         self.device_id = settings.mqtt.device_id or device_id(settings.state_dir)
         self.mqtt = self._make_mqtt()
         self.shared = self._make_shared_budget()
@@ -155,6 +154,7 @@ class Daemon:
         )
         self.captions = self._captions_for(None)
         self.lanes = CaptionLanes(self._make_lane, self.room)
+        self.handoff = Handoff(self.echo, self.sequencer, self.lanes, self.counters)
         self.status = self._make_status()
         self.notifier = Notifier(self.counters)
         self.heap = HeapTrimmer(trim_every_s)  # free memory back to the system (heap.py)
@@ -243,6 +243,7 @@ class Daemon:
     def _queue(self) -> Mapping[str, int]:
         return {
             "waiting": self.sequencer.waiting,
+            "screening": self.handoff.backlog,
             "in_flight": self.sequencer.in_flight,
             "playback_backlog_ms": round(self.playback.backlog_s() * 1000),
         }
@@ -318,7 +319,7 @@ class Daemon:
     # -- the stages ------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Microphone → echo stage → segmenter → sequencer."""
+        """Microphone → echo stage → segmenter → hand-off (screening, sequencer, lanes)."""
         segmenter = Segmenter(
             self.settings.segmenter,
             self.room,
@@ -332,7 +333,7 @@ class Daemon:
             frame = self.echo.process(captured, self.source.monotonic_time(captured.start))
             for event in segmenter.push(frame):
                 if isinstance(event, Utterance):
-                    self._submit(event)
+                    self.handoff.offer(event)
             if segmenter.speaking != self.health.hearing:
                 self.health.hearing = segmenter.speaking
                 # Barge-in: people talk while our translation plays; it steps back.
@@ -342,24 +343,6 @@ class Daemon:
         """The clip confirmer, with every frame in double talk confirmed (echo stage)."""
         confirm = make_confirmer(settings)
         return DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None
-
-    def _submit(self, utt: Utterance) -> None:
-        """A clip for the service, unless it is our own speech coming back (the echo
-        stage screens it off the loop: `daemon/echo/screening.py`)."""
-        self.screening.offer(utt)
-
-    def _send(self, utt: Utterance) -> None:
-        self.sequencer.submit(utt)
-        self.lanes.submit(utt)
-        log.info("utterance %d: %.2f s of speech", utt.id, utt.duration_s)
-
-    def _reject(self, utt: Utterance, reason: str, verdict: Verdict | None) -> None:
-        self.sequencer.reject(utt, reason)
-        if verdict is None:
-            log.warning("utterance %d dropped: %s", utt.id, reason)
-            return
-        self.counters.add("echo_dropped")
-        log.info("utterance %d dropped, our own speech: %s", utt.id, verdict.describe())
 
     async def _deliver(self) -> None:
         """Ordered translation events → speaker and captions."""
@@ -524,7 +507,7 @@ class Daemon:
                     return group.create_task(coro, name=name)
 
                 listen = start("listen", self._listen())
-                screen = start("screen", self.screening.run())
+                screen = start("screen", self.handoff.run())
                 dispatch = start("dispatch", self.sequencer.run())
                 deliver = start("deliver", self._deliver())
                 others = [
@@ -563,7 +546,7 @@ class Daemon:
         screen.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await screen
-        self.screening.stop("shutdown")
+        self.handoff.stop("shutdown")
         self.sequencer.drop_waiting("shutdown")
         self.sequencer.close()
         dispatch.cancel()  # in-flight translations end as dropped(shutdown)
