@@ -282,10 +282,10 @@ class Recorder:
     def payloads(self, topic: str) -> list[bytes]:
         return [m.payload for m in self.on(topic)]
 
-    async def wait_for(self, predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], within_s: float = 15.0) -> None:
         await eventually(predicate, within_s)
 
-    async def wait_connected(self, connects: int, within_s: float = 5.0) -> None:
+    async def wait_connected(self, connects: int, within_s: float = 15.0) -> None:
         """Until the recorder has (re)subscribed `connects` times in all."""
         await eventually(lambda: self.connects >= connects and self.subscribed.is_set(), within_s)
 
@@ -346,7 +346,7 @@ async def retained(
     return None
 
 
-async def eventually(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], bool], within_s: float = 15.0) -> None:
     """Poll `predicate` until it holds; AssertionError after `within_s` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s

@@ -58,7 +58,7 @@ def status_of(cp: Plane) -> dict[str, Any]:
 
 
 async def discovery(broker: Broker) -> dict[str, Any]:
-    payload = await retained(broker, HA_DISCOVERY, wait_s=5.0)
+    payload = await retained(broker, HA_DISCOVERY, wait_s=20.0)
     assert payload, "no retained discovery document"
     doc: dict[str, Any] = json.loads(payload)
     return doc
@@ -185,6 +185,6 @@ async def test_no_discovery_when_turned_off(tmp_path: Path) -> None:
             broker, tmp_path / "state", homeassistant={"discovery": False}
         ) as cp:
             await eventually(lambda: cp.link.connected)
-            assert await retained(broker, CONFIG, wait_s=5.0) is not None
+            assert await retained(broker, CONFIG, wait_s=20.0) is not None
             assert await retained(broker, HA_DISCOVERY) is None
             assert HA_STATUS not in cp.control.subscriptions
