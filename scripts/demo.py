@@ -2,11 +2,15 @@
 """The roomtranslate demo: the real daemon on virtual devices, a local broker, the simulator.
 
 For a machine without sound hardware or an API key (README, first command):
-- a private PulseAudio sound rig (scripts/audio_rig.py): `rig_mic` and `rig_spk`;
+- a private PulseAudio sound rig (scripts/audio_rig.py): `rig_mic` and `rig_spk`, and a
+  simulated room between them (scripts/room_echo.py: the speaker reaches the microphone
+  60 ms later, 3 dB down, RT60 0.45 s), so that the daemon cancels its own voice and
+  hears the people who talk over it, as in a meeting room;
 - Mosquitto on a free loopback port, with a websockets listener that serves the caption
   display page (`roomtranslate display-config`'s configuration): its URL and QR code are
   printed;
-- the service simulator (`roomtranslate simulator`) on a free loopback port;
+- the service simulator (`roomtranslate simulator`) on a free loopback port, speaking its
+  translations with real Chinese recordings (else espeak-ng Mandarin);
 - `roomtranslate run` against all three;
 - real speech (../shared/audio recordings, else espeak-ng sentences) played into the
   virtual microphone, in a loop;
@@ -54,6 +58,19 @@ SENTENCES = (
     "The new office opens in March, and the team moves in April.",
     "Could you send the slides to the whole group after the meeting?",
 )
+# The simulator's translations are spoken with these (its --speech-dir), not tones: a
+# tone has nothing broadband for the echo stage to find its path by, so it would gate.
+VOICE_CLIPS = (
+    "zh_funasr_long.wav",
+    "zh_funasr_mid.wav",
+    "zh_wenet_aishell.wav",
+    "zh_funasrggml_zh.wav",
+)
+VOICE_SENTENCES = (
+    "早上好，我们先看一下预算。",
+    "新办公室三月开放，团队四月搬进去。",
+    "会议结束后请把幻灯片发给大家。",
+)
 
 
 def free_port() -> int:
@@ -91,6 +108,21 @@ def speech_files(workdir: Path) -> list[Path]:
     return made
 
 
+def translation_voice(workdir: Path) -> Path:
+    """A directory of recordings the simulator speaks its translations with: the shared
+    Chinese recordings, else espeak-ng Mandarin."""
+    voice = workdir / "voice"
+    voice.mkdir()
+    found = [SHARED_AUDIO / name for name in VOICE_CLIPS if (SHARED_AUDIO / name).is_file()]
+    for path in found:
+        (voice / path.name).symlink_to(path)
+    if not found:
+        for i, sentence in enumerate(VOICE_SENTENCES):
+            out = voice / f"sentence{i}.wav"
+            subprocess.run(["espeak-ng", "-v", "cmn", "-w", str(out), sentence], check=True)
+    return voice
+
+
 def start_broker(workdir: Path, display_bind: str) -> tuple[subprocess.Popen[bytes], int, int]:
     """Mosquitto: MQTT over TCP for the daemon, and the displays' websockets listener that
     serves the page, as `roomtranslate display-config` configures a room's broker."""
@@ -121,9 +153,30 @@ def start_broker(workdir: Path, display_bind: str) -> tuple[subprocess.Popen[byt
     raise RuntimeError("mosquitto did not start")
 
 
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
+def start_room(rig: AudioRig) -> subprocess.Popen[str]:
+    """The rig's speaker → a simulated room → its microphone (scripts/room_echo.py)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.simulator", "--port", "0", "--first-text-ms", "300"],
+        [sys.executable, str(ROOT / "scripts" / "room_echo.py"), "run"],
+        env={**os.environ, **rig.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    if "running" not in proc.stdout.readline():
+        stop(proc)
+        raise RuntimeError("the simulated room did not start")
+    return proc
+
+
+def start_simulator(voice: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "daemon.simulator", "--port", "0"),
+            *("--first-text-ms", "300", "--speech-dir", str(voice)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -224,7 +277,8 @@ async def demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="roomtranslate-demo-") as tmp, AudioRig() as rig:
         workdir = Path(tmp)
         broker, port, ws_port = start_broker(workdir, args.display_bind)
-        simulator, base_url = start_simulator()
+        simulator, base_url = start_simulator(translation_voice(workdir))
+        room = start_room(rig)
         daemon: subprocess.Popen[bytes] | None = None
         try:
             env = daemon_env(rig, base_url, port, args.to, caption_langs(args))
@@ -244,6 +298,7 @@ async def demo(args: argparse.Namespace) -> int:
         finally:
             stop(daemon, timeout=args.stop_timeout)
             code = daemon.returncode if daemon is not None else None
+            stop(room)
             stop(simulator)
             stop(broker)
         print(f"demo: daemon exited with {code}")
