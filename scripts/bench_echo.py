@@ -444,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "roomtranslate"
-        / "echo-matrix",
+        default=echo_matrix.default_cache(),
         help="matrix: the rooms' impulse responses are kept here (default: %(default)s)",
     )
     args = parser.parse_args(argv)

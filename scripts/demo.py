@@ -153,11 +153,11 @@ def start_broker(workdir: Path, display_bind: str) -> tuple[subprocess.Popen[byt
     raise RuntimeError("mosquitto did not start")
 
 
-def start_room(rig: AudioRig) -> subprocess.Popen[str]:
-    """The rig's speaker → a simulated room → its microphone (scripts/room_echo.py)."""
+def spawn(argv: list[str], env: dict[str, str] | None) -> tuple[subprocess.Popen[str], str]:
+    """A helper process in its own session, and the first line it prints (its readiness)."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "room_echo.py"), "run"],
-        env={**os.environ, **rig.env},
+        argv,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -165,26 +165,22 @@ def start_room(rig: AudioRig) -> subprocess.Popen[str]:
         cwd=ROOT,
     )
     assert proc.stdout is not None
-    if "running" not in proc.stdout.readline():
+    return proc, proc.stdout.readline().strip()
+
+
+def start_room(rig: AudioRig) -> subprocess.Popen[str]:
+    """The rig's speaker → a simulated room → its microphone (scripts/room_echo.py)."""
+    argv = [sys.executable, str(ROOT / "scripts" / "room_echo.py"), "run"]
+    proc, line = spawn(argv, {**os.environ, **rig.env})
+    if "running" not in line:
         stop(proc)
         raise RuntimeError("the simulated room did not start")
     return proc
 
 
 def start_simulator(voice: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "daemon.simulator", "--port", "0"),
-            *("--first-text-ms", "300", "--speech-dir", str(voice)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
+    argv = [sys.executable, "-m", "daemon.simulator", "--port", "0", "--first-text-ms", "300"]
+    proc, line = spawn([*argv, "--speech-dir", str(voice)], None)
     if not line.startswith("READY "):
         stop(proc)
         raise RuntimeError("the simulator did not start")

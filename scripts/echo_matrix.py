@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import sys
 import time
@@ -286,6 +287,12 @@ def run_rooms(seeds: Sequence[int], cache_dir: Path, jobs: int) -> tuple[list[Ro
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             results = pool.starmap(run_seed, args, chunksize=1)
     return [r for r, _ in results], max((m for _, m in results), default=0.0)
+
+
+def default_cache() -> Path:
+    """Where the rooms' impulse responses are kept between runs."""
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "roomtranslate" / "echo-matrix"
 
 
 def prepare_rooms(seeds: Sequence[int], cache_dir: Path, jobs: int) -> None:
