@@ -89,6 +89,7 @@ class EchoCanceller:
         self._history = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # cleaned, by clock
         self._mic = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what the microphone heard
         self._last_sent_end = 0  # of the last clip sent (widening stops there)
+        self._gated_end = 0  # of the last frame gated (widening stops there too)
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
         self._learnt_blocks = 0  # blocks of our speech processed since the last restart
@@ -141,8 +142,8 @@ class EchoCanceller:
         self._history.write(frame.start, out)
         self._mic.write(frame.start, frame.pcm)
         if self._fallback.gating(captured_at, self._tracker.delay_s):
-            # silenced for the segmenter, but kept for widening: a clip cut as the gate
-            # opens reaches back over a first word said while it gated
+            # silenced, and not widened into: the canceller was not trusted here
+            self._gated_end = frame.end
             self._counters.add("echo_gated_frames")
             return Frame(frame.start, np.zeros_like(out))
         return Frame(frame.start, out)
@@ -205,6 +206,10 @@ class EchoCanceller:
         return None if leaking_s < LEAK_HOLD_S else False
 
     def _start_afresh(self) -> None:
+        log.info(
+            "echo canceller starts afresh: our echo still in its output after %.0f s",
+            AFRESH_AFTER_S,
+        )
         self._processor.reset()
         self._counters.add("echo_canceller_resets")
         self._restart_convergence()
@@ -316,7 +321,8 @@ class EchoCanceller:
         self._converged = False
 
     def _widen(self, utt: Utterance) -> Utterance:
-        """Double-talk edges widened; never overlapping the clip sent before."""
+        """Double-talk edges widened; never overlapping the clip sent before, nor back
+        into a gated stretch (what the canceller put out there may be our echo)."""
         pre, post = round(DT_PRE_ROLL_S * SAMPLE_RATE), round(DT_POST_ROLL_S * SAMPLE_RATE)
         edge = round(DT_EDGE_S * SAMPLE_RATE)
         start, end = utt.start, utt.end
@@ -324,7 +330,7 @@ class EchoCanceller:
             start = max(utt.start - pre, self._history.oldest)
         if self._played(utt.end - edge, utt.end + post):
             end = min(utt.end + post, self._history.end)
-        start = min(max(start - start % BLOCK, self._last_sent_end, 0), utt.start)
+        start = min(max(start - start % BLOCK, self._last_sent_end, self._gated_end), utt.start)
         end = max(end, utt.end)  # (the history no longer holds the audio: not widened)
         log.log(
             logging.DEBUG if (start, end) == (utt.start, utt.end) else logging.INFO,

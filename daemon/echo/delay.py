@@ -55,7 +55,7 @@ REF_FLOOR = 1e-3  # bins 30 dB under the reference's mean power are left out
 MIN_BAND_SHARE = 0.2  # of the band's bins the reference must reach for an estimate
 PLAYING_RMS = 30.0  # int16 RMS of a 10 ms reference block that counts as playing (-60 dBFS)
 
-REACH_S = 0.3  # a path within this is left to AEC3 (it searches about half a second)
+REACH_S = 0.48  # a path within this is left to AEC3 (offline: 0.50 s cancelled, 0.52 s not)
 SLACK_S = 0.04  # a path found outside it at once: AEC3 is left this much to find
 MOVE_S = 0.004  # the shift moves when it is off by more than this (one AEC3 block)
 
