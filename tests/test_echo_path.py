@@ -17,12 +17,15 @@ import numpy.typing as npt
 import pytest
 import soxr
 
+from daemon.config import SegmenterSettings
+from daemon.echo import EchoCanceller
 from daemon.echo.canceller import AEC_DELAY_SAMPLES
 from daemon.echo.delay import REACH_S, SLACK_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import PATH_WAIT_S
 from daemon.simulator.speech import tone_samples
-from daemon.values import SAMPLE_RATE
+from daemon.values import SAMPLE_RATE, Frame, Utterance
 from scripts import room_echo
+from scripts.scenario import make_segmenter
 from tests.test_echo_canceller import Room, erle_db, level, speech, to_pcm
 
 pytestmark = pytest.mark.slow  # rooms simulated offline: seconds each
@@ -223,6 +226,31 @@ def test_full_duplex_again_once_the_path_is_found() -> None:
     person, heard = room.people[a:b], out[a + AEC_DELAY_SAMPLES : b + AEC_DELAY_SAMPLES]
     kept = np.dot(heard, person) / np.sqrt(np.dot(person, person) * np.dot(heard, heard))
     assert kept > 0.5  # the person comes through the canceller (they would be gated)
+
+
+def test_a_clip_is_not_widened_back_into_the_gate() -> None:
+    """The stamps are 2 s late: the stage gates while our speech plays and for the unknown
+    path after it. A person who talks on as the gate opens is cut from there: their clip,
+    in double talk by the late reference, is not widened back over the gated stretch,
+    where the canceller's output was our echo, uncancelled."""
+    room = Room(16.0)
+    room.play(our_voice(8.0), 0.5)
+    room.talk(speech("fr_pv_leopard"), 9.0, dbfs=-24.0)
+    segmenter = make_segmenter(SegmenterSettings(confirm="off"))
+    sent: list[Utterance] = []
+
+    def after(stage: EchoCanceller, frame: Frame) -> None:
+        for utt in segmenter.push(frame):
+            if isinstance(utt, Utterance) and isinstance(done := stage.screen(utt), Utterance):
+                sent.append(done)
+
+    out, _ = room_echo.run_canceller(room.mic(), room.played24(), stamp_offset_s=2.0, after=after)
+    blocks = np.flatnonzero(~out[: len(out) // 160 * 160].reshape(-1, 160).any(axis=1))
+    gate_end = (blocks[blocks < 12 * 100].max() + 1) * 160  # the gate's last silent block
+    assert gate_end > 9.5 * RATE  # it gated while the person began
+    person = [u for u in sent if u.end > gate_end]
+    assert person  # the person's clip was sent, and nothing of it is from the gated stretch
+    assert all(not u.pcm[: max(0, gate_end - u.start)].any() for u in person)
 
 
 def test_a_person_talking_over_us_does_not_make_it_fall_back() -> None:
