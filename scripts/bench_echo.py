@@ -291,7 +291,7 @@ BUCKETS: list[Bucket] = [
 ]
 
 
-def _export(ref: str, into: Path) -> tuple[Path, str]:
+def export_daemon(ref: str, into: Path) -> tuple[Path, str]:
     """The daemon package at git `ref`, unpacked under `into`; and the commit."""
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
@@ -399,7 +399,7 @@ def matrix(rooms: int, jobs: int, baseline: str, dump: Path | None, cache: Path)
         print(f"rooms composed: {rooms} in {time.monotonic() - started:.0f} s", flush=True)
         trees = {"current": ROOT}
         if baseline != "none":
-            tree, commit = _export(baseline, Path(tmp) / "baseline")
+            tree, commit = export_daemon(baseline, Path(tmp) / "baseline")
             trees[f"baseline {commit}"] = tree
         sides: dict[str, dict[int, echo_matrix.RoomRun]] = {}
         costs = {}

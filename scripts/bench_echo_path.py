@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scripts import echo_matrix
-from scripts.bench_echo import _export
+from scripts.bench_echo import export_daemon
 from scripts.echo_rooms import CHUNK, RATE, EchoPath, compose, draw_room, to_pcm
 from scripts.paths import PROJECT_ROOT as ROOT
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="echo-path-") as tmp:
         trees = {"today": ROOT}
         if args.baseline != "none":
-            tree, commit = _export(args.baseline, Path(tmp) / "baseline")
+            tree, commit = export_daemon(args.baseline, Path(tmp) / "baseline")
             trees[f"baseline {commit}"] = tree
         sides = {name: run_side(tree, seeds, args.cache, args.jobs) for name, tree in trees.items()}
     for half, parity in (("calibration", 0), ("held-out", 1)):
