@@ -6,7 +6,9 @@ translation (`--speech-dir`, -20 dBFS at volume 100), as long as each clip, 150 
 the request, so the translation of each utterance plays while the next person talks; the
 people reach the microphone at -24 dBFS, our echo at -23 dBFS. A meeting of eight
 people's utterances with 0.3-1.0 s between turns is played into the microphone in real
-time; the captions say which clips were translated and when they were spoken.
+time; the captions say which clips were translated, and each clip is placed on the meeting
+where its audio lies (`place_clips`: not by its wall-clock stamp, which a wall clock that
+steps or a player that starts late moves by seconds).
 
 - `aec`: at least 95% of the people's speech lies inside translated clips, no request
   carries our own speech, and an utterance that starts while our speech plays is in a
@@ -77,7 +79,10 @@ OWN_SPEECH_SHARE = 0.1  # a clip more than 10% (-10 dB) of whose energy is our e
 UNREPORTED_PATH_SHARE = 0.03  # ... -15 dB, where the room's path is not what devices say
 FIRST_WORD_DB = 25.0
 ONSET_S = 0.05  # and a clip may start this much into the first word's first syllable
-EDGE_S = 0.05  # paplay start and capture stamps: the times agree within this
+EDGE_S = 0.05  # a clip placed by its audio: the scene and the clip agree within this
+# A clip is placed by its audio when the people explain this much of it (measured: 0.15-0.94;
+# our echo alone, near 0).
+PLACED_SHARE = 0.1
 LAG_S = 2.0  # clip ↔ speaker recording alignment search (parecord starts late under load)
 CHANCE_APART_S = 0.05  # lags this far from the best are unrelated to it
 
@@ -176,9 +181,9 @@ class RoomEchoProcess:
             start_new_session=True,
         )
         deadline = time.monotonic() + 20.0
-        path = harness.workdir / "room.log"
-        while "running" not in path.read_text():
-            assert self._proc.poll() is None, path.read_text()
+        log_path = harness.workdir / "room.log"
+        while "running" not in log_path.read_text():
+            assert self._proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "room_echo did not start"
             time.sleep(0.05)
 
@@ -236,10 +241,10 @@ def _meeting(  # noqa: PLR0917
         assert settled or mode != "aec", s.daemon.log_tail()
         status = s.status()
         recording = speaker.stop()
-        shares = echo_shares(
-            clips_dir, _finals(s), recording, speaker.started_at + wall_offset, path
-        )
-        figures = _figures(mode, s, meeting, playing.at(0.0) + wall_offset, shares, status)
+        clocks = Clocks(playing.at(0.0), (wall_offset, time.time() - time.monotonic()))
+        placed = place_clips(clips_dir, _finals(s), meeting, clocks)
+        shares = echo_shares(placed, recording, speaker.started_at, path)
+        figures = _figures(mode, meeting, placed, shares, status)
     (room.workdir / f"duplex-{name}.json").write_text(json.dumps(asdict(figures), indent=1))
     print(
         f"\n{name}: {figures.coverage:.1%} of {figures.people_s:.1f} s of people's speech in"
@@ -278,15 +283,97 @@ def wait_settled(s: Session, room: Harness, timeout: float = 30.0) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """The test's clocks during a meeting: the monotonic time paplay was spawned (scene
+    time 0), and time.time() - time.monotonic() before and after the meeting."""
+
+    scene_mono: float
+    wall_offsets: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A clip the service received, placed on the scene."""
+
+    outcome: str
+    scene_s: float  # where its first sample lies in the meeting
+    seconds: float
+    mono: tuple[float, ...]  # its stamp as time.monotonic(), by each of the wall offsets
+    pcm: npt.NDArray[np.float64]
+
+
+def place_clips(
+    clips_dir: Path, finals: list[dict[str, object]], meeting: Scene, clocks: Clocks
+) -> list[Placed]:
+    """The clips the service received, each placed where its audio lies in the meeting.
+
+    The captions' stamps are wall-clock times, the meeting's start a monotonic one taken
+    as paplay is spawned: a wall clock that steps (a virtual machine set right after a
+    pause) or a player that starts late moves the stamps against the meeting by seconds
+    (seen once in CI: every clip 14.5 s late). So a clip that is mostly a person is placed
+    by its audio (`_located`); one that is not (our echo alone, without a canceller) by
+    its stamp, less the offset the placed clips show."""
+    people = _people(meeting)
+    stamped = {
+        str(f["text"]).rsplit("#", 1)[-1]: (
+            datetime.fromisoformat(str(f["speech_start"])).timestamp(),
+            str(f["outcome"]),
+        )
+        for f in finals
+    }
+    found: list[tuple[str, npt.NDArray[np.float64], tuple[float, ...], float | None]] = []
+    for kept in sorted(clips_dir.glob("0*.wav")):
+        clip, clip_rate = sf.read(str(kept), dtype="float64")
+        assert clip_rate == RATE
+        digest = kept.stem.split("-", 1)[1]
+        if digest not in stamped:  # still in flight when a feeding-back room was stopped
+            continue
+        wall, outcome = stamped[digest]
+        mono = tuple(wall - offset for offset in clocks.wall_offsets)
+        found.append((outcome, clip, mono, _located(clip, people)))
+    late = [  # per placed clip: its stamp's scene time less its audio's, the likelier clock
+        min(((m - clocks.scene_mono - at, k) for k, m in enumerate(mono)), key=_magnitude)
+        for _, _, mono, at in found
+        if at is not None
+    ]
+    offset = float(np.median([d for d, _ in late])) if late else 0.0
+    clock = int(np.bincount([k for _, k in late] or [0]).argmax())
+    return [
+        Placed(
+            outcome,
+            at if at is not None else mono[clock] - clocks.scene_mono - offset,
+            len(clip) / RATE,
+            mono,
+            clip,
+        )
+        for outcome, clip, mono, at in found
+    ]
+
+
+def _magnitude(late: tuple[float, int]) -> float:
+    return abs(late[0])
+
+
+def _people(meeting: Scene) -> npt.NDArray[np.float64]:
+    pcm, rate = sf.read(str(meeting.path), dtype="float64")
+    return np.asarray(soxr.resample(pcm, rate, RATE), dtype=np.float64)
+
+
+def _located(clip: npt.NDArray[np.float64], people: npt.NDArray[np.float64]) -> float | None:
+    """Where in the meeting the clip's audio lies (seconds), if a person is most of it."""
+    if len(clip) > len(people) or not np.any(clip):
+        return None
+    best, explained = _best_lag(clip, people)
+    return best / RATE if explained >= PLACED_SHARE else None
+
+
 def echo_shares(
-    clips_dir: Path,
-    finals: list[dict[str, object]],
-    speaker_wav: Path,
-    recording_wall: float,
-    path: RoomPath,
+    placed: list[Placed], speaker_wav: Path, recorded_at: float, path: RoomPath
 ) -> list[float]:
     """Per clip the service received: the share of its energy that is our own echo (the
-    best lag is searched within ±LAG_S: a jump of the path moves it)."""
+    best lag is searched within ±LAG_S of its stamp: a jump of the path moves it; with
+    each wall offset the stamp may have been taken with)."""
     played, rate = sf.read(str(speaker_wav), dtype="float64", always_2d=True)
     played16 = soxr.resample(played.mean(axis=1), rate, RATE)
     echo = room_echo.echo_of(
@@ -295,35 +382,29 @@ def echo_shares(
         delay_s=path.delay_s,
         gain_db=path.gain_db,
     )
-    starts = {
-        str(f["text"]).rsplit("#", 1)[-1]: datetime.fromisoformat(
-            str(f["speech_start"])
-        ).timestamp()
-        for f in finals
-    }
-    shares = []
-    for kept in sorted(clips_dir.glob("0*.wav")):
-        clip, clip_rate = sf.read(str(kept), dtype="float64")
-        assert clip_rate == RATE
-        digest = kept.stem.split("-", 1)[1]
-        if digest not in starts:  # still in flight when a feeding-back room was stopped
-            continue
-        offset = starts[digest] - recording_wall
-        shares.append(_explained(clip, echo, round(offset * RATE)))
-    return shares
+    return [
+        max(_explained(clip.pcm, echo, round((m - recorded_at) * RATE)) for m in set(clip.mono))
+        for clip in placed
+    ]
 
 
 def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at: int) -> float:
     """ρ² of the clip with the echo at the best lag around sample `at` of the recording,
-    less the best ρ² at lags CHANCE_APART_S or more away from it: the most our echo
-    explains by chance at some lag of the ±LAG_S searched (measured: a person's 1.2 s
-    clip, one loud syllable, reached 0.111 at its best lag and 0.077 at its 64th best;
-    our echo leaking into a clip stands out 8-14 times over the chance level)."""
+    less the chance level (`_best_lag`)."""
     lag = round(LAG_S * RATE)
     lo = max(0, at - lag)
     window = echo[lo : at + lag + len(clip)]
     if len(window) < len(clip) or not np.any(clip):
         return 0.0
+    return _best_lag(clip, window)[1]
+
+
+def _best_lag(clip: npt.NDArray[np.float64], window: npt.NDArray[np.float64]) -> tuple[int, float]:
+    """The lag in `window` where it explains most of the clip, and ρ² there less the best
+    ρ² at lags CHANCE_APART_S or more away: the most it explains by chance (measured: a
+    person's 1.2 s clip, one loud syllable, reached 0.111 at its best lag against our
+    echo and 0.077 at its 64th best; our echo leaking into a clip stands out 8-14 times
+    over the chance level)."""
     dots = correlate(window, clip, mode="valid")
     power = np.concatenate(([0.0], np.cumsum(window * window)))
     energy = power[len(clip) :] - power[: len(power) - len(clip)]  # sliding, per lag
@@ -332,11 +413,7 @@ def _explained(clip: npt.NDArray[np.float64], echo: npt.NDArray[np.float64], at:
     apart = round(CHANCE_APART_S * RATE)
     elsewhere = np.concatenate((rho2[: max(0, best - apart)], rho2[best + apart :]))
     chance = float(np.max(elsewhere)) if len(elsewhere) else 0.0
-    return max(0.0, float(rho2[best]) - chance)
-
-
-def _scene_s(iso: object, scene_wall: float) -> float:
-    return datetime.fromisoformat(str(iso)).timestamp() - scene_wall
+    return best, max(0.0, float(rho2[best]) - chance)
 
 
 def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -353,22 +430,10 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
-def _figures(  # noqa: PLR0917
-    mode: str,
-    s: Session,
-    meeting: Scene,
-    scene_wall: float,
-    shares: list[float],
-    status: dict[str, object],
+def _figures(
+    mode: str, meeting: Scene, placed: list[Placed], shares: list[float], status: dict[str, object]
 ) -> Figures:
-    clips = [
-        (
-            _scene_s(f["speech_start"], scene_wall),
-            _scene_s(f["speech_end"], scene_wall),
-            str(f["outcome"]),
-        )
-        for f in _finals(s)
-    ]
+    clips = [(c.scene_s, c.scene_s + c.seconds, c.outcome) for c in placed]
     sent = _union([(a - EDGE_S, b + EDGE_S) for a, b, outcome in clips if outcome == "translated"])
     covered = sum(_overlap(t, c) for t in meeting.truth for c in sent)
     own = sum(1 for share in shares if share > OWN_SPEECH_SHARE)
