@@ -142,6 +142,11 @@ def test_the_shift_leaves_aec3_the_path_it_learnt() -> None:
     fresh = ReferenceShift()
     assert fresh.follow(0.8) and fresh.samples == round((0.8 - SLACK_S) * RATE)
     assert fresh.follow(0.01) and fresh.samples == 0  # the path came back: nothing to shift
+    again = ReferenceShift()
+    assert not again.follow(0.46)  # within AEC3's reach ...
+    again.afresh()  # ... but it did not cancel there: started afresh, it is left SLACK_S
+    assert again.follow(0.46) and again.samples == round((0.46 - SLACK_S) * RATE)
+    assert not again.follow(0.46)
     assert REACH_S < 0.5  # AEC3's own search (measured: 500 ms cancelled, 800 ms not)
 
 

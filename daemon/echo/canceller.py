@@ -212,6 +212,7 @@ class EchoCanceller:
         )
         self._processor.reset()
         self._counters.add("echo_canceller_resets")
+        self._shift.afresh()
         self._restart_convergence()
 
     def _aligned(self, played: Pcm, start: int) -> Pcm:
@@ -220,9 +221,10 @@ class EchoCanceller:
         was = self._shift.samples
         if self._shift.follow(self._tracker.delay_s):
             log.info(
-                "echo path out of AEC3's reach: the reference is shifted by %.0f ms (was %.0f ms)",
+                "the reference is shifted by %.0f ms (was %.0f ms): AEC3 is left %.0f ms",
                 self._shift.samples / SAMPLE_RATE * 1000,
                 was / SAMPLE_RATE * 1000,
+                (self._tracker.delay_s or 0.0) * 1000 - self._shift.samples / SAMPLE_RATE * 1000,
             )
             self._counters.add("echo_delay_moves")
             self._restart_convergence()

@@ -309,12 +309,20 @@ class ReferenceShift:
     the reference is shifted only when the path lies outside that reach (before the
     reference, or later than `REACH_S`): then by as much as brings AEC3 back to the
     delay it last cancelled at (`SLACK_S` for a path found outside its reach at once),
-    so that it need not re-learn the path.
+    so that it need not re-learn the path. A canceller that starts afresh learns anew
+    whatever it is left, so it is left `SLACK_S` (`afresh`): it failed to cancel at the
+    delay it was left.
     """
 
     def __init__(self) -> None:
         self.samples = 0
         self._learnt = round(SLACK_S * SAMPLE_RATE)  # the delay AEC3 was last left
+        self._afresh = False
+
+    def afresh(self) -> None:
+        """The canceller starts afresh: at the next tracked delay, it is left `SLACK_S`."""
+        self._learnt = round(SLACK_S * SAMPLE_RATE)
+        self._afresh = True
 
     def follow(self, delay_s: float | None) -> bool:
         """Follow a tracked delay; True when the shift moved."""
@@ -322,7 +330,8 @@ class ReferenceShift:
             return False
         delay = round(delay_s * SAMPLE_RATE)
         left = delay - self.samples  # what AEC3 is left to find today
-        if 0 <= left <= REACH_S * SAMPLE_RATE:
+        afresh, self._afresh = self._afresh, False
+        if not afresh and 0 <= left <= REACH_S * SAMPLE_RATE:
             self._learnt = left
             return False
         target = max(0, delay - self._learnt)
