@@ -38,7 +38,7 @@ class Held(Evidence):
             raise TimeoutError("never released")
         if self.fails:
             raise ValueError("a defect")
-        return Measures(self.foreign, 0.0)
+        return Measures(self.foreign, 0.5)
 
 
 class Stage:
