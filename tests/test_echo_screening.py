@@ -13,7 +13,7 @@ import numpy as np
 
 from daemon.counters import Counters
 from daemon.echo import Evidence, Measures, Verdict
-from daemon.echo.guard import OURS_BELOW
+from daemon.echo.guard import CARRIES_OURS, OURS_BELOW
 from daemon.echo.screening import BACKLOG, Screening
 from daemon.values import Frame, Utterance, UtteranceStats
 
@@ -31,6 +31,7 @@ class Held(Evidence):
 
     release: threading.Event = field(default_factory=threading.Event)
     foreign: float = 0.5
+    echo: float = 0.5  # of the cleaned clip, estimated our echo
     fails: bool = False
 
     def measure(self) -> Measures:
@@ -38,22 +39,29 @@ class Held(Evidence):
             raise TimeoutError("never released")
         if self.fails:
             raise ValueError("a defect")
-        return Measures(self.foreign, 0.5)
+        return Measures(self.foreign, self.echo)
 
 
 class Stage:
     """An echo stage whose clips `ours` are judged our own speech; the rest are sent."""
 
-    def __init__(self, ours: set[int], failing: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        ours: set[int],
+        failing: set[int] = frozenset(),  # type: ignore[assignment]
+        clean: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
         self.ours = ours
         self.failing = failing
+        self.clean = clean  # ours on the microphone, but the canceller took our echo out
         self.held: dict[int, Held] = {}
         self.on_loop: list[int] = []
 
     def evidence(self, utt: Utterance) -> Evidence | None:
         foreign = OURS_BELOW / 2 if utt.id in self.ours else 0.5
+        echo = CARRIES_OURS / 2 if utt.id in self.clean else 0.5
         self.held[utt.id] = Held(
-            utt.pcm, utt.pcm, None, foreign=foreign, fails=utt.id in self.failing
+            utt.pcm, utt.pcm, None, foreign=foreign, echo=echo, fails=utt.id in self.failing
         )
         return self.held[utt.id]
 
@@ -114,6 +122,20 @@ async def test_clips_are_measured_off_the_loop_and_sent_in_order() -> None:
     await until(lambda: len(ends.sent) + len(ends.rejected) == 3)
     assert ends.sent == [1, 3] and ends.rejected == [(2, "echo")]
     assert stage.on_loop == [1, 2, 3]
+    task.cancel()
+
+
+async def test_a_clip_whose_cleaned_audio_carries_little_of_our_echo_is_sent() -> None:
+    """Both clips sound like our echo on the microphone; the canceller took it out of the
+    second one's audio (a person our echo hid, or the room's noise): that one is sent."""
+    stage, ends, counters = Stage(ours={1, 2}, clean={2}), Ends(), Counters()
+    screening = Screening(stage, ends.send, ends.reject, counters)  # type: ignore[arg-type]
+    task = asyncio.create_task(screening.run())
+    for n in (1, 2):
+        screening.offer(clip(n))
+        stage.held[n].release.set()
+    await until(lambda: len(ends.sent) + len(ends.rejected) == 2)
+    assert ends.sent == [2] and ends.rejected == [(1, "echo")]
     task.cancel()
 
 
