@@ -99,6 +99,7 @@ def _figures(counters: Counters) -> dict[str, Any]:
         "ring_overrun_samples": n("ring_overrun_samples"),
         "echo_gated_frames": n("echo_gated_frames"),
         "echo_dropped": n("echo_dropped"),
+        "echo_residual_clips": n("echo_residual_clips"),
         "screen_errors": n("screen_errors"),
         "echo_reference_slips": n("echo_reference_slips"),
         "echo_fallbacks": n("echo_fallbacks"),

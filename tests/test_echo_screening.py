@@ -14,6 +14,7 @@ import numpy as np
 from daemon.counters import Counters
 from daemon.echo import Evidence, Measures, Verdict
 from daemon.echo.guard import CARRIES_OURS, OURS_BELOW
+from daemon.echo.residual import Residual
 from daemon.echo.screening import BACKLOG, Screening
 from daemon.values import Frame, Utterance, UtteranceStats
 
@@ -42,20 +43,40 @@ class Held(Evidence):
         return Measures(self.foreign, self.echo)
 
 
+@dataclass(frozen=True, slots=True)
+class Cleaning(Residual):
+    """A residual whose suppression notes the thread it ran on and gives 7s (or fails)."""
+
+    threads: list[str] = field(default_factory=list)
+    fails: bool = False
+
+    def suppressed(self) -> tuple[Any, float]:
+        self.threads.append(threading.current_thread().name)
+        if self.fails:
+            raise ValueError("a defect")
+        return np.full_like(self.cleaned, 7), 0.5
+
+
 class Stage:
-    """An echo stage whose clips `ours` are judged our own speech; the rest are sent."""
+    """An echo stage whose clips `ours` are judged our own speech; the rest are sent,
+    those in `echoing` cleaned of our echo first (`Cleaning`)."""
 
     def __init__(
         self,
         ours: set[int],
         failing: set[int] = frozenset(),  # type: ignore[assignment]
         clean: set[int] = frozenset(),  # type: ignore[assignment]
+        echoing: set[int] = frozenset(),  # type: ignore[assignment]
+        unclean: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> None:
         self.ours = ours
         self.failing = failing
         self.clean = clean  # ours on the microphone, but the canceller took our echo out
+        self.echoing = echoing
+        self.unclean = unclean  # whose suppression fails
         self.held: dict[int, Held] = {}
         self.on_loop: list[int] = []
+        self.cleaning_threads: list[str] = []
 
     def evidence(self, utt: Utterance) -> Evidence | None:
         foreign = OURS_BELOW / 2 if utt.id in self.ours else 0.5
@@ -71,6 +92,13 @@ class Stage:
         if measures.ours:
             return Verdict(measures.foreign_share or 0.0, 0.0)
         return utt
+
+    def residual(self, utt: Utterance) -> Residual | None:
+        if utt.id not in self.echoing:
+            return None
+        return Cleaning(
+            utt.pcm, utt.pcm, threads=self.cleaning_threads, fails=utt.id in self.unclean
+        )
 
     # the rest of EchoStage, unused here
     mode = "aec"
@@ -89,9 +117,11 @@ class Ends:
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.rejected: list[tuple[int, str]] = []
+        self.audio: dict[int, Any] = {}
 
     def send(self, utt: Utterance) -> None:
         self.sent.append(utt.id)
+        self.audio[utt.id] = utt.pcm
 
     def reject(self, utt: Utterance, reason: str, verdict: Verdict | None) -> None:
         assert (reason == "echo") == (verdict is not None)
@@ -168,4 +198,34 @@ async def test_a_measurement_that_fails_is_counted_and_its_clip_sent() -> None:
         stage.held[n].release.set()
     await until(lambda: len(ends.sent) == 2)
     assert ends.sent == [1, 2] and counters.get("screen_errors") == 1
+    task.cancel()
+
+
+async def test_a_clip_to_be_sent_is_cleaned_of_our_echo_off_the_loop() -> None:
+    """Clips 1 and 3 are sent with what the suppression gave, worked out on the worker
+    thread and counted; clip 2, judged ours, is never cleaned; clip 4 has nothing to take
+    out and is sent as cut."""
+    stage, ends, counters = Stage(ours={2}, echoing={1, 2, 3}), Ends(), Counters()
+    screening = Screening(stage, ends.send, ends.reject, counters)  # type: ignore[arg-type]
+    task = asyncio.create_task(screening.run())
+    for n in (1, 2, 3, 4):
+        screening.offer(clip(n))
+        stage.held[n].release.set()
+    await until(lambda: len(ends.sent) + len(ends.rejected) == 4)
+    assert ends.sent == [1, 3, 4] and ends.rejected == [(2, "echo")]
+    assert all((ends.audio[n] == 7).all() for n in (1, 3)) and not ends.audio[4].any()
+    assert len(stage.cleaning_threads) == 2
+    assert all(t.startswith("echo-screen") for t in stage.cleaning_threads)
+    assert counters.get("echo_residual_clips") == 2
+    task.cancel()
+
+
+async def test_a_suppression_that_fails_is_counted_and_its_clip_sent_as_cut() -> None:
+    stage, ends, counters = Stage(ours=set(), echoing={1}, unclean={1}), Ends(), Counters()
+    screening = Screening(stage, ends.send, ends.reject, counters)  # type: ignore[arg-type]
+    task = asyncio.create_task(screening.run())
+    screening.offer(clip(1))
+    stage.held[1].release.set()
+    await until(lambda: len(ends.sent) == 1)
+    assert not ends.audio[1].any() and counters.get("screen_errors") == 1
     task.cancel()

@@ -5,7 +5,8 @@
 
 Modes (`audio.echo_guard`, "auto" = the hardware profile's choice, "aec" without one):
 - `aec` (`canceller.py`): WebRTC AEC3 with the exact PCM the output device played as its
-  reference (`reference.py`), plus the own-speech guard (`guard.py`): full duplex.
+  reference (`reference.py`), plus the own-speech guard (`guard.py`) and, on a clip to be
+  sent, the residual echo suppressor (`residual.py`): full duplex.
 - `gate` (`gate.py`): the microphone is ignored while our speech plays, plus a tail.
 - `off`: speakerphones with hardware echo cancellation, or a PulseAudio/PipeWire
   `module-echo-cancel` source (profile `pulse_echo_cancel`).
@@ -22,6 +23,7 @@ from daemon.echo.canceller import DoubleTalkConfirmer, EchoCanceller
 from daemon.echo.gate import EchoGate
 from daemon.echo.guard import Evidence, Measures, Verdict
 from daemon.echo.reference import PlayedAudio, ReferenceAligner
+from daemon.echo.residual import Residual
 from daemon.profiles import Profile
 from daemon.values import Frame, Utterance
 
@@ -36,6 +38,7 @@ __all__ = [
     "Evidence",
     "Measures",
     "PlayedAudio",
+    "Residual",
     "Verdict",
     "echo_mode",
     "make_echo_stage",
@@ -51,7 +54,9 @@ class EchoStage(Protocol):
     the returned frames and gives the clip to send, or the `Verdict` that it is our own
     speech (it is dropped, not sent); `evidence` is what it judges the clip on, copied
     when the clip is cut (None: nothing to judge), whose `measure()` may run on another
-    thread and be handed to `screen`.
+    thread and be handed to `screen`. `residual` is what a clip `screen` gave to send is
+    cleaned of our echo from (`Residual.suppressed`, pure, for another thread too; None:
+    nothing to take out).
     """
 
     @property
@@ -62,6 +67,8 @@ class EchoStage(Protocol):
     def evidence(self, utt: Utterance) -> Evidence | None: ...
 
     def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict: ...
+
+    def residual(self, utt: Utterance) -> Residual | None: ...
 
     def double_talk(self) -> bool: ...
 

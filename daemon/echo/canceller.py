@@ -13,7 +13,8 @@ nothing, and the canceller keeps what it learnt of the room for the next transla
 
 The stage keeps what the microphone heard and what we played one echo path earlier on
 the capture clock; the own-speech guard (`daemon/echo/guard.py`) judges each clip from
-them before anything is sent (`screen`).
+them before anything is sent (`screen`), and what our echo left in a clip to be sent is
+turned down (`residual`, `daemon/echo/residual.py`).
 
 Double talk (`double_talk()` is true while our speech plays): while it cancels our
 speech, AEC3's suppressor also turns down a person who talks over it, most at their
@@ -45,6 +46,8 @@ from daemon.echo.guard import LEAD_BLOCKS, Evidence, Measures, Verdict
 from daemon.echo.history import PcmHistory
 from daemon.echo.ledger import BLOCK, SILENT_DB, EchoLedger, Levels, block_levels
 from daemon.echo.reference import ReferenceAligner
+from daemon.echo.residual import LEAD_BLOCKS as RESIDUAL_LEAD
+from daemon.echo.residual import Residual
 from daemon.segmenter.confirm import Confirmer
 from daemon.values import SAMPLE_RATE, Frame, Pcm, Utterance
 
@@ -263,6 +266,12 @@ class EchoCanceller:
         reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
         mic = self._mic.read(utt.start - AEC_DELAY_SAMPLES, len(utt.pcm))
         return Evidence(utt.pcm, mic, reference if reference.any() else None)
+
+    def residual(self, utt: Utterance) -> Residual | None:
+        """What our echo left in `utt` is taken out from, copied from the histories now."""
+        lead = RESIDUAL_LEAD * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        return Residual(utt.pcm, reference) if reference.any() else None
 
     def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to

@@ -17,6 +17,7 @@ import numpy as np
 
 from daemon.counters import Counters
 from daemon.echo.guard import Evidence, Measures, Verdict
+from daemon.echo.residual import Residual
 from daemon.values import Frame, Utterance
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class EchoGate:
     def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """The gate sends whatever it let through."""
         return utt
+
+    def residual(self, utt: Utterance) -> Residual | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self._mode}

@@ -43,10 +43,10 @@ def band_powers(pcm: Pcm) -> Floats:
     padded = np.concatenate((np.zeros(N_FFT - HOP), x[: blocks * HOP]))
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:blocks]
     spectrum = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2
-    return spectrum @ _band_matrix()
+    return spectrum @ band_matrix()
 
 
-def _band_matrix() -> Floats:
+def band_matrix() -> Floats:
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
     edges = np.geomspace(LOW_HZ, HIGH_HZ, BANDS + 1)
     return np.stack(
@@ -76,29 +76,30 @@ def echo_share(clip: Pcm, reference: Pcm) -> float:
 def echo_share_of(y: Floats, r: Floats) -> float:
     """`echo_share` from the clip's band powers `y` and the spread reference `r` (`spread`,
     starting `max(LAGS)` blocks before the clip)."""
+    echo = echo_cells(y, r)
+    total = float(y[: len(echo)].sum())
+    return float(echo.sum()) / total if len(echo) and total > 0.0 else 0.0
+
+
+def echo_cells(y: Floats, r: Floats) -> Floats:
+    """Our echo's power in each block and band of `y` (`echo_share_of`'s arguments), at
+    the lag that explains the most; no rows when the clip is too short to fit."""
     lead = max(LAGS)
     blocks = min(len(y), len(r) - lead)
     if blocks < MIN_BLOCKS:
-        return 0.0
+        return np.zeros((0, y.shape[1]))
     y = y[:blocks]
-    total = float(y.sum())
-    if total <= 0.0:
-        return 0.0
-    best = 0.0
-    for lag in LAGS:
-        ref = r[lead - lag : lead - lag + blocks]
-        best = max(best, _explained(y, ref) / total)
-    return best
+    fits = (_explained(y, r[lead - lag : lead - lag + blocks]) for lag in LAGS)
+    return max(fits, key=lambda echo: float(echo.sum()))
 
 
-def _explained(y: Floats, r: Floats) -> float:
-    """Energy of `y` (blocks, bands) explained by non-negative gains on the spread
+def _explained(y: Floats, r: Floats) -> Floats:
+    """The power of `y` (blocks, bands) explained by non-negative gains on the spread
     reference `r` (blocks, bands, decays), per band by least squares with an intercept."""
-    explained = 0.0
-    for band in range(y.shape[1]):
-        echo = _fit(y[:, band], r[:, band, :])
-        explained += float(np.minimum(echo, y[:, band]).sum())
-    return explained
+    return np.stack(
+        [np.minimum(_fit(y[:, band], r[:, band, :]), y[:, band]) for band in range(y.shape[1])],
+        axis=1,
+    )
 
 
 def _fit(y: Floats, x: Floats) -> Floats:
