@@ -175,7 +175,7 @@ class Loop:
             self.written += block
 
     def _clip(self, utt: Utterance, now: int) -> None:
-        screened = self.stage.screen(utt)
+        screened = echo_matrix.screen(self.stage, utt)
         if isinstance(screened, Verdict):
             self.dropped += 1
             return

@@ -9,7 +9,8 @@ them), at most 20 s past the last turn: a room that feeds back stops there.
 The daemon's echo stage (built only by `daemon.echo.make_echo_stage`), segmenter and
 guard run frame by frame (`ClosedLoop`). Per clip the segmenter cut it records the truth
 (seconds of a person's speech inside, voiced 10 ms frames of the dry turns) and our
-echo's energy share (`echo_share`); `figures` turns clips into the matrix's rates.
+echo's energy share (`echo_share`) in what is sent (widened, our echo taken out), or in
+the clip cut when it is dropped; `figures` turns clips into the matrix's rates.
 
 Also runnable (`main`: seeds in, one JSON line per room out), so that `bench_echo.py
 --matrix` can run the rooms against the daemon package of another checkout: the
@@ -59,6 +60,16 @@ PERSON_S = 0.2  # a clip with at least this much of a person's speech has a pers
 
 
 # ------------------------------------------------------------------ the closed loop
+
+
+def screen(stage: Any, utt: Any) -> Any:
+    """The daemon's screening of one clip (`screen_now`: judged, widened, our echo taken
+    out), or a baseline's that has no `screen_now` (judged and widened)."""
+    try:
+        from daemon.echo.screening import screen_now
+    except ImportError:
+        return stage.screen(utt)
+    return screen_now(stage, utt)
 
 
 def echo_share(clip: Floats, echo: Floats, start: int, max_lag: int = 256, step: int = 1) -> float:
@@ -206,15 +217,16 @@ class ClosedLoop:
         from daemon.values import Utterance
 
         t = time.thread_time()
-        screened = self.stage.screen(utt)
+        screened = screen(self.stage, utt)
         self.cpu += time.thread_time() - t
-        clip = utt.pcm.astype(np.float64) / 32768.0
+        judged = screened if isinstance(screened, Utterance) else utt  # what is sent
+        clip = judged.pcm.astype(np.float64) / 32768.0
         self.clips.append(
             Clip(
                 start=utt.start,
                 end=utt.end,
                 person_s=float(np.sum(self.room.truth[utt.start : utt.end])) / RATE,
-                echo_share=echo_share(clip, self.echo, utt.start),
+                echo_share=echo_share(clip, self.echo, judged.start),
                 heard_echo_share=self._heard_echo_share(utt.start, utt.end),
                 sent=isinstance(screened, Utterance),
                 judgement=copy.deepcopy(getattr(self.stage, "last_judgement", None)),
@@ -225,8 +237,9 @@ class ClosedLoop:
         start = max(round((now + LATENCY_S) * RATE * self.path.ratio), self.busy_until)
         if start < self.final:
             raise AssertionError("a translation would start in what was already heard")
-        voice = np.tile(self.room.voice, 3)[self.voice_at : self.voice_at + len(clip)]
-        self.voice_at = (self.voice_at + len(clip)) % len(self.room.voice)
+        length = len(utt.pcm)  # our translation, as long as the clip cut
+        voice = np.tile(self.room.voice, 3)[self.voice_at : self.voice_at + length]
+        self.voice_at = (self.voice_at + length) % len(self.room.voice)
         self.ours[start : start + len(voice)] += voice
         self.busy_until = start + len(voice)
 
