@@ -29,11 +29,11 @@ from daemon.captions.events import usage_figures
 from daemon.captions.lanes import CaptionLane, CaptionLanes
 from daemon.captions.recent import RecentCaptions
 from daemon.capture import Capture
-from daemon.config import ConfigError, LiveRoom, SegmenterSettings, Settings
+from daemon.config import ConfigError, LiveRoom, Settings
 from daemon.control import ControlPlane
 from daemon.counters import Counters
 from daemon.devices import DeviceHost, DeviceInfo, list_devices
-from daemon.echo import DoubleTalkConfirmer, PlayedAudio, make_echo_stage
+from daemon.echo import PlayedAudio, confirmer_for, make_echo_stage
 from daemon.fleet.account import SharedBudget
 from daemon.handoff import Handoff
 from daemon.heap import TRIM_EVERY_S, HeapTrimmer, fix_mmap_threshold
@@ -44,7 +44,6 @@ from daemon.playback import Playback, PlaybackEvent, PlaybackFinished, PlaybackS
 from daemon.profiles import Profile, load_profiles, profiles_dir, select_profile
 from daemon.ratelimit import ServiceLoad
 from daemon.segmenter import Segmenter
-from daemon.segmenter.confirm import Confirmer, make_confirmer
 from daemon.sequencer import Sequencer
 from daemon.status import Health, StatusPublisher, StatusSource
 from daemon.translator import FATAL_KINDS, Translator, probe_utterance
@@ -325,7 +324,7 @@ class Daemon:
             self.room,
             self.counters,
             self.source.wall_time,
-            confirmer=self._confirmer,
+            confirmer=confirmer_for(self.echo),
             may_cut=lambda: not self.load.shed_reason(),  # short of requests: merge
         )
         async for captured in self.source.frames():
@@ -338,11 +337,6 @@ class Daemon:
                 self.health.hearing = segmenter.speaking
                 # Barge-in: people talk while our translation plays; it steps back.
                 self.playback.duck(self.settings.audio.duck_db if segmenter.speaking else 0.0)
-
-    def _confirmer(self, settings: SegmenterSettings) -> Confirmer | None:
-        """The clip confirmer, with every frame in double talk confirmed (echo stage)."""
-        confirm = make_confirmer(settings)
-        return DoubleTalkConfirmer(confirm, self.echo.double_talk) if confirm else None
 
     async def _deliver(self) -> None:
         """Ordered translation events → speaker and captions."""

@@ -67,3 +67,25 @@ def test_pcm_history_keeps_the_newest_samples_by_position() -> None:
     assert not got[:10].any() and list(got[10:40]) == list(range(41, 71))
     assert not got[40:60].any() and list(got[60:110]) == list(range(1, 51))
     assert not got[110:].any()
+
+
+def test_the_segmenter_confirms_every_frame_in_double_talk() -> None:
+    """`confirmer_for`: while the stage is in double talk a frame is confirmed whatever it
+    holds (AEC3 turned the person down; the guard judges the clip); otherwise Silero
+    judges it, and silence is not speech; with confirmation off there is no confirmer."""
+    from daemon.config import SegmenterSettings
+    from daemon.echo import confirmer_for
+
+    talking = [True]
+
+    class Stage:
+        def double_talk(self) -> bool:
+            return talking[0]
+
+    confirmer = confirmer_for(Stage())(SegmenterSettings())  # type: ignore[arg-type]
+    assert confirmer is not None
+    silence = np.zeros(480, dtype=np.int16)
+    assert confirmer.confirms(silence)
+    talking[0] = False
+    assert not confirmer.confirms(silence)
+    assert confirmer_for(Stage())(SegmenterSettings(confirm="off")) is None  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from daemon.config import AudioSettings
+from daemon.config import AudioSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.echo.canceller import DoubleTalkConfirmer, EchoCanceller
 from daemon.echo.gate import EchoGate
@@ -25,6 +25,7 @@ from daemon.echo.guard import Evidence, Measures, Verdict
 from daemon.echo.reference import PlayedAudio, ReferenceAligner
 from daemon.echo.residual import Residual
 from daemon.profiles import Profile
+from daemon.segmenter.confirm import Confirmer, ConfirmerFactory, make_confirmer
 from daemon.values import Frame, Utterance
 
 EchoMode = Literal["aec", "gate", "off"]
@@ -40,6 +41,7 @@ __all__ = [
     "PlayedAudio",
     "Residual",
     "Verdict",
+    "confirmer_for",
     "echo_mode",
     "make_echo_stage",
 ]
@@ -73,6 +75,17 @@ class EchoStage(Protocol):
     def double_talk(self) -> bool: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+def confirmer_for(stage: EchoStage) -> ConfirmerFactory:
+    """The segmenter's clip confirmer behind `stage`: every frame in double talk confirmed
+    (`DoubleTalkConfirmer`)."""
+
+    def confirmer(settings: SegmenterSettings) -> Confirmer | None:
+        confirm = make_confirmer(settings)
+        return DoubleTalkConfirmer(confirm, stage.double_talk) if confirm else None
+
+    return confirmer
 
 
 def echo_mode(settings: AudioSettings, profile: Profile | None) -> EchoMode:
