@@ -141,7 +141,11 @@ class Loop:
         else:
             self.stage = EchoGate(self.audible_until, self.counters, mode=mode, tail_s=0.3)  # type: ignore[arg-type]
         self.segmenter = Segmenter(
-            SegmenterSettings(), LiveRoom(RoomSettings()), self.counters, lambda s: s / RATE
+            SegmenterSettings(),
+            LiveRoom(RoomSettings()),
+            self.counters,
+            lambda s: s / RATE,
+            confirmer=echo_matrix.confirmer_for(self.stage),
         )
         self.echo = np.zeros(self.n)
         self.sent: list[Utterance] = []

@@ -6,8 +6,9 @@ plays into the room, so what reaches the microphone depends on what was sent. Th
 runs on until the last turn and our last translation have been heard (2 s and RT60 after
 them), at most 20 s past the last turn: a room that feeds back stops there.
 
-The daemon's echo stage (built only by `daemon.echo.make_echo_stage`), segmenter and
-guard run frame by frame (`ClosedLoop`). Per clip the segmenter cut it records the truth
+The daemon's echo stage (built only by `daemon.echo.make_echo_stage`), segmenter (with
+the daemon's clip confirmer, `confirmer_for`: double talk confirmed) and guard run frame
+by frame (`ClosedLoop`). Per clip the segmenter cut it records the truth
 (seconds of a person's speech inside, voiced 10 ms frames of the dry turns) and our
 echo's energy share (`echo_share`) in what is sent (widened, our echo taken out), or in
 the clip cut when it is dropped; `figures` turns clips into the matrix's rates.
@@ -60,6 +61,25 @@ PERSON_S = 0.2  # a clip with at least this much of a person's speech has a pers
 
 
 # ------------------------------------------------------------------ the closed loop
+
+
+def confirmer_for(stage: Any) -> Any:
+    """The daemon's clip confirmer behind `stage` (double talk confirmed), also for a
+    baseline from before `daemon.echo.confirmer_for` (the daemon wired the same then)."""
+    try:
+        from daemon.echo import confirmer_for as daemons
+    except ImportError:
+        from daemon.echo import DoubleTalkConfirmer
+        from daemon.segmenter.confirm import make_confirmer
+
+        def daemons(stage: Any) -> Any:
+            def confirmer(settings: Any) -> Any:
+                confirm = make_confirmer(settings)
+                return DoubleTalkConfirmer(confirm, stage.double_talk) if confirm else None
+
+            return confirmer
+
+    return daemons(stage)
 
 
 def screen(stage: Any, utt: Any) -> Any:
@@ -144,7 +164,11 @@ class ClosedLoop:
             self.played,
         )
         self.segmenter = Segmenter(
-            SegmenterSettings(), LiveRoom(RoomSettings()), self.counters, lambda s: s / RATE
+            SegmenterSettings(),
+            LiveRoom(RoomSettings()),
+            self.counters,
+            lambda s: s / RATE,
+            confirmer=confirmer_for(self.stage),
         )
         self.clips: list[Clip] = []
         self.cpu = 0.0
