@@ -275,8 +275,7 @@ class EchoCanceller:
 
     def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to
-        send: widened at an edge where our speech played (double talk), unless the
-        microphone heard only our echo over it (`Measures.heard_ours`). `measures`: those
+        send: widened at an edge where our speech played (double talk). `measures`: those
         of `evidence(utt)`, measured elsewhere (None: measured now)."""
         m = measures if measures is not None else self.evidence(utt).measure()
         foreign = m.foreign_share
@@ -295,7 +294,7 @@ class EchoCanceller:
         )
         if foreign is not None and m.ours:
             return Verdict(foreign, m.echo_share)  # not sent: the next clip may widen into it
-        widened = utt if m.heard_ours else self._widen(utt)
+        widened = self._widen(utt)
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
 

@@ -31,8 +31,7 @@ A clip of which less than `OURS_BELOW` is foreign is ours (`Verdict`) unless wha
 sent, the canceller's output, is estimated to carry under `CARRIES_OURS` of our echo
 (`share.py`; the bound at which every test and the room matrix call a request our own
 speech): the canceller took our echo out, and what is left is a person our echo hid on
-the microphone, or the room's noise; such a clip is sent as it was cut (`heard_ours`: not
-widened into more of our echo). A clip that is ours is not sent, counted
+the microphone, or the room's noise. A clip that is ours is not sent, counted
 (`echo_dropped`) and ends as dropped with reason `echo`. The threshold, the two
 levels above and the clipping level were chosen on the calibration half of the room
 matrix (`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are
@@ -77,13 +76,12 @@ class Measures:
     echo_share: float  # the share of the cleaned clip's energy estimated our echo (share.py)
 
     @property
-    def heard_ours(self) -> bool:
-        """The microphone heard our echo over the clip and nothing else."""
-        return self.foreign_share is not None and self.foreign_share < OURS_BELOW
-
-    @property
     def ours(self) -> bool:
-        return self.heard_ours and self.echo_share >= CARRIES_OURS
+        return (
+            self.foreign_share is not None
+            and self.foreign_share < OURS_BELOW
+            and self.echo_share >= CARRIES_OURS
+        )
 
 
 @dataclass(frozen=True, slots=True)
