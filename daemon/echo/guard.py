@@ -27,11 +27,10 @@ almost none (the prediction of a power that follows ours). It is judged on the
 microphone, not on the canceller's output: the canceller's non-linear suppression makes
 what it leaves of our echo follow no reference, while the microphone is plain physics.
 
-A clip of which less than `OURS_BELOW` is foreign is ours (`Verdict`) unless what would be
-sent, the canceller's output, is estimated to carry under `CARRIES_OURS` of our echo
-(`share.py`; the bound at which every test and the room matrix call a request our own
-speech): the canceller took our echo out, and what is left is a person our echo hid on
-the microphone, or the room's noise. A clip that is ours is not sent, counted
+A clip of which less than `OURS_BELOW` is foreign is ours (`Verdict`), however little of
+our echo the canceller left in it: sending what is left (the room's noise, our residual)
+makes a translation that plays, is heard and is cut again, and the room does not come to
+rest (the rig's loud-loudspeaker meeting fed back so). A clip that is ours is not sent, counted
 (`echo_dropped`) and ends as dropped with reason `echo`. The threshold, the two
 levels above and the clipping level were chosen on the calibration half of the room
 matrix (`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are
@@ -53,8 +52,7 @@ import numpy.typing as npt
 from daemon.echo.share import LAGS, band_powers, echo_share_of, non_negative_fit, spread
 from daemon.values import Pcm
 
-OURS_BELOW = 0.07  # a clip with less of its loud cells foreign is our own voice ...
-CARRIES_OURS = 0.1  # ... when this much of what would be sent is estimated our echo
+OURS_BELOW = 0.07  # a clip with less of its loud cells foreign is our own voice
 FOREIGN_DB = 6.0  # a cell this far above the echo's prediction is someone else's
 LOUD_DB = 10.0  # a cell this far over the band's noise is judged at all
 OUTLIER = 4.0  # cells above this times the prediction are left out of the next fit
@@ -77,11 +75,7 @@ class Measures:
 
     @property
     def ours(self) -> bool:
-        return (
-            self.foreign_share is not None
-            and self.foreign_share < OURS_BELOW
-            and self.echo_share >= CARRIES_OURS
-        )
+        return self.foreign_share is not None and self.foreign_share < OURS_BELOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +89,6 @@ class Verdict:
         return (
             f"{self.foreign_share:.0%} of its loud sound foreign (under {OURS_BELOW:.0%}),"
             f" {self.echo_share:.0%} of what the canceller left estimated our echo"
-            f" (at least {CARRIES_OURS:.0%})"
         )
 
 
