@@ -20,6 +20,7 @@ weighted overlap-add), so a clip with nothing of us in it comes out as it went i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,13 +52,14 @@ class Residual:
             return self.cleaned, 0.0
         y = y[: len(echo)]
         gains = np.clip(1.0 - OVER * echo / np.maximum(y, 1e-20), FLOOR, 1.0)
-        out = _apply(self.cleaned.astype(np.float64), np.sqrt(gains) @ _bins_of_bands().T)
+        x = self.cleaned.astype(np.float64)
+        out = _apply(x, np.sqrt(gains) @ _bins_of_bands().T)
         pcm = np.clip(np.round(out), -32768, 32767).astype(np.int16)
-        before = float(np.dot(self.cleaned.astype(np.float64), self.cleaned))
-        after = float(np.dot(out, out))
+        before, after = float(np.dot(x, x)), float(np.dot(out, out))
         return pcm, max(0.0, 1.0 - after / before) if before > 0 else 0.0
 
 
+@functools.cache
 def _bins_of_bands() -> Floats:
     """(bins, bands): each FFT bin takes its band's gain; bins under the lowest band the
     lowest's, over the highest the highest's."""
