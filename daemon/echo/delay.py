@@ -43,6 +43,7 @@ MAX_LAG_S = 1.5  # ... or this long after it
 EVERY_S = 0.25  # of playing between two estimates
 MIN_PLAYING_S = 1.0  # of playing in the reference an estimate looks at
 SMOOTHING = 0.3  # weight of the older correlation per estimate
+SEARCH_SMOOTHING = 0.9  # the same, for the slow correlation that finds a path under talk
 BAND_HZ = (200.0, 3600.0)
 CONFIDENT = 7.0  # peak prominence (robust sigmas) of an estimate that moves the delay
 CERTAIN = 15.0  # a first estimate this prominent is taken at once
@@ -88,6 +89,8 @@ class DelayTracker:
         self._coupling: tuple[float, float] | None = None  # (microphone, output), smoothed
         self._playing = np.zeros(self._span // (RATE // 100), dtype=bool)
         self._g: Floats64 | None = None
+        self._g_search: Floats64 | None = None  # smoothed over ~10 estimates
+        self._searched: int | None = None  # the slow correlation's last confident peak
         self._since = 0  # 8 kHz samples of playing since the last estimate
         self._candidate: DelayEstimate | None = None
         self._streak = 0  # estimates in a row that agreed with each other
@@ -105,6 +108,8 @@ class DelayTracker:
         self._coupling = None
         self._playing.fill(False)
         self._g = None
+        self._g_search = None
+        self._searched = None
         self._since = 0
         self._candidate = None
         self._streak = 0
@@ -154,13 +159,17 @@ class DelayTracker:
         used = self._band & (power >= REF_FLOOR * power[self._band].mean())
         ref_white = self._white_power(ref_spec, used)
         seen = self._seen(self._white_power(mic_spec, used), ref_white)
-        self._g = g = self._correlate(mic_spec, ref_spec, used, seen, self._g)
+        raw = self._correlate(mic_spec, ref_spec, used, seen)
+        self._g = g = _smoothed(self._g, raw, SMOOTHING)
+        self._g_search = _smoothed(self._g_search, raw, SEARCH_SMOOTHING)
         peak = int(np.argmax(g))
         broadband = used.sum() >= MIN_BAND_SHARE * self._band.sum()  # not a tone, a hum
         prominence = _prominence(g, peak, peak) if broadband else 0.0
         estimate = DelayEstimate(MIN_LAG_S + peak / RATE, prominence)
         self.last = estimate
         self._follow(estimate, self._prominence_at_path(g, 0.0) >= CONFIDENT)
+        if self.delay_s is None and broadband:
+            self._search(self._g_search)
         self._leak(mic_spec, ref_spec, used, ref_white, first)
         return estimate
 
@@ -187,19 +196,29 @@ class DelayTracker:
         ref_spec: npt.NDArray[np.complex128],
         used: npt.NDArray[np.bool_],
         seen: Floats64,
-        smoothed: Floats64 | None,
     ) -> Floats64:
-        """The PHAT correlation by echo delay, each lag divided by its `seen` spread,
-        smoothed: index j is the delay MIN_LAG_S + j. (g[k] = sum_n x[n] ref[n + k], the
-        window's first sample MAX_LAG_S after the reference's: a delay d peaks at
+        """The PHAT correlation by echo delay, each lag divided by its `seen` spread:
+        index j is the delay MIN_LAG_S + j. (g[k] = sum_n x[n] ref[n + k], the window's
+        first sample MAX_LAG_S after the reference's: a delay d peaks at
         k = MAX_LAG_S - d.)"""
         cross = np.conj(spec) * ref_spec
         cross[~used] = 0.0
         cross /= np.abs(cross) + 1e-9
         g: Floats64 = np.fft.irfft(cross, self._nfft)[: self._lags + 1][::-1] / seen
-        if smoothed is not None:
-            g = SMOOTHING * smoothed + (1.0 - SMOOTHING) * g
         return g
+
+    def _search(self, g: Floats64) -> None:
+        """No path found yet: the slow correlation's peak is taken when it is confident
+        twice in a row at the same lag. A person talking over our echo all along adds
+        noise to each estimate; over ten of them it averages down, and an echo 10 dB
+        under the people stands out where one estimate could not show it."""
+        peak = int(np.argmax(g))
+        if _prominence(g, peak, peak) < CONFIDENT:
+            self._searched = None
+            return
+        previous, self._searched = self._searched, peak
+        if previous is not None and abs(previous - peak) <= round(AGREE_S * RATE):
+            self.delay_s = MIN_LAG_S + peak / RATE
 
     def _prominence_at_path(self, g: npt.NDArray[np.float64], after_s: float) -> float:
         """How far the tracked path (to `after_s` later) stands out in `g` (0 if none)."""
@@ -226,7 +245,8 @@ class DelayTracker:
         out = self._out[first : first + self._window]
         out_spec = np.fft.rfft(out - out.mean(), self._nfft)
         seen = self._seen(self._white_power(out_spec, used), ref_white)
-        self._g_out = g = self._correlate(out_spec, ref_spec, used, seen, self._g_out)
+        raw = self._correlate(out_spec, ref_spec, used, seen)
+        self._g_out = g = _smoothed(self._g_out, raw, SMOOTHING)
         self.leak = self._prominence_at_path(g, LEAK_AFTER_S)
         at = round((self.delay_s - MIN_LAG_S) * RATE)
         early = slice(max(0, at - round(AGREE_S * RATE)), at + round(EARLY_S * RATE))
@@ -281,6 +301,11 @@ class DelayTracker:
                 self.delay_s = estimate.delay_s
         elif self._streak >= FAR_STREAK and not still_there:
             self.delay_s = estimate.delay_s
+
+
+def _smoothed(old: Floats64 | None, new: Floats64, weight: float) -> Floats64:
+    """`new` with `weight` of the `old` smoothed correlation."""
+    return new if old is None else weight * old + (1.0 - weight) * new
 
 
 def _prominence(g: npt.NDArray[np.float64], lo: int, hi: int) -> float:
