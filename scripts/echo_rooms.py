@@ -21,6 +21,11 @@ Drawn per room, uniformly:
   `i / (16000 (1 + ppm))`, as its DAC stamps say);
 - in a third of the rooms a loudspeaker that clips softly (`tanh(d x) / d`, d 1.5-6);
 - a noise recording at 10-40 dB SNR to the people.
+
+The people's speech (`Composed.truth`, what "people's speech sent" is a share of) is where
+a turn's dry recording is both voiced (`voiced`: its level) and speech to Silero VAD
+(`speech`): a level alone counts the clicks, knocks and breaths some recordings hold
+between their words (`ru_silero_60s` 24-29 s, the far-field AMI excerpts) as speech.
 """
 
 from __future__ import annotations
@@ -242,7 +247,7 @@ class Composed:
 
     params: RoomParams
     people: Floats  # at the microphone, the whole run
-    truth: npt.NDArray[np.bool_]  # per sample: a person speaks (voiced frames of the turns)
+    truth: npt.NDArray[np.bool_]  # per sample: a person speaks (`voiced` and `speech`)
     noise: Floats
     voice: Floats  # our translations are read from here, one after the other
     speaker_h: Floats
@@ -265,6 +270,25 @@ def voiced(x: Floats) -> npt.NDArray[np.bool_]:
     return out
 
 
+SPEECH_PROBABILITY = 0.5  # Silero's own default threshold
+SPEECH_MARGIN_S = 0.2  # around what Silero hears: onsets and word ends it scores low
+
+
+def speech(dry: Floats) -> npt.NDArray[np.bool_]:
+    """Per sample: within `SPEECH_MARGIN_S` of a 32 ms chunk Silero VAD scores as speech
+    (the recording peak-normalised to -6 dBFS, one fresh model state per turn)."""
+    from daemon.segmenter.detectors import SileroScorer
+
+    scorer = SileroScorer()
+    pcm = np.round(dry / max(float(np.max(np.abs(dry))), 1e-9) * 0.5 * 32767).astype(np.int16)
+    chunk, margin = 512, round(SPEECH_MARGIN_S * RATE)
+    out = np.zeros(len(dry), dtype=bool)
+    for i in range(0, len(pcm) - chunk + 1, chunk):
+        if scorer.score(pcm[i : i + chunk]) >= SPEECH_PROBABILITY:
+            out[max(0, i - margin) : i + chunk + margin] = True
+    return out
+
+
 def compose(params: RoomParams, cache_dir: Path) -> Composed:
     from scipy.signal import fftconvolve
 
@@ -281,7 +305,7 @@ def compose(params: RoomParams, cache_dir: Path) -> Composed:
         level = PEOPLE_DBFS + params.person_db[turn.person]
         at += round(turn.gap_s * RATE)
         people[at : at + length] = wet / rms(dry) * 10 ** (level / 20)
-        truth[at : at + length] = voiced(dry)
+        truth[at : at + length] = voiced(dry) & speech(dry)
         at += round(turn.seconds * RATE)
     noise = load(params.noise)
     noise = np.tile(noise, n // len(noise) + 2)
