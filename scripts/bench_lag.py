@@ -21,7 +21,9 @@ its first audio is handed to Playback (after it: the wait behind earlier transla
 one callback block and the DAC lead); p50/p95/max over all meetings, and the sentences
 whose first caption came more than 3.5 s after their end counted by what their clip
 waited for (the service, or the speech after a pause the segmenter did not end the clip
-in, and why); and each monologue's first caption from its start. `--seed` draws the
+in, and why) and by whether the sentence ends its speaker's turn or the same speaker goes
+on after it (the caption figure is split so too: a cut at a change of speaker helps only
+the first); and each monologue's first caption from its start. `--seed` draws the
 meetings (1: the reported ones; set thresholds on others). `--segmenter KEY=VALUE`
 changes a segmenter setting (repeatable). With `--baseline REF` the same scenarios also
 run against REF's daemon (a temporary git worktree, in a subprocess; with the same
@@ -159,6 +161,7 @@ class SceneResult:
     name: str
     kind: str
     sentences: list[tuple[float, float]]
+    turn_ends: set[int]  # sentences a speaker's turn ends with
     clips: list[Clip]
     speech_start: float
     max_backlog_s: float
@@ -199,6 +202,7 @@ class Run:
             self.scene.name,
             self.scene.kind,
             self.scene.sentences,
+            self.scene.turn_ends,
             list(self.clips.values()),
             self.scene.sentences[0][0],
             self.max_backlog_s,
@@ -322,6 +326,8 @@ def figures(
 ) -> dict[str, Any]:
     """p50/p95/max per source sentence; the sentences over SLOW_CAPTION_S by cause."""
     caption: list[float] = []
+    turn_end: list[float] = []  # caption lag of the sentences a speaker's turn ends with
+    in_turn: list[float] = []  # ... and of those another sentence of the turn follows
     speech: list[float] = []
     to_playback: list[float] = []  # sentence end → its first audio handed to Playback
     in_playback: list[float] = []  # → first heard: waiting behind earlier translations
@@ -337,9 +343,12 @@ def figures(
                 missed += 1
                 continue
             caption.append(clip.first_text - end)
+            ends_turn = k in r.turn_ends
+            (turn_end if ends_turn else in_turn).append(clip.first_text - end)
             if clip.first_text - end > SLOW_CAPTION_S:
                 after = r.sentences[k + 1][0] - end if k + 1 < len(r.sentences) else 9.9
                 cause = slow_cause(clip, end, after, first_text_s, settings)
+                cause += ", turn's end" if ends_turn else ", inside a turn"
                 slow[cause] = slow.get(cause, 0) + 1
             if clip.audible_at is None:
                 unheard += 1
@@ -355,6 +364,8 @@ def figures(
         "missed": missed,
         "unheard": unheard,
         "caption": stats(caption),
+        "caption_turn_end": stats(turn_end),
+        "caption_in_turn": stats(in_turn),
         "speech": stats(speech),
         "to_playback": stats(to_playback),
         "in_playback": stats(in_playback),
@@ -406,7 +417,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(columns: dict[str, dict[str, Any]]) -> None:
     names = list(columns)
-    head = f"{'':<44}" + "".join(f"{n:>14}" for n in names)
+    head = f"{'':<62}" + "".join(f"{n:>14}" for n in names)
     print(head)
 
     def row(label: str, pick: Any, fmt: str = "{:>14.2f}") -> None:
@@ -416,7 +427,7 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
                 cells.append(fmt.format(pick(columns[n])))
             except (KeyError, TypeError):
                 cells.append(f"{'-':>14}")
-        print(f"{label:<44}" + "".join(cells))
+        print(f"{label:<62}" + "".join(cells))
 
     first = columns[names[0]]
     print(f"dense meetings: {first['sentences']} sentences")
@@ -425,6 +436,8 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
     row("sentences never heard (skipped)", lambda c: c["unheard"], "{:>14d}")
     for key, label in (
         ("caption", "end → first caption text"),
+        ("caption_turn_end", "  a turn's last sentence → caption"),
+        ("caption_in_turn", "  a sentence inside a turn → caption"),
         ("speech", "end → translation heard"),
         ("to_playback", "  end → its first audio at playback"),
         ("in_playback", "  first audio at playback → heard"),

@@ -72,6 +72,7 @@ class Scene:
     name: str
     kind: str  # "meeting" or "monologue"
     sentences: list[tuple[float, float]] = field(default_factory=list)  # truth, seconds
+    turn_ends: set[int] = field(default_factory=set)  # sentences a speaker's turn ends with
     audio: Pcm = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
 
 
@@ -94,6 +95,7 @@ def compose(parts: list[tuple[np.ndarray[Any, Any], float]], name: str, kind: st
         at += len(silence)
         piece, runs = _turn(x)
         scene.sentences += [((at + a) / SAMPLE_RATE, (at + b) / SAMPLE_RATE) for a, b in runs]
+        scene.turn_ends.add(len(scene.sentences) - 1)
         chunks.append(piece)
         at += len(piece)
     chunks.append(np.zeros(SAMPLE_RATE * 2, dtype=np.float32))
