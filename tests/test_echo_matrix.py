@@ -120,6 +120,17 @@ def test_composition_levels_and_truth(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert er.rms(room.voice) == pytest.approx(10 ** (-20 / 20), rel=1e-6)
 
 
+def test_truth_is_speech_not_level() -> None:
+    """The clicks and knocks between the words of ru_silero_60s (24.7-30.4 s) are loud
+    enough for the level to call them voiced; the people's speech leaves them out, and
+    keeps the words of a speech recording."""
+    clicks = er.load("ru_silero_60s")[round(24.7 * RATE) : round(30.4 * RATE)]
+    assert np.mean(er.voiced(clicks)) > 0.9
+    assert np.mean(er.voiced(clicks) & er.speech(clicks)) < 0.2
+    words = er.load("en_pv_falcon3")
+    assert np.mean(er.voiced(words) & er.speech(words)) > 0.97 * np.mean(er.voiced(words))
+
+
 def test_figures_count_clips_on_a_hand_made_room() -> None:
     clips = [
         em.Clip(0, 32000, 2.0, echo_share=0.0, heard_echo_share=0.1, sent=True),
