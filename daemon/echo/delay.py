@@ -209,9 +209,9 @@ class DelayTracker:
 
     def _search(self, g: Floats64) -> None:
         """No path found yet: the slow correlation's peak is taken when it is confident
-        twice in a row at the same lag. A person talking over our echo all along adds
-        noise to each estimate; over ten of them it averages down, and an echo 10 dB
-        under the people stands out where one estimate could not show it."""
+        twice in a row at the same lag. A sound that never stops (people talking over our
+        echo all along, a fan) adds noise to each estimate; over ten of them it averages
+        down, and an echo far under it can stand out where no single estimate shows it."""
         peak = int(np.argmax(g))
         if _prominence(g, peak, peak) < CONFIDENT:
             self._searched = None
