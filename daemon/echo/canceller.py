@@ -268,16 +268,10 @@ class EchoCanceller:
         return Evidence(utt.pcm, mic, reference if reference.any() else None)
 
     def residual(self, utt: Utterance) -> Residual | None:
-        """What our echo left in `utt` is taken out from, copied from the histories now
-        (until the path is found, with what the microphone heard, to place our echo by)."""
-        if self._tracker.delay_s is not None:
-            lead = RESIDUAL_LEAD * BLOCK
-            reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
-            return Residual(utt.pcm, reference) if reference.any() else None
-        evidence = self.evidence(utt)
-        if evidence.reference is None:
-            return None
-        return Residual(utt.pcm, evidence.reference, evidence.mic)
+        """What our echo left in `utt` is taken out from, copied from the histories now."""
+        lead = RESIDUAL_LEAD * BLOCK
+        reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
+        return Residual(utt.pcm, reference) if reference.any() else None
 
     def screen(self, utt: Utterance, measures: Measures | None = None) -> Utterance | Verdict:
         """A verdict when `utt` is our own speech (it must not be sent), else the clip to

@@ -152,7 +152,7 @@ def _foreign_share(
     share = _foreign(y, r, distorted, later=0, noise=noise, loud=loud)
     if not search or share < OURS_BELOW:
         return share
-    later = later_blocks(y, played)
+    later = _later(y, played)
     if later == 0:
         return share
     return min(share, _foreign(y, r, distorted, later=later, noise=noise, loud=loud))
@@ -178,7 +178,7 @@ def _foreign(
     return float(foreign.sum() / loud.sum())
 
 
-def later_blocks(y: Floats, played: Floats) -> int:
+def _later(y: Floats, played: Floats) -> int:
     """How many blocks (0..`SEARCH_BLOCKS`) after the path the reference is placed at the
     clip's level envelope follows what we played best: the path is not found yet in the
     first seconds after a start or a reopen, and a path that just moved is found again

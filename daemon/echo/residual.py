@@ -11,11 +11,6 @@ person's syllable over it stays. `OVER` makes up for what the fit leaves out of 
 (its intercept takes whatever does not move with what we played; in double talk a
 share of our echo with it).
 
-Until the echo path is found, what we played is placed where the microphone's level
-over the clip follows it best, as the guard places it (`guard.later_blocks`): AEC3 has
-not learnt a path beyond what the devices report, and the clip would otherwise be
-cleaned against what we played at a time our echo was not there.
-
 `OVER` and `FLOOR` were chosen on the calibration half of the room matrix: the largest
 `OVER` at which the median person clip keeps at least 90% of the person's energy; the
 figures on both halves are in `docs/testing.md`. The gains are applied on the same
@@ -31,8 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.echo.guard import LEAD_BLOCKS as SEARCH_LEAD_BLOCKS
-from daemon.echo.guard import later_blocks
 from daemon.echo.share import HOP, LAGS, N_FFT, band_matrix, band_powers, echo_cells, spread
 from daemon.values import Pcm
 
@@ -46,26 +39,15 @@ Floats = npt.NDArray[np.float64]
 @dataclass(frozen=True, slots=True)
 class Residual:
     """A clip to be sent (the canceller's output) and what we played one echo path
-    earlier, from `LEAD_BLOCKS` blocks before it; or, with `mic` (what the microphone
-    heard over the clip: the path is not found yet), from `SEARCH_LEAD_BLOCKS` before it,
-    to be placed where `mic` follows it."""
+    earlier, from `LEAD_BLOCKS` blocks before it."""
 
     cleaned: Pcm
     reference: Pcm
-    mic: Pcm | None = None
-
-    def placed(self) -> Pcm:
-        """What we played, from `LEAD_BLOCKS` blocks before where our echo is in the clip."""
-        if self.mic is None:
-            return self.reference
-        later = later_blocks(band_powers(self.mic), band_powers(self.reference))
-        first = (SEARCH_LEAD_BLOCKS - later - LEAD_BLOCKS) * HOP
-        return self.reference[first : first + len(self.cleaned) + LEAD_BLOCKS * HOP]
 
     def suppressed(self) -> tuple[Pcm, float]:
         """The clip with our echo turned down, and the share of the clip's energy taken out."""
         y = band_powers(self.cleaned)
-        echo = echo_cells(y, spread(band_powers(self.placed())))
+        echo = echo_cells(y, spread(band_powers(self.reference)))
         if not echo.any():
             return self.cleaned, 0.0
         y = y[: len(echo)]
