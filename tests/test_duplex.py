@@ -461,7 +461,7 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
 @pytest.mark.xfail(
     reason="issue 14: not yet ten rig runs in a row green (18 path meetings in 9 runs on"
     " 2026-12-07: 17 with the loudest request 0.1-1.7% our echo; one +400 ms meeting 6.7%,"
-    " a clip cut before the path was found, since mended; one basic meeting lost a first"
+    " a clip of double talk cut before the path was found; one basic meeting lost a first"
     " word to an onset suppressed 2.6 s)",
     strict=False,
 )
