@@ -274,12 +274,19 @@ SPEECH_PROBABILITY = 0.5  # Silero's own default threshold
 SPEECH_MARGIN_S = 0.2  # around what Silero hears: onsets and word ends it scores low
 
 
+@cache
+def _silero() -> Any:
+    """One Silero VAD model per process (loading it takes ~0.1 s)."""
+    from daemon.segmenter.detectors import SileroScorer
+
+    return SileroScorer()
+
+
 def speech(dry: Floats) -> npt.NDArray[np.bool_]:
     """Per sample: within `SPEECH_MARGIN_S` of a 32 ms chunk Silero VAD scores as speech
     (the recording peak-normalised to -6 dBFS, one fresh model state per turn)."""
-    from daemon.segmenter.detectors import SileroScorer
-
-    scorer = SileroScorer()
+    scorer = _silero()
+    scorer.reset()
     pcm = np.round(dry / max(float(np.max(np.abs(dry))), 1e-9) * 0.5 * 32767).astype(np.int16)
     chunk, margin = 512, round(SPEECH_MARGIN_S * RATE)
     out = np.zeros(len(dry), dtype=bool)
