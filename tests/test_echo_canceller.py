@@ -20,9 +20,9 @@ import webrtcvad
 from daemon.config import AudioSettings, SegmenterSettings
 from daemon.counters import Counters
 from daemon.echo import EchoCanceller, EchoGate, PlayedAudio, Verdict, make_echo_stage
-from daemon.echo.canceller import AEC_DELAY_SAMPLES
+from daemon.echo.canceller import AEC_DELAY_SAMPLES, DT_PRE_ROLL_S
 from daemon.echo.reference import ReferenceAligner
-from daemon.values import SAMPLE_RATE, Frame, Utterance
+from daemon.values import SAMPLE_RATE, Frame, Utterance, UtteranceStats
 from scripts import room_echo
 from scripts.scenario import load, make_segmenter, segment_pcm, to_float, trim
 
@@ -237,6 +237,35 @@ def test_guard_drops_our_residual_when_the_echo_path_shifts(people_dbfs: float) 
     sent = [(v.start / RATE, v.end / RATE) for _, v in people if isinstance(v, Utterance)]
     for start, _ in room.spans:  # each person from their first word
         assert any(a <= start + 0.05 < b for a, b in sent), (start, sent)
+
+
+def clip_of(out: Floats, start_s: float, end_s: float) -> Utterance:
+    """A clip the segmenter might have cut from the canceller's output `out`."""
+    a, b = round(start_s * RATE), round(end_s * RATE)
+    stats = UtteranceStats(voiced_frames=0, frames=0, mean_dbfs=0.0, peak_dbfs=0.0, split=False)
+    return Utterance(1, a, b, to_pcm(out[a:b]), stats, start_s, end_s)
+
+
+@pytest.mark.parametrize(("seed", "ser_db"), [(3, -6.0), (5, -10.0)])
+def test_a_person_held_under_the_vad_for_seconds_is_sent_from_their_first_word(
+    seed: int, ser_db: float
+) -> None:
+    """AEC3's suppressor can keep a person who starts over our speech under the VAD for
+    2.6 s (rig, docs/limits.md); their clip is widened back to where the microphone
+    heard them begin, past `DT_PRE_ROLL_S`. A clip cut as they begin is widened by
+    `DT_PRE_ROLL_S` only: our echo alone before them is not taken for a person."""
+    room = Room(16.0, seed=seed)
+    room.play(level(speech("de_silero_60s")[: 15 * RATE], -20.0), 0.5)
+    room.talk(speech("en_pv_librispeech")[: 6 * RATE], 8.0, dbfs=-20.0 + ser_db)
+    out, stage = room_echo.run_canceller(room.mic(), room.played24())
+    onset = room.spans[0][0]
+    late = stage.screen(clip_of(out, onset + 2.6, 13.5))
+    assert isinstance(late, Utterance) and late.start / RATE <= onset + 0.05, late
+    assert late.start / RATE >= onset - 0.6, late  # (the window where they began)
+    stage = room_echo.run_canceller(room.mic(), room.played24())[1]
+    prompt = stage.screen(clip_of(out, onset + 0.1, 13.5))
+    assert isinstance(prompt, Utterance)
+    assert abs(prompt.start / RATE - (onset + 0.1 - DT_PRE_ROLL_S)) < 0.01, prompt
 
 
 def test_guard_does_not_judge_a_clip_while_nothing_played() -> None:

@@ -21,8 +21,10 @@ speech, AEC3's suppressor also turns down a person who talks over it, most at th
 first and last syllables (measured: 20–30 dB for up to ~0.5 s when our playback and the
 person start together, up to ~0.75 s on a loaded machine, 1.1 s seen once), so the VAD
 opens late and closes early. A clip during which our speech played is therefore widened from the
-cleaned audio the stage keeps (`HISTORY_S`): up to `DT_PRE_ROLL_S` earlier (never into
-the clip sent before; a clip judged our own speech was not sent) and up to
+cleaned audio the stage keeps (`HISTORY_S`): `DT_PRE_ROLL_S` earlier, or further back to
+where the microphone heard someone else begin (`guard.heard_before`: a person can stay
+under the VAD for 2.6 s; never into the clip sent before; a clip judged our own speech
+was not sent) and up to
 `DT_POST_ROLL_S` later (audio the segmenter's hangover has already seen, so no latency is
 added). The clip keeps its id; its times move with it.
 The same suppression makes the segmenter's Silero clip confirmation doubt a person talking
@@ -42,7 +44,7 @@ import numpy as np
 from daemon.counters import Counters
 from daemon.echo.delay import CONFIDENT, MOVE_S, DelayTracker, ReferenceShift
 from daemon.echo.fallback import CancellationMonitor, Fallback, Reason
-from daemon.echo.guard import LEAD_BLOCKS, Evidence, Measures, Verdict
+from daemon.echo.guard import BEFORE_S, LEAD_BLOCKS, Evidence, Measures, Verdict
 from daemon.echo.history import PcmHistory
 from daemon.echo.ledger import BLOCK, SILENT_DB, EchoLedger, Levels, block_levels
 from daemon.echo.reference import ReferenceAligner
@@ -265,7 +267,19 @@ class EchoCanceller:
         lead = LEAD_BLOCKS * BLOCK
         reference = self._at_path.read(utt.start - lead, len(utt.pcm) + lead)
         mic = self._mic.read(utt.start - AEC_DELAY_SAMPLES, len(utt.pcm))
-        return Evidence(utt.pcm, mic, reference if reference.any() else None)
+        return Evidence(utt.pcm, mic, reference if reference.any() else None, self._before(utt))
+
+    def _before(self, utt: Utterance) -> tuple[Pcm, Pcm] | None:
+        """What the microphone heard over the `BEFORE_S` before `utt` (not before the clip
+        sent before it, nor a gated stretch) and what we played one path earlier, when
+        our speech played at its start (it is widened back); else None."""
+        if not self._played_at_start(utt):
+            return None
+        first = max(utt.start - round(BEFORE_S * SAMPLE_RATE), self._last_sent_end, self._gated_end)
+        span = max(utt.start - first, 0) // BLOCK * BLOCK
+        lead = LEAD_BLOCKS * BLOCK
+        mic = self._mic.read(utt.start - span - AEC_DELAY_SAMPLES, span)
+        return mic, self._at_path.read(utt.start - span - lead, span + lead)
 
     def residual(self, utt: Utterance) -> Residual | None:
         """What our echo left in `utt` is taken out from, copied from the histories now."""
@@ -294,7 +308,7 @@ class EchoCanceller:
         )
         if foreign is not None and m.ours:
             return Verdict(foreign, m.echo_share)  # not sent: the next clip may widen into it
-        widened = self._widen(utt)
+        widened = self._widen(utt, m.heard_before)
         self._last_sent_end = max(self._last_sent_end, widened.end)
         return widened
 
@@ -331,13 +345,16 @@ class EchoCanceller:
         self._monitor.restart()
         self._converged = False
 
-    def _widen(self, utt: Utterance) -> Utterance:
-        """Double-talk edges widened; never overlapping the clip sent before, nor back
-        into a gated stretch (what the canceller put out there may be our echo)."""
-        pre, post = round(DT_PRE_ROLL_S * SAMPLE_RATE), round(DT_POST_ROLL_S * SAMPLE_RATE)
+    def _widen(self, utt: Utterance, heard_before: int = 0) -> Utterance:
+        """Double-talk edges widened (the start back to where someone else was heard,
+        `heard_before` samples, when that is further); never overlapping the clip sent
+        before, nor back into a gated stretch (what the canceller put out there may be
+        our echo)."""
+        pre = max(round(DT_PRE_ROLL_S * SAMPLE_RATE), heard_before)
+        post = round(DT_POST_ROLL_S * SAMPLE_RATE)
         edge = round(DT_EDGE_S * SAMPLE_RATE)
         start, end = utt.start, utt.end
-        if self._played(utt.start - pre, utt.start + edge):
+        if self._played_at_start(utt):
             start = max(utt.start - pre, self._history.oldest)
         if self._played(utt.end - edge, utt.end + post):
             end = min(utt.end + post, self._history.end)
@@ -367,6 +384,10 @@ class EchoCanceller:
             wall_start=utt.wall_start - (utt.start - start) / SAMPLE_RATE,
             wall_end=utt.wall_end + (end - utt.end) / SAMPLE_RATE,
         )
+
+    def _played_at_start(self, utt: Utterance) -> bool:
+        pre, edge = round(DT_PRE_ROLL_S * SAMPLE_RATE), round(DT_EDGE_S * SAMPLE_RATE)
+        return self._played(utt.start - pre, utt.start + edge)
 
     def _played(self, start: int, end: int) -> bool:
         ref_db = self._ledger.levels(max(start, 0), max(end, 0))

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.echo.share import LAGS, band_powers, echo_share_of, non_negative_fit, spread
+from daemon.echo.share import HOP, LAGS, band_powers, echo_share_of, non_negative_fit, spread
 from daemon.values import Pcm
 
 OURS_BELOW = 0.07  # a clip with less of its loud cells foreign is our own voice
@@ -62,6 +62,9 @@ SEARCH_BLOCKS = 100  # before the path is found, the echo may come up to 1 s lat
 LEAD_BLOCKS = SEARCH_BLOCKS + max(LAGS)  # of the reference before the clip
 CLIP_AT = 0.3  # of the reference's peak: where the loudspeaker's distortion is modelled
 CLIP_LAGS = (0, 2)
+BEFORE_S = 5.0  # a clip is widened back at most this far to where someone else began
+WINDOW_BLOCKS = 50  # judged as a clip is, window by window, back from the clip's start
+STEP_BLOCKS = 10
 
 Floats = npt.NDArray[np.float64]
 
@@ -72,6 +75,7 @@ class Measures:
 
     foreign_share: float | None  # None: not judged (too short, nothing loud or played)
     echo_share: float  # the share of the cleaned clip's energy estimated our echo (share.py)
+    heard_before: int = 0  # samples before the clip someone else was heard (`heard_before`)
 
     @property
     def ours(self) -> bool:
@@ -101,6 +105,9 @@ class Evidence:
     cleaned: Pcm
     mic: Pcm
     reference: Pcm | None
+    before: tuple[Pcm, Pcm] | None = None  # the microphone over the `BEFORE_S` before
+    # the clip and what we played one echo path earlier from `LEAD_BLOCKS` before that
+    # (None: not asked, the clip is not widened back)
 
     def measure(self) -> Measures:
         if self.reference is None:
@@ -110,7 +117,8 @@ class Evidence:
         y = band_powers(self.mic)
         foreign = _foreign_share(y, played, r, clipped(self.reference), search=True)
         share = echo_share_of(band_powers(self.cleaned), r[LEAD_BLOCKS - max(LAGS) :])
-        return Measures(foreign, share)
+        before = 0 if self.before is None else heard_before(*self.before)
+        return Measures(foreign, share, before)
 
 
 def clipped(reference: Pcm) -> Floats:
@@ -141,6 +149,55 @@ def _foreign_share(
 ) -> float | None:
     """`foreign_share` from the band powers of the microphone `y` and of the reference
     `played`, the spread reference `r` and its `clipped` version `distorted`."""
+    cells = _foreign_cells(y, played, r, distorted, search=search)
+    return None if cells is None else _share(*cells)
+
+
+def heard_before(mic: Pcm, reference: Pcm) -> int:
+    """How many samples before a clip (`mic`: the microphone over the stretch before it;
+    `reference` as for `foreign_share`) someone else was heard without a break: from the
+    clip's start back in steps of `STEP_BLOCKS`, as long as the last `WINDOW_BLOCKS`
+    would not be judged ours (at least `OURS_BELOW` of their loud cells foreign), and
+    the window where that ends. AEC3's suppressor can keep a
+    person who starts over our speech under the VAD for seconds; their clip is widened
+    back to where the microphone heard them begin."""
+    played = band_powers(reference)
+    cells = _foreign_cells(band_powers(mic), played, spread(played), clipped(reference))
+    if cells is None:
+        return 0
+    foreign, loud = cells
+    f = np.concatenate(([0], np.cumsum(foreign.sum(axis=1))))
+    n = np.concatenate(([0], np.cumsum(loud.sum(axis=1))))
+    end = len(foreign)
+    while end >= WINDOW_BLOCKS:
+        f_w, n_w = f[end] - f[end - WINDOW_BLOCKS], n[end] - n[end - WINDOW_BLOCKS]
+        if n_w == 0 or f_w < OURS_BELOW * n_w:
+            break
+        end -= STEP_BLOCKS
+    if end == len(foreign):
+        return 0
+    return (len(foreign) - max(end - WINDOW_BLOCKS, 0)) * HOP  # (the onset is in that window)
+
+
+Cells = npt.NDArray[np.bool_]
+
+
+def _share(foreign: Cells, loud: Cells) -> float:
+    return float(foreign.sum() / loud.sum())
+
+
+def _foreign_cells(
+    y: Floats,
+    played: Floats,
+    r: Floats,
+    distorted: Floats,
+    *,
+    search: bool = True,
+) -> tuple[Cells, Cells] | None:
+    """The foreign and the loud cells of `y` (`_foreign_share`'s arguments), fitted at
+    the tracked path and, with `search` when that is not judged ours, also where the
+    level envelope places our echo (the fit with the lower share counts); None when too
+    short to judge or nothing is loud."""
     blocks = min(len(y), len(played) - LEAD_BLOCKS)
     if blocks < MIN_BLOCKS:
         return None
@@ -149,13 +206,14 @@ def _foreign_share(
     loud = y > noise * 10.0 ** (LOUD_DB / 10.0)
     if not loud.any():
         return None
-    share = _foreign(y, r, distorted, later=0, noise=noise, loud=loud)
-    if not search or share < OURS_BELOW:
-        return share
+    foreign = _foreign(y, r, distorted, later=0, noise=noise, loud=loud)
+    if not search or _share(foreign, loud) < OURS_BELOW:
+        return foreign, loud
     later = _later(y, played)
     if later == 0:
-        return share
-    return min(share, _foreign(y, r, distorted, later=later, noise=noise, loud=loud))
+        return foreign, loud
+    moved = _foreign(y, r, distorted, later=later, noise=noise, loud=loud)
+    return (moved if _share(moved, loud) < _share(foreign, loud) else foreign), loud
 
 
 def _foreign(
@@ -165,17 +223,17 @@ def _foreign(
     *,
     later: int,
     noise: Floats,
-    loud: npt.NDArray[np.bool_],
-) -> float:
-    """The share of the loud cells above the echo predicted `later` blocks after the path."""
+    loud: Cells,
+) -> Cells:
+    """The loud cells above the echo predicted `later` blocks after the path."""
     blocks = len(y)
     first = LEAD_BLOCKS - later
     columns = [r[first - lag : first - lag + blocks] for lag in LAGS]
     columns += [distorted[first - lag : first - lag + blocks] for lag in CLIP_LAGS]
     x = np.concatenate(columns, axis=2)
     predicted = np.stack([_predict(y[:, b], x[:, b, :], noise[b]) for b in range(y.shape[1])], 1)
-    foreign = loud & (y > predicted * 10.0 ** (FOREIGN_DB / 10.0))
-    return float(foreign.sum() / loud.sum())
+    foreign: Cells = loud & (y > predicted * 10.0 ** (FOREIGN_DB / 10.0))
+    return foreign
 
 
 def _later(y: Floats, played: Floats) -> int:
