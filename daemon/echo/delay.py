@@ -20,8 +20,11 @@ this the lags facing the loudest stretches stand out with no echo at all. The co
 is how far the peak then stands above the other lags, in robust standard deviations
 (`prominence`): with no echo, about four, at most 6.6 in the calibration half of
 `scripts/bench_echo_path.py`; our echo at its path 10 in the median. The tracked delay
-moves to a new estimate when it is confident (`CONFIDENT`) and a second estimate agrees
-within `AGREE_S` (a first one at once when it is `CERTAIN`); more than `NEAR_S` from the
+moves to a new estimate when it is confident (`CONFIDENT`) and the estimate before it,
+confident or not, put the path within `AGREE_S` of it (a first one at once when it is
+`CERTAIN`): where the peak is confirms, as its height does not, and a short first
+translation with someone talking over it gives only a few estimates, the first ones
+weak (on the rig: 6.3 then 8.9 at the same lag); more than `NEAR_S` from the
 tracked path, only after `FAR_STREAK` agreeing estimates in a row and once that path no
 longer stands out (a translation that repeats itself gives a second peak while the first
 is still there); a new output stream starts the search afresh (`restart`).
@@ -284,13 +287,14 @@ class DelayTracker:
         self.removal_db = 10.0 * float(np.log10((mic + 1e-9) / (out + 1e-9)))
 
     def _follow(self, estimate: DelayEstimate, still_there: bool) -> None:
-        """Move to a confident estimate that a second one confirms; far from the tracked
-        path only once that path has gone (speech that repeats itself, a translation
-        played twice, gives a second peak while the first is still there)."""
-        if estimate.confidence < CONFIDENT:
-            self._candidate, self._streak = None, 0
-            return
+        """Move to a confident estimate that the one before it (confident or not)
+        confirms; far from the tracked path only after `FAR_STREAK` confident ones and
+        once that path has gone (speech that repeats itself, a translation played twice,
+        gives a second peak while the first is still there)."""
         candidate, self._candidate = self._candidate, estimate
+        if estimate.confidence < CONFIDENT:
+            self._streak = 0
+            return
         agreed = candidate is not None and abs(candidate.delay_s - estimate.delay_s) <= AGREE_S
         self._streak = self._streak + 1 if agreed else 1
         if self.delay_s is None:
