@@ -158,9 +158,9 @@ def heard_before(mic: Pcm, reference: Pcm) -> int:
     `reference` as for `foreign_share`) someone else was heard without a break: from the
     clip's start back in steps of `STEP_BLOCKS`, as long as the last `WINDOW_BLOCKS`
     would not be judged ours (at least `OURS_BELOW` of their loud cells foreign), and
-    the window where that ends. AEC3's suppressor can keep a
-    person who starts over our speech under the VAD for seconds; their clip is widened
-    back to where the microphone heard them begin."""
+    the window where that ends. AEC3's suppressor can keep a person who starts over our
+    speech under the VAD for seconds; their clip is widened back to where the
+    microphone heard them begin."""
     played = band_powers(reference)
     cells = _foreign_cells(band_powers(mic), played, spread(played), clipped(reference))
     if cells is None:
