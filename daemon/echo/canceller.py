@@ -270,12 +270,12 @@ class EchoCanceller:
         return Evidence(utt.pcm, mic, reference if reference.any() else None, self._before(utt))
 
     def _before(self, utt: Utterance) -> tuple[Pcm, Pcm] | None:
-        """What the microphone heard over the `BEFORE_S` before `utt` (not before the clip
-        sent before it, nor a gated stretch) and what we played one path earlier, when
-        our speech played at its start (it is widened back); else None."""
+        """What the microphone heard over the `BEFORE_S` before `utt` (not before
+        `_widen_limit`) and what we played one path earlier, when our speech played at
+        its start (it is widened back); else None."""
         if not self._played_at_start(utt):
             return None
-        first = max(utt.start - round(BEFORE_S * SAMPLE_RATE), self._last_sent_end, self._gated_end)
+        first = max(utt.start - round(BEFORE_S * SAMPLE_RATE), self._widen_limit)
         span = max(utt.start - first, 0) // BLOCK * BLOCK
         lead = LEAD_BLOCKS * BLOCK
         mic = self._mic.read(utt.start - span - AEC_DELAY_SAMPLES, span)
@@ -293,18 +293,22 @@ class EchoCanceller:
         of `evidence(utt)`, measured elsewhere (None: measured now)."""
         m = measures if measures is not None else self.evidence(utt).measure()
         foreign = m.foreign_share
+        delay = self._tracker.delay_s
         self.last_judgement = {
             "foreign_share": None if foreign is None else round(foreign, 4),
             "echo_share": round(m.echo_share, 4),
-            "path_found": self._tracker.delay_s is not None,
+            "path_found": delay is not None,
+            "delay_ms": None if delay is None else round(delay * 1000),
             "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
             "fallback": self._fallback.active,
         }
         log.info(
-            "utterance %d: %s of its loud sound foreign, %.0f%% of it our echo (estimated)",
+            "utterance %d: %s of its loud sound foreign, %.0f%% of it our echo (estimated;"
+            " echo path %s)",
             utt.id,
             "-" if foreign is None else f"{foreign:.0%}",
             m.echo_share * 100,
+            "not found" if delay is None else f"{delay * 1000:.0f} ms",
         )
         if foreign is not None and m.ours:
             return Verdict(foreign, m.echo_share)  # not sent: the next clip may widen into it
@@ -345,11 +349,15 @@ class EchoCanceller:
         self._monitor.restart()
         self._converged = False
 
-    def _widen(self, utt: Utterance, heard_before: int = 0) -> Utterance:
+    @property
+    def _widen_limit(self) -> int:
+        """No clip is widened back before this sample: the end of the clip sent before
+        it, or of a gated stretch (what the canceller put out there may be our echo)."""
+        return max(self._last_sent_end, self._gated_end)
+
+    def _widen(self, utt: Utterance, heard_before: int) -> Utterance:
         """Double-talk edges widened (the start back to where someone else was heard,
-        `heard_before` samples, when that is further); never overlapping the clip sent
-        before, nor back into a gated stretch (what the canceller put out there may be
-        our echo)."""
+        `heard_before` samples, when that is further), never before `_widen_limit`."""
         pre = max(round(DT_PRE_ROLL_S * SAMPLE_RATE), heard_before)
         post = round(DT_POST_ROLL_S * SAMPLE_RATE)
         edge = round(DT_EDGE_S * SAMPLE_RATE)
@@ -358,7 +366,7 @@ class EchoCanceller:
             start = max(utt.start - pre, self._history.oldest)
         if self._played(utt.end - edge, utt.end + post):
             end = min(utt.end + post, self._history.end)
-        start = min(max(start - start % BLOCK, self._last_sent_end, self._gated_end), utt.start)
+        start = min(max(start - start % BLOCK, self._widen_limit), utt.start)
         end = max(end, utt.end)  # (the history no longer holds the audio: not widened)
         log.log(
             logging.DEBUG if (start, end) == (utt.start, utt.end) else logging.INFO,

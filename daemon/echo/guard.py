@@ -117,8 +117,10 @@ class Evidence:
         y = band_powers(self.mic)
         foreign = _foreign_share(y, played, r, clipped(self.reference), search=True)
         share = echo_share_of(band_powers(self.cleaned), r[LEAD_BLOCKS - max(LAGS) :])
-        before = 0 if self.before is None else heard_before(*self.before)
-        return Measures(foreign, share, before)
+        measures = Measures(foreign, share)
+        if self.before is None or measures.ours:  # (a clip judged ours is not widened)
+            return measures
+        return Measures(foreign, share, heard_before(*self.before))
 
 
 def clipped(reference: Pcm) -> Floats:
