@@ -459,11 +459,9 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
 
 
 @pytest.mark.xfail(
-    reason="issue 14: not yet ten rig runs in a row green (30 path meetings in 15 runs on"
-    " 2026-12-07: the last 10 sent 97.4-100% with the loudest request 0.1-1.2% our echo;"
-    " of the 20 before, a +400 ms meeting 6.7%, a clip of double talk cut before the path"
-    " was found; a jump meeting 11.2%, our echo alone judged 28% foreign, and 94.1% sent,"
-    " 2.7 s gated before the path was found)",
+    reason="issue 14: not yet ten rig runs in a row green (docs/limits.md: of 48 such"
+    " meetings on 2026-12-07, 5 sent a request over 3% our echo, 4 of them a clip of our"
+    " echo alone cut after the meeting's last turn)",
     strict=False,
 )
 @pytest.mark.parametrize(
