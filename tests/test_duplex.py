@@ -459,7 +459,7 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
 
 
 @pytest.mark.xfail(
-    reason="issue 14: not yet ten rig runs in a row green (docs/limits.md: of 48 such"
+    reason="issue 14: not yet ten rig runs in a row green (docs/limits.md: of 52 such"
     " meetings on 2026-12-07, 5 sent a request over 3% our echo, 4 of them a clip of our"
     " echo alone cut after the meeting's last turn)",
     strict=False,
