@@ -294,11 +294,12 @@ class EchoCanceller:
         m = measures if measures is not None else self.evidence(utt).measure()
         foreign = m.foreign_share
         delay = self._tracker.delay_s
+        delay_ms = None if delay is None else round(delay * 1000)
         self.last_judgement = {
             "foreign_share": None if foreign is None else round(foreign, 4),
             "echo_share": round(m.echo_share, 4),
-            "path_found": delay is not None,
-            "delay_ms": None if delay is None else round(delay * 1000),
+            "path_found": delay_ms is not None,
+            "delay_ms": delay_ms,
             "seconds": round(len(utt.pcm) / SAMPLE_RATE, 2),
             "fallback": self._fallback.active,
         }
@@ -308,7 +309,7 @@ class EchoCanceller:
             utt.id,
             "-" if foreign is None else f"{foreign:.0%}",
             m.echo_share * 100,
-            "not found" if delay is None else f"{delay * 1000:.0f} ms",
+            "not found" if delay_ms is None else f"{delay_ms} ms",
         )
         if foreign is not None and m.ours:
             return Verdict(foreign, m.echo_share)  # not sent: the next clip may widen into it
