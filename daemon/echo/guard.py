@@ -12,12 +12,16 @@ tails) and 10 ms block, the microphone's power over the clip is predicted as the
 noise (the band's 5th percentile over the clip) plus non-negative gains on the spread
 reference at the tracked path and a few blocks after it, and on what we played clipped
 at `CLIP_AT` of its peak (a loudspeaker driven into distortion puts harmonics of our
-speech in bands it leaves empty), fitted by least squares; blocks far above the
-prediction (`OUTLIER`) are left out of the fit and it is fitted again, so that a person
-does not inflate the gains. The fit is made twice: at the tracked path, and where the
-clip's level envelope follows what we played best within `SEARCH_BLOCKS` after it (the
-path is not found in the first seconds after a start, and a path that just moved is
-found again only seconds later); the lower share counts.
+speech in bands it leaves empty), fitted by least squares in which each block counts
+by its error relative to its power (`_predict`): fitted in plain power, the loud blocks
+of our speech would decide the gains alone and the reverberation's decay after a
+translation ends, 20-50 dB further down, would be left unexplained (on the rig, in a
+digitally silent room, clips of our echo's decay alone were judged 10-30% foreign).
+Blocks far above the prediction (`OUTLIER`) are left out and it is fitted again, so
+that a person does not inflate the gains. The fit is made twice: at the tracked path,
+and where the clip's level envelope follows what we played best within `SEARCH_BLOCKS`
+after it (the path is not found in the first seconds after a start, and a path that
+just moved is found again only seconds later); the lower share counts.
 
 The measure is the share of the clip's loud cells (a band in a block, `LOUD_DB` over the
 band's noise) that lie more than `FOREIGN_DB` above that prediction: someone else's
@@ -32,10 +36,10 @@ our echo the canceller left in it: sending what is left (the room's noise, our r
 makes a translation that plays, is heard and is cut again, and the room does not come to
 rest (the rig's loud-loudspeaker meeting fed back so). A clip that is ours is not sent, counted
 (`echo_dropped`) and ends as dropped with reason `echo`. The threshold, the two
-levels above and the clipping level were chosen on the calibration half of the room
-matrix (`scripts/bench_echo.py --matrix`) by its ROC; the figures on the other half are
-in `docs/testing.md`. A clip too short to judge (under `MIN_BLOCKS`), or over which
-nothing played, is sent.
+levels above, the clipping level and the fit's range (`RANGE_DB`) were chosen on the
+calibration half of the room matrix (`scripts/bench_echo.py --matrix`) by its ROC; the
+figures on the other half are in `docs/testing.md`. A clip too short to judge (under
+`MIN_BLOCKS`), or over which nothing played, is sent.
 
 What a clip is judged on is copied when it is cut (`Evidence`: the histories move on);
 `Evidence.measure` is pure and takes tens of milliseconds (the fits), so the daemon runs
@@ -52,11 +56,13 @@ import numpy.typing as npt
 from daemon.echo.share import HOP, LAGS, band_powers, echo_share_of, non_negative_fit, spread
 from daemon.values import Pcm
 
-OURS_BELOW = 0.07  # a clip with less of its loud cells foreign is our own voice
+OURS_BELOW = 0.06  # a clip with less of its loud cells foreign is our own voice
 FOREIGN_DB = 6.0  # a cell this far above the echo's prediction is someone else's
 LOUD_DB = 10.0  # a cell this far over the band's noise is judged at all
 OUTLIER = 4.0  # cells above this times the prediction are left out of the next fit
-FITS = 3
+RANGE_DB = 40.0  # the fit weighs blocks down to this far under the band's loudest
+FITS = 8  # at most; the fit stops sooner when the prediction is settled:
+SETTLED = 0.01  # no block's prediction moved by this much of it
 MIN_BLOCKS = 20
 SEARCH_BLOCKS = 100  # before the path is found, the echo may come up to 1 s late
 LEAD_BLOCKS = SEARCH_BLOCKS + max(LAGS)  # of the reference before the clip
@@ -256,13 +262,22 @@ def _later(y: Floats, played: Floats) -> int:
 
 def _predict(y: Floats, x: Floats, noise: float) -> Floats:
     """The band's power predicted from the spread reference `x` (blocks, columns) and the
-    noise, fitted robustly (outlying blocks left out)."""
+    noise: each block weighed by the inverse of its power (a block's band power scatters
+    in proportion to its mean, so each counts by its relative error; at most `RANGE_DB`
+    under the band's loudest), the microphone's power the first time and the prediction
+    after; blocks far over the prediction (`OUTLIER`) are left out of the next fit."""
+    floor = max(float(y.max()), 1e-30) * 10.0 ** (-RANGE_DB / 10.0)
     predicted = np.full_like(y, noise)
+    scale = np.maximum(y, floor)
     fitted = np.ones(len(y), dtype=bool)
     for _ in range(FITS):
         if fitted.sum() <= x.shape[1]:
             break
-        gains = non_negative_fit(x[fitted], y[fitted] - noise)
-        predicted = x @ gains + noise
-        fitted = y < predicted * OUTLIER
+        weight = 1.0 / scale[fitted]
+        gains = non_negative_fit(x[fitted] * weight[:, None], (y[fitted] - noise) * weight)
+        before, predicted = predicted, x @ gains + noise
+        kept = y < predicted * OUTLIER
+        if (kept == fitted).all() and np.allclose(predicted, before, rtol=SETTLED, atol=0.0):
+            break
+        fitted, scale = kept, np.maximum(predicted, floor)
     return predicted
