@@ -459,9 +459,9 @@ def test_aec_hears_every_person_and_never_itself(room: Harness, meeting: Scene) 
 
 
 @pytest.mark.xfail(
-    reason="issue 14: not yet ten rig runs in a row green (docs/limits.md: of 52 such"
-    " meetings on 2026-12-07, 5 sent a request over 3% our echo, 4 of them a clip of our"
-    " echo alone cut after the meeting's last turn)",
+    reason="issue 14: not yet a gate (docs/limits.md: of 52 such meetings before d08268d,"
+    " 5 sent a request over 3% our echo, 4 of them on our echo's decay after the"
+    " meeting; 14 of 14 since held)",
     strict=False,
 )
 @pytest.mark.parametrize(
