@@ -263,10 +263,11 @@ def _later(y: Floats, played: Floats) -> int:
 def _predict(y: Floats, x: Floats, noise: float) -> Floats:
     """The band's power predicted from the spread reference `x` (blocks, columns) and the
     noise: each block weighed by the inverse of its power (a block's band power scatters
-    in proportion to its mean, so each counts by its relative error; at most `RANGE_DB`
-    under the band's loudest), the microphone's power the first time and the prediction
-    after; blocks far over the prediction (`OUTLIER`) are left out of the next fit."""
-    floor = max(float(y.max()), 1e-30) * 10.0 ** (-RANGE_DB / 10.0)
+    in proportion to its mean, so each counts by its relative error; a power under the
+    noise or more than `RANGE_DB` under the band's loudest counts as that), the
+    microphone's power the first time and the prediction after; blocks far over the
+    prediction (`OUTLIER`) are left out of the next fit."""
+    floor = max(float(y.max()) * 10.0 ** (-RANGE_DB / 10.0), noise, 1e-30)
     predicted = np.full_like(y, noise)
     scale = np.maximum(y, floor)
     fitted = np.ones(len(y), dtype=bool)
