@@ -15,10 +15,9 @@ at `CLIP_AT` of its peak (a loudspeaker driven into distortion puts harmonics of
 speech in bands it leaves empty), fitted by least squares in which each block counts
 by its error relative to its power (`_predict`): fitted in plain power, the loud blocks
 of our speech would decide the gains alone and the reverberation's decay after a
-translation ends, 20-50 dB further down, would be left unexplained (on the rig, in a
-digitally silent room, clips of our echo's decay alone were judged 10-30% foreign).
-Blocks far above the prediction (`OUTLIER`) are left out and it is fitted again, so
-that a person does not inflate the gains. The fit is made twice: at the tracked path,
+translation ends, 20-50 dB further down, would be left unexplained. Blocks far above
+the prediction (`OUTLIER`) are left out and it is fitted again, so that a person does
+not inflate the gains. The fit is made twice: at the tracked path,
 and where the clip's level envelope follows what we played best within `SEARCH_BLOCKS`
 after it (the path is not found in the first seconds after a start, and a path that
 just moved is found again only seconds later); the lower share counts.
@@ -42,7 +41,7 @@ figures on the other half are in `docs/testing.md`. A clip too short to judge (u
 `MIN_BLOCKS`), or over which nothing played, is sent.
 
 What a clip is judged on is copied when it is cut (`Evidence`: the histories move on);
-`Evidence.measure` is pure and takes tens of milliseconds (the fits), so the daemon runs
+`Evidence.measure` is pure and takes up to ~150 ms here (the fits), so the daemon runs
 it on a worker thread (`daemon/echo/screening.py`).
 """
 
