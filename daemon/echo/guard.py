@@ -9,7 +9,7 @@ echo's power in each band follows what the speaker played one echo path earlier
 (`daemon/echo/delay.py`), spread by the room's reverberation, whatever the canceller
 then removes of it. So, per band (`daemon/echo/share.py`'s bands and reverberation
 tails) and 10 ms block, the microphone's power over the clip is predicted as the room's
-noise (the band's 5th percentile over the clip) plus non-negative gains on the spread
+noise (`noise_of`) plus non-negative gains on the spread
 reference at the tracked path and a few blocks after it, and on what we played clipped
 at `CLIP_AT` of its peak (a loudspeaker driven into distortion puts harmonics of our
 speech in bands it leaves empty), fitted by least squares in which each block counts
@@ -47,13 +47,14 @@ it on a worker thread (`daemon/echo/screening.py`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from daemon.echo.share import HOP, LAGS, band_powers, echo_share_of, non_negative_fit, spread
-from daemon.values import Pcm
+from daemon.values import SAMPLE_RATE, Pcm
 
 OURS_BELOW = 0.06  # a clip with less of its loud cells foreign is our own voice
 FOREIGN_DB = 6.0  # a cell this far above the echo's prediction is someone else's
@@ -68,6 +69,7 @@ LEAD_BLOCKS = SEARCH_BLOCKS + max(LAGS)  # of the reference before the clip
 CLIP_AT = 0.3  # of the reference's peak: where the loudspeaker's distortion is modelled
 CLIP_LAGS = (0, 2)
 BEFORE_S = 5.0  # a clip is widened back at most this far to where someone else began
+NOISE_PERCENTILE = 5.0  # of a band's powers over the clip: where the room's noise is read
 WINDOW_BLOCKS = 50  # judged as a clip is, window by window, back from the clip's start
 STEP_BLOCKS = 10
 
@@ -209,7 +211,7 @@ def _foreign_cells(
     if blocks < MIN_BLOCKS:
         return None
     y = y[:blocks]
-    noise = np.percentile(y, 5.0, axis=0)
+    noise = noise_of(y)
     loud = y > noise * 10.0 ** (LOUD_DB / 10.0)
     if not loud.any():
         return None
@@ -241,6 +243,28 @@ def _foreign(
     predicted = np.stack([_predict(y[:, b], x[:, b, :], noise[b]) for b in range(y.shape[1])], 1)
     foreign: Cells = loud & (y > predicted * 10.0 ** (FOREIGN_DB / 10.0))
     return foreign
+
+
+def noise_of(y: Floats) -> Floats:
+    """The room noise's mean power per band under the band powers `y`: their
+    `NOISE_PERCENTILE`th percentile (the quietest blocks, where neither our echo nor a
+    person is), scaled to the mean by `noise_scale`."""
+    return np.percentile(y, NOISE_PERCENTILE, axis=0) / noise_scale()
+
+
+@functools.cache
+def noise_scale() -> Floats:
+    """Per band, the `NOISE_PERCENTILE`th percentile of a steady noise's 10 ms band powers
+    over their mean, from a minute of white noise (a fixed seed: the same figures on
+    every start). A band two or three FFT bins wide scatters like a chi-square of a few
+    degrees of freedom: its 5th percentile lies 8-9 dB under its mean (the widest band:
+    1.5 dB), and a quarter of a steady noise's blocks in it would be `LOUD_DB` over the
+    percentile, each one foreign where our echo is weak there (the room matrix's clips of
+    our voice alone sent, most of them, once nobody talks). Over the mean, almost none."""
+    noise = np.random.default_rng(0).standard_normal(60 * SAMPLE_RATE) * 3000.0
+    y = band_powers(noise.astype(np.int16))
+    scale: Floats = np.percentile(y, NOISE_PERCENTILE, axis=0) / y.mean(axis=0)
+    return scale
 
 
 def _later(y: Floats, played: Floats) -> int:
