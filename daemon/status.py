@@ -103,6 +103,7 @@ def _figures(counters: Counters) -> dict[str, Any]:
         "screen_errors": n("screen_errors"),
         "echo_reference_slips": n("echo_reference_slips"),
         "echo_fallbacks": n("echo_fallbacks"),
+        "echo_gates_reopened": n("echo_gates_reopened"),
         "echo_delay_moves": n("echo_delay_moves"),
         "echo_canceller_resets": n("echo_canceller_resets"),
         "playback_ducks": n("playback_ducks"),

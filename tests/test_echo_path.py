@@ -26,6 +26,7 @@ from daemon.echo.fallback import PATH_WAIT_S
 from daemon.simulator.speech import tone_samples
 from daemon.values import SAMPLE_RATE, Frame, Utterance
 from scripts import room_echo
+from scripts.echo_matrix import echo_share
 from scripts.scenario import make_segmenter
 from tests.test_echo_canceller import Room, erle_db, level, speech, to_pcm
 
@@ -275,6 +276,8 @@ def test_full_duplex_again_once_the_path_is_found() -> None:
     person, heard = room.people[a:b], out[a + AEC_DELAY_SAMPLES : b + AEC_DELAY_SAMPLES]
     kept = np.dot(heard, person) / np.sqrt(np.dot(person, person) * np.dot(heard, heard))
     assert kept > 0.5  # the person comes through the canceller (they would be gated)
+    # the path found, the canceller had removed 5 dB of our echo: the gate stays shut
+    assert stage._counters.get("echo_gates_reopened") == 0
 
 
 def test_a_clip_is_not_widened_back_into_the_gate() -> None:
@@ -300,6 +303,40 @@ def test_a_clip_is_not_widened_back_into_the_gate() -> None:
     person = [u for u in sent if u.end > gate_end]
     assert person  # the person's clip was sent, and nothing of it is from the gated stretch
     assert all(not u.pcm[: max(0, gate_end - u.start)].any() for u in person)
+
+
+def test_a_person_talking_through_a_gate_that_was_a_precaution_is_heard() -> None:
+    """Our translation opens with 4 s of a chime (nothing broadband to place in time) and
+    a person talks over it from 1.5 s: the path is not found, so after `PATH_WAIT_S` the
+    stage gates. Once our speech follows, the path is found where AEC3 had it all along
+    (it removed 16 dB of our echo there): the gate was a precaution, and the person's
+    clip is widened back over the gated stretch: the person there (as AEC3 keeps someone
+    who talks over us: turned down and reshaped), our chime under 10% of it."""
+    room = Room(16.0)
+    t = np.arange(4 * RATE) / RATE
+    chime = level(np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 660 * t), -20.0)
+    room.play(np.concatenate([chime, our_voice(7.0)]), 0.5)
+    room.talk(speech("fr_pv_leopard", "it_pv_leopard")[: 9 * RATE], 1.5, dbfs=-24.0)
+    segmenter = make_segmenter(SegmenterSettings(confirm="off"))
+    sent: list[Utterance] = []
+
+    def after(stage: EchoCanceller, frame: Frame) -> None:
+        for utt in segmenter.push(frame):
+            if isinstance(utt, Utterance) and isinstance(done := stage.screen(utt), Utterance):
+                sent.append(done)
+
+    out, stage = room_echo.run_canceller(room.mic(), room.played24(), after=after)
+    gated = np.flatnonzero(~out[: 8 * RATE].reshape(-1, 160).any(axis=1)) * 160
+    assert len(gated) and gated[0] >= 2 * RATE and gated[-1] - gated[0] >= 2 * RATE, gated
+    a, b = gated[-1] - round(1.5 * RATE), gated[-1]  # the gate's last 1.5 s, in one clip:
+    clip = next((u for u in sent if u.start <= a and u.end >= b), None)
+    assert clip is not None, [(u.start / RATE, u.end / RATE) for u in sent]
+    assert stage._counters.get("echo_gates_reopened") == 1
+    person = room.people[a - AEC_DELAY_SAMPLES : b - AEC_DELAY_SAMPLES]
+    heard = clip.pcm[a - clip.start : b - clip.start].astype(np.float64) / 32768.0
+    kept = np.dot(heard, person) / np.sqrt(np.dot(person, person) * np.dot(heard, heard))
+    assert kept > 0.25, kept
+    assert echo_share(heard, room.echo, a, max_lag=512) < 0.1
 
 
 def test_a_person_talking_over_us_does_not_make_it_fall_back() -> None:

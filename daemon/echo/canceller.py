@@ -95,6 +95,7 @@ class EchoCanceller:
         self._mic = PcmHistory(round(HISTORY_S * SAMPLE_RATE))  # what the microphone heard
         self._last_sent_end = 0  # of the last clip sent (widening stops there)
         self._gated_end = 0  # of the last frame gated (widening stops there too)
+        self._gate_began = 0  # the first frame of the last stretch gated
         self._generation = -1  # the playback stream the canceller has learnt
         self._next_start = 0  # clock position the next frame should start at
         self._learnt_blocks = 0  # blocks of our speech processed since the last restart
@@ -148,6 +149,8 @@ class EchoCanceller:
         self._mic.write(frame.start, frame.pcm)
         if self._fallback.gating(captured_at, self._tracker.delay_s):
             # silenced, and not widened into: the canceller was not trusted here
+            if self._gated_end != frame.start:
+                self._gate_began = frame.start
             self._gated_end = frame.end
             self._counters.add("echo_gated_frames")
             return Frame(frame.start, np.zeros_like(out))
@@ -162,6 +165,33 @@ class EchoCanceller:
         if delay is not None and (found is None or abs(delay - found) > MOVE_S):
             log.info("echo path: %.0f ms after the reported DAC time", delay * 1000)
             self._realign_path(frame, delay)
+            if found is None:
+                self._reopen_gate(frame, delay)
+
+    def _reopen_gate(self, frame: Frame, delay: float) -> None:
+        """The path just found while the stage gated for want of it: where it lies
+        within AEC3's reach at the reference's shift and the canceller removed at least
+        `CANCELLING_DB` of our echo over the tracker's window, the gate was a precaution
+        (AEC3 had our echo where it searches all along: the rig's first translation, a
+        person talking over it from its first syllable, gives only weak estimates for
+        seconds). A clip may then be widened back into the gated stretch, as far as the
+        guard's reference was realigned (`REALIGN_S`): a person who talked through the
+        gate is heard from where they began."""
+        removal = self._tracker.removal_db
+        if self._fallback.state.reason is not Reason.NO_PATH or not self._shift.reaches(delay):
+            return
+        if removal is None or removal < CANCELLING_DB:
+            return
+        back = max(self._gate_began, frame.end - min(round(REALIGN_S * SAMPLE_RATE), frame.end))
+        if back < self._gated_end:
+            log.info(
+                "the gate of the last %.1f s reopened: the canceller removed %.0f dB of our"
+                " echo at the path found",
+                (self._gated_end - back) / SAMPLE_RATE,
+                removal,
+            )
+            self._counters.add("echo_gates_reopened")
+            self._gated_end = back
 
     def _fell_back(self, reason: Reason, new: bool) -> None:
         """Counted when `new`; a canceller that has the path and does not cancel starts

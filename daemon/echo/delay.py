@@ -353,15 +353,18 @@ class ReferenceShift:
         self._learnt = round(SLACK_S * SAMPLE_RATE)
         self._afresh = True
 
+    def reaches(self, delay_s: float) -> bool:
+        """AEC3 finds a path `delay_s` after the reported DAC time at today's shift."""
+        return 0 <= round(delay_s * SAMPLE_RATE) - self.samples <= REACH_S * SAMPLE_RATE
+
     def follow(self, delay_s: float | None) -> bool:
         """Follow a tracked delay; True when the shift moved."""
         if delay_s is None:
             return False
         delay = round(delay_s * SAMPLE_RATE)
-        left = delay - self.samples  # what AEC3 is left to find today
         afresh, self._afresh = self._afresh, False
-        if not afresh and 0 <= left <= REACH_S * SAMPLE_RATE:
-            self._learnt = left
+        if not afresh and self.reaches(delay_s):
+            self._learnt = delay - self.samples  # what AEC3 is left to find today
             return False
         target = max(0, delay - self._learnt)
         if abs(target - self.samples) <= MOVE_S * SAMPLE_RATE:
