@@ -294,11 +294,13 @@ def _predict(y: Floats, x: Floats, noise: float) -> Floats:
     predicted = np.full_like(y, noise)
     scale = np.maximum(y, floor)
     fitted = np.ones(len(y), dtype=bool)
+    support = None  # the columns with a gain in the last fit: where the next one starts
     for _ in range(FITS):
         if fitted.sum() <= x.shape[1]:
             break
         weight = 1.0 / scale[fitted]
-        gains = non_negative_fit(x[fitted] * weight[:, None], (y[fitted] - noise) * weight)
+        gains = non_negative_fit(x[fitted] * weight[:, None], (y[fitted] - noise) * weight, support)
+        support = gains > 0
         before, predicted = predicted, x @ gains + noise
         kept = y < predicted * OUTLIER
         if (kept == fitted).all() and np.allclose(predicted, before, rtol=SETTLED, atol=0.0):

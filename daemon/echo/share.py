@@ -32,6 +32,7 @@ LAGS = (0, 1, 2, 3, 4, 6, 8)  # blocks the echo may come after the tracked path
 MIN_BLOCKS = 20
 
 Floats = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 
 def band_powers(pcm: Pcm) -> Floats:
@@ -109,17 +110,22 @@ def _fit(y: Floats, x: Floats) -> Floats:
     return echo
 
 
-def non_negative_fit(x: Floats, y: Floats) -> Floats:
+def non_negative_fit(x: Floats, y: Floats, start: Mask | None = None) -> Floats:
     """Least squares `y ≈ x @ g` with g >= 0, by Lawson and Hanson's active set on the
     normal equations: columns enter one at a time, the one the residual pulls hardest
     first, and one whose gain would turn negative leaves; the exact optimum, usually
-    after as many small solves as columns with a gain."""
+    after as many small solves as columns with a gain. `start`: the columns with a gain
+    in a fit like this one (the guard refits with new weights): when their
+    unconstrained solution is all positive it is where the search starts, usually one
+    or two solves from the optimum (else it starts from none)."""
     scale = float(np.abs(x).max()) or 1.0
     xs = x / scale
     gram, target = xs.T @ xs, xs.T @ y
     columns = x.shape[1]
     gains = np.zeros(columns)
-    used = np.zeros(columns, dtype=bool)
+    used = np.zeros(columns, dtype=bool) if start is None else start.copy()
+    if used.any():
+        gains = _inside(gram, target, gains, used)
     tolerance = 1e-10 * max(1.0, float(np.abs(target).max()))
     for _ in range(3 * columns):
         pull = np.where(used, -np.inf, target - gram @ gains)
@@ -131,7 +137,7 @@ def non_negative_fit(x: Floats, y: Floats) -> Floats:
     return gains / scale
 
 
-def _inside(gram: Floats, target: Floats, gains: Floats, used: npt.NDArray[np.bool_]) -> Floats:
+def _inside(gram: Floats, target: Floats, gains: Floats, used: Mask) -> Floats:
     """Lawson-Hanson's inner loop: the unconstrained solution on the `used` columns, moved
     towards from `gains` only as far as every gain stays >= 0; a column reaching 0 leaves
     (`used` is updated in place)."""
