@@ -280,14 +280,10 @@ def test_full_duplex_again_once_the_path_is_found() -> None:
     assert stage._counters.get("echo_gates_reopened") == 0
 
 
-def test_a_clip_is_not_widened_back_into_the_gate() -> None:
-    """The stamps are 2 s late: the stage gates while our speech plays and for the unknown
-    path after it. A person who talks on as the gate opens is cut from there: their clip,
-    in double talk by the late reference, is not widened back over the gated stretch,
-    where the canceller's output was our echo, uncancelled."""
-    room = Room(16.0)
-    room.play(our_voice(8.0), 0.5)
-    room.talk(speech("fr_pv_leopard"), 9.0, dbfs=-24.0)
+def sent_clips(room: Room, **faults: float) -> tuple[Floats, EchoCanceller, list[Utterance]]:
+    """The stage over `room` (`faults`: `run_canceller`'s stamp offsets), a live segmenter
+    cutting its output and each clip screened as it is cut: the output, the stage and
+    the clips sent."""
     segmenter = make_segmenter(SegmenterSettings(confirm="off"))
     sent: list[Utterance] = []
 
@@ -296,7 +292,19 @@ def test_a_clip_is_not_widened_back_into_the_gate() -> None:
             if isinstance(utt, Utterance) and isinstance(done := stage.screen(utt), Utterance):
                 sent.append(done)
 
-    out, _ = room_echo.run_canceller(room.mic(), room.played24(), stamp_offset_s=2.0, after=after)
+    out, stage = room_echo.run_canceller(room.mic(), room.played24(), after=after, **faults)
+    return out, stage, sent
+
+
+def test_a_clip_is_not_widened_back_into_the_gate() -> None:
+    """The stamps are 2 s late: the stage gates while our speech plays and for the unknown
+    path after it. A person who talks on as the gate opens is cut from there: their clip,
+    in double talk by the late reference, is not widened back over the gated stretch,
+    where the canceller's output was our echo, uncancelled."""
+    room = Room(16.0)
+    room.play(our_voice(8.0), 0.5)
+    room.talk(speech("fr_pv_leopard"), 9.0, dbfs=-24.0)
+    out, _, sent = sent_clips(room, stamp_offset_s=2.0)
     blocks = np.flatnonzero(~out[: len(out) // 160 * 160].reshape(-1, 160).any(axis=1))
     gate_end = (blocks[blocks < 12 * 100].max() + 1) * 160  # the gate's last silent block
     assert gate_end > 9.5 * RATE  # it gated while the person began
@@ -317,15 +325,7 @@ def test_a_person_talking_through_a_gate_that_was_a_precaution_is_heard() -> Non
     chime = level(np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 660 * t), -20.0)
     room.play(np.concatenate([chime, our_voice(7.0)]), 0.5)
     room.talk(speech("fr_pv_leopard", "it_pv_leopard")[: 9 * RATE], 1.5, dbfs=-24.0)
-    segmenter = make_segmenter(SegmenterSettings(confirm="off"))
-    sent: list[Utterance] = []
-
-    def after(stage: EchoCanceller, frame: Frame) -> None:
-        for utt in segmenter.push(frame):
-            if isinstance(utt, Utterance) and isinstance(done := stage.screen(utt), Utterance):
-                sent.append(done)
-
-    out, stage = room_echo.run_canceller(room.mic(), room.played24(), after=after)
+    out, stage, sent = sent_clips(room)
     gated = np.flatnonzero(~out[: 8 * RATE].reshape(-1, 160).any(axis=1)) * 160
     assert len(gated) and gated[0] >= 2 * RATE and gated[-1] - gated[0] >= 2 * RATE, gated
     a, b = gated[-1] - round(1.5 * RATE), gated[-1]  # the gate's last 1.5 s, in one clip:
